@@ -1,0 +1,163 @@
+"""Hugging Face <-> native conversion for the transformer families (LLaDA, Llama, Qwen2).
+
+Both directions are driven by the family's key table (dlmarch.keymaps) and stream one tensor at a
+time: every name and shape is checked against the config from the file headers first, then each
+output shard is written tensor by tensor into a temporary directory that is renamed at the end.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dlmarch import safetensors_io as st
+from dlmarch.checkpoint import (
+    INDEX_NAME,
+    NATIVE_FORMAT,
+    WeightFiles,
+    atomic_directory,
+    build_on_meta,
+    copy_aux_files,
+    model_class_for,
+    read_native_config,
+    write_json,
+)
+from dlmarch.config import TransformerConfig, config_from_hf, family_of_hf, read_json
+from dlmarch.errors import ConfigError
+from dlmarch.keymaps import KEY_TABLES, expected_shapes, plan
+
+DTYPE_NAMES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+               "fp16": torch.float16, "float16": torch.float16}
+TORCH_DTYPE_STR = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+
+@dataclass
+class Report:
+    family: str
+    tensors: int
+    shards: int
+    bytes_written: int
+    seconds: float
+
+    def line(self, verb: str, dst: Path) -> str:
+        return (f"{verb} {self.family}: {self.tensors} tensors, {self.bytes_written / 2**20:.1f} MiB in "
+                f"{self.shards} shard(s) -> {dst} ({self.seconds:.1f}s)")
+
+
+def parse_dtype(name: str | None) -> torch.dtype | None:
+    if name is None:
+        return None
+    if name not in DTYPE_NAMES:
+        raise ConfigError(f"unknown --dtype {name!r} (choose from fp32, bf16, fp16)")
+    return DTYPE_NAMES[name]
+
+
+def _groups(files: WeightFiles, mapping: dict[str, str], out_name, max_shard_size: int | None, sizes: dict[str, int]):
+    """Output shards: the source's own grouping, or a new one of at most max_shard_size bytes.
+    Returns a list of lists of (source name, output name)."""
+    ordered = []
+    for f in files.files:
+        group = [(n, out_name(n)) for n in files.header(f) if n in mapping]
+        if group:
+            ordered.append(group)
+    if max_shard_size is None:
+        return ordered
+    flat = [pair for g in ordered for pair in g]
+    by_src = dict(flat)
+    planned = st.plan_shards([(src, sizes[src]) for src, _ in flat], max_shard_size)
+    return [[(src, by_src[src]) for src in g] for g in planned]
+
+
+def _stream(files: WeightFiles, groups, dst: Path, dtype: torch.dtype | None) -> tuple[int, int]:
+    """Write the planned groups as safetensors shards (+ index), one tensor in memory at a time."""
+    infos = {}
+    if files.kind == "safetensors":
+        for f in files.files:
+            infos.update(st.read_header(f)[0])
+    pickled = {}
+    names = st.shard_names(len(groups))
+    weight_map, total = {}, 0
+
+    def fetch(src_name):
+        if infos:
+            return st.read_tensor(infos[src_name])
+        for f in files.files:  # pickled checkpoints: one file mapped at a time
+            if src_name in files.header(f):
+                if f not in pickled:
+                    pickled.clear()
+                    pickled[f] = dict(files.iter_file(f))
+                return pickled[f][src_name]
+        raise KeyError(src_name)
+
+    def out_dtype(stored):
+        return dtype if (dtype is not None and stored.is_floating_point) else stored
+
+    headers = {}
+    for f in files.files:
+        headers.update(files.header(f))
+    for fname, group in zip(names, groups):
+        entries = [(out, out_dtype(headers[src][1]), headers[src][0]) for src, out in group]
+        with st.Writer(dst / fname, entries, metadata={"format": "pt"}) as w:
+            for (src, out), (_, want_dtype, _) in zip(group, entries):
+                t = fetch(src).to(want_dtype)
+                w.write(out, t)
+                weight_map[out] = fname
+                total += t.numel() * t.element_size()
+    if len(names) > 1:
+        write_json(dst / INDEX_NAME, {"metadata": {"total_size": total}, "weight_map": weight_map})
+    return len(names), total
+
+
+def import_hf(src: str | Path, dst: str | Path, dtype: str | None = None, overwrite: bool = False,
+              max_shard_size: int | None = None) -> Report:
+    """HF checkpoint directory (LLaDA, Llama, Qwen2) -> native directory."""
+    t0 = time.time()
+    src, dst = Path(src), Path(dst)
+    raw = read_json(src / "config.json")
+    if raw.get("format") == NATIVE_FORMAT:
+        raise ConfigError(f"{src}: already a dlmarch checkpoint; nothing to import")
+    family = family_of_hf(raw, str(src / "config.json"))
+    config = config_from_hf(raw, str(src / "config.json"))
+    table = KEY_TABLES[family]
+    files = WeightFiles(src)
+    model = build_on_meta(model_class_for(family), config)
+    found = files.all_tensors()
+    mapping = plan(found, expected_shapes(model), table.native_name, f"{src} ({family} checkpoint)",
+                   lambda n: table.is_ignorable(n, config.tie_word_embeddings))
+    torch_dtype = parse_dtype(dtype)
+    groups = _groups(files, mapping, mapping.get, max_shard_size, files.tensor_bytes())
+    with atomic_directory(dst, overwrite=overwrite) as tmp:
+        shards, nbytes = _stream(files, groups, tmp, torch_dtype)
+        write_json(tmp / "config.json", {"format": NATIVE_FORMAT, "format_version": 1,
+                                         "model": model_class_for(family).__name__, "config": config.to_dict()})
+        copy_aux_files(src, tmp)
+    return Report(family, len(mapping), shards, nbytes, time.time() - t0)
+
+
+def export_hf(src: str | Path, dst: str | Path, dtype: str | None = None, overwrite: bool = False,
+              max_shard_size: int | None = None) -> Report:
+    """Native directory -> the original family's HF layout (config.json + safetensors)."""
+    t0 = time.time()
+    src, dst = Path(src), Path(dst)
+    raw = read_native_config(src)
+    if raw.get("model") == "L2DModel":
+        raise ConfigError(f"{src}: an L2D checkpoint has no single HF layout; export its main path instead")
+    config = TransformerConfig.from_dict(raw["config"])
+    table = KEY_TABLES[config.family]
+    files = WeightFiles(src)
+    model = build_on_meta(model_class_for(config.family), config)
+    mapping = plan(files.all_tensors(), expected_shapes(model), lambda n: n, f"{src} (native {config.family})")
+    torch_dtype = parse_dtype(dtype)
+    groups = _groups(files, mapping, table.hf_name, max_shard_size, files.tensor_bytes())
+    hf_config = config.to_hf()
+    if torch_dtype is not None:
+        hf_config["torch_dtype"] = TORCH_DTYPE_STR[torch_dtype]
+    with atomic_directory(dst, overwrite=overwrite) as tmp:
+        shards, nbytes = _stream(files, groups, tmp, torch_dtype)
+        write_json(tmp / "config.json", hf_config)
+        copy_aux_files(src, tmp)
+    return Report(config.family, len(mapping), shards, nbytes, time.time() - t0)
+

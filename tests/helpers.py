@@ -1,0 +1,56 @@
+"""Tiny models and fixtures shared by the tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from dlmarch import LLaDAConfig, LLaDAModel
+
+FIXTURES = Path(__file__).parent / "fixtures"
+LLADA_TINY = FIXTURES / "llada-tiny"
+L2D_TINY = FIXTURES / "l2d-tiny-llama-lora"
+
+
+def tiny_llada_config(**kw) -> LLaDAConfig:
+    base = dict(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                intermediate_size=48, mask_token_id=60, eos_token_id=61, pad_token_id=61,
+                max_position_embeddings=512, rope_theta=10000.0)
+    base.update(kw)
+    return LLaDAConfig(**base)
+
+
+def tiny_llada(seed: int = 0, **kw) -> LLaDAModel:
+    torch.manual_seed(seed)
+    model = LLaDAModel(tiny_llada_config(**kw)).init_weights(std=0.2)
+    # Random norms too, so that a test notices a norm weight read from the wrong place.
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or name == "ln_f.weight":
+                p.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def hf_llama(tmp: Path, *, qwen2: bool = False, tied: bool = False, rope_scaling=None, seed: int = 0):
+    """A tiny random transformers Llama/Qwen2 saved to tmp; returns (hf_model, path)."""
+    import transformers
+
+    torch.manual_seed(seed)
+    kw = dict(vocab_size=96, hidden_size=64, intermediate_size=112, num_hidden_layers=2, num_attention_heads=4,
+              num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=tied, rms_norm_eps=1e-5)
+    if qwen2:
+        cfg = transformers.Qwen2Config(**kw, rope_theta=1e6)
+        model = transformers.Qwen2ForCausalLM(cfg)
+    else:
+        cfg = transformers.LlamaConfig(**kw, rope_theta=5e5, rope_scaling=rope_scaling)
+        model = transformers.LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.uniform_(0.5, 1.5)
+            elif name.endswith("bias"):
+                p.normal_(0, 0.5)
+    model.eval()
+    model.save_pretrained(tmp)
+    return model, tmp
