@@ -3,6 +3,7 @@
 from .config import LLaDAConfig, LlamaConfig, Qwen2Config, TransformerConfig
 from .masks import AttentionMask
 from .models import CausalLM, LLaDAModel, ModelOutput, TransformerLM
+from .sampling import generate
 
 
 class AutoModel:
@@ -28,4 +29,5 @@ __all__ = [
     "Qwen2Config",
     "TransformerConfig",
     "TransformerLM",
+    "generate",
 ]

@@ -107,6 +107,12 @@ class TransformerLM(nn.Module):
         B, L = input_ids.shape
         if B == 0 or L == 0:
             raise ValueError(f"input_ids is empty: shape {tuple(input_ids.shape)}")
+        if attention_mask is not None and tuple(attention_mask.shape) != (B, past_len + L):
+            raise ValueError(
+                f"attention_mask must have shape {(B, past_len + L)} (cached + new tokens), found {tuple(attention_mask.shape)}"
+            )
+        if torch.compiler.is_compiling():
+            return  # value checks read the data (a graph break); eager runs do them
         lo, hi = int(input_ids.min()), int(input_ids.max())
         if lo < 0 or hi >= self.config.vocab_size:
             bad = lo if lo < 0 else hi
@@ -116,10 +122,6 @@ class TransformerLM(nn.Module):
             raise ValueError(
                 f"sequence of {last} positions is longer than the configured maximum "
                 f"max_position_embeddings={self.config.max_position_embeddings}"
-            )
-        if attention_mask is not None and tuple(attention_mask.shape) != (B, past_len + L):
-            raise ValueError(
-                f"attention_mask must have shape {(B, past_len + L)} (cached + new tokens), found {tuple(attention_mask.shape)}"
             )
 
     def build_mask(

@@ -1,0 +1,3 @@
+from .llada import generate
+
+__all__ = ["generate"]

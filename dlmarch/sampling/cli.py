@@ -1,0 +1,167 @@
+"""`python -m dlmarch.generate --model DIR --prompt TEXT` (or `--prompts FILE.jsonl`).
+
+Loads the model (HF LLaDA or native) and the tokenizer from the same directory (local files only),
+applies the tokenizer's chat template when it has one, generates with LLaDA's sampler (a progress
+bar per block), and prints the decoded text. JSONL rows are {"prompt": ...} or {"messages": [...]}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ..errors import DlmarchError
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def read_prompts(path: str) -> list:
+    """Prompts of a JSONL file: each row a string under "prompt", or chat "messages"."""
+    out = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DlmarchError(f"{path}: line {n}: invalid JSON ({e.msg})") from None
+            if isinstance(row, dict) and isinstance(row.get("prompt"), str):
+                out.append(row["prompt"])
+            elif isinstance(row, dict) and isinstance(row.get("messages"), list):
+                msgs = [m for m in row["messages"] if m.get("role") != "assistant"]
+                out.append(msgs)
+            else:
+                raise DlmarchError(f"{path}: line {n}: expected {{\"prompt\": str}} or {{\"messages\": [...]}}")
+    if not out:
+        raise DlmarchError(f"{path}: no prompts")
+    return out
+
+
+def encode_prompts(tokenizer, prompts: list, chat_template: bool, suffix: str = "") -> list[list[int]]:
+    """Token ids of each prompt, through the chat template (with its generation prompt) when the
+    tokenizer has one and `chat_template` is on."""
+    ids = []
+    for p in prompts:
+        use_template = chat_template and getattr(tokenizer, "chat_template", None)
+        if use_template:
+            msgs = p if isinstance(p, list) else [{"role": "user", "content": p}]
+            text = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+        else:
+            text = p if isinstance(p, str) else "\n".join(m["content"] for m in p)
+        ids.append(tokenizer(text + suffix, add_special_tokens=not use_template).input_ids)
+    return ids
+
+
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    P = max(len(r) for r in rows)
+    ids = torch.full((len(rows), P), pad_id, dtype=torch.long)
+    am = torch.zeros(len(rows), P, dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, P - len(r):] = torch.tensor(r, dtype=torch.long)
+        am[i, P - len(r):] = 1
+    return ids, am
+
+
+def decode(tokenizer, ids: torch.Tensor, eos_ids: list[int]) -> str:
+    """Text of generated ids, cut at the first EOS/EoT."""
+    ids = ids.tolist()
+    for i, t in enumerate(ids):
+        if t in eos_ids:
+            ids = ids[:i]
+            break
+    return tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def load_for_generation(model_dir: str, dtype: str | None, device: str | None):
+    from transformers import AutoTokenizer
+
+    from ..checkpoint import load_pretrained
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_pretrained(model_dir, dtype=DTYPES[dtype] if dtype else None, device=device).eval()
+    if not hasattr(model.config, "mask_token_id"):
+        raise DlmarchError(f"{model_dir}: a {model.config.family} model is not a masked-diffusion model")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
+    except Exception as e:
+        raise DlmarchError(f"{model_dir}: cannot load its tokenizer ({str(e).splitlines()[0]})") from None
+    tokenizer.padding_side = "left"
+    # LLaDA's config.json has no EoT id; the tokenizer knows it.
+    if getattr(model.config, "eot_token_id", None) is None:
+        eot = tokenizer.convert_tokens_to_ids("<|eot_id|>") if "<|eot_id|>" in tokenizer.get_vocab() else None
+        if eot is None and "<|eot|>" in tokenizer.get_vocab():
+            eot = tokenizer.convert_tokens_to_ids("<|eot|>")
+        model.config.eot_token_id = eot
+    return model, tokenizer
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m dlmarch.generate", description=__doc__.split("\n\n")[0])
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--prompt", help="one prompt")
+    src.add_argument("--prompts", help="a JSONL file of prompts")
+    p.add_argument("--model", required=True, help="model directory (HF LLaDA or native), with its tokenizer")
+    p.add_argument("--gen-length", type=int, default=128)
+    p.add_argument("--block-length", type=int, default=32)
+    p.add_argument("--steps", type=int, default=None, help="default: gen_length")
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--cfg-scale", type=float, default=0.0)
+    p.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random"])
+    p.add_argument("--kv-cache", action="store_true", help="prefix KV cache per block (approximation)")
+    p.add_argument("--threshold", type=float, default=None, help="confidence-threshold parallel decoding")
+    p.add_argument("--block-causal", action="store_true", help="the sampler of --all-blocks models")
+    p.add_argument("--logits-eos-inf", action="store_true")
+    p.add_argument("--confidence-eos-eot-inf", action="store_true")
+    p.add_argument("--no-chat-template", action="store_true")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=list(DTYPES), default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--output", help="also write {prompt, output} rows to this JSONL file")
+    args = p.parse_args(argv)
+    try:
+        from .llada import generate
+
+        model, tok = load_for_generation(args.model, args.dtype, args.device)
+        prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts)
+        rows = encode_prompts(tok, prompts, not args.no_chat_template)
+        pad = tok.pad_token_id if tok.pad_token_id is not None else model.config.eos_token_id
+        if pad == model.config.mask_token_id:
+            raise DlmarchError("the tokenizer's pad token is the mask token; generation needs them distinct")
+        gen = torch.Generator(device=model.device).manual_seed(args.seed)
+        eos_ids = [i for i in (model.config.eos_token_id, model.config.eot_token_id) if i is not None]
+        outputs = []
+        t0, n_tokens = time.time(), 0
+        for start in range(0, len(rows), args.batch_size):
+            ids, am = left_pad(rows[start:start + args.batch_size], pad)
+            x = generate(model, ids, attention_mask=am, steps=args.steps or args.gen_length, gen_length=args.gen_length,
+                         block_length=args.block_length, temperature=args.temperature, cfg_scale=args.cfg_scale,
+                         remasking=args.remasking, logits_eos_inf=args.logits_eos_inf,
+                         confidence_eos_eot_inf=args.confidence_eos_eot_inf, generator=gen, kv_cache=args.kv_cache,
+                         threshold=args.threshold, block_causal=args.block_causal, progress=True)
+            n_tokens += x.shape[0] * args.gen_length
+            for row in x[:, ids.shape[1]:]:
+                outputs.append(decode(tok, row, eos_ids))
+    except (DlmarchError, ValueError, OSError) as e:
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+    for prompt, text in zip(prompts, outputs):
+        if len(prompts) > 1:
+            print(f"### {prompt if isinstance(prompt, str) else prompt[-1]['content']}")
+        print(text)
+    print(f"[{n_tokens} tokens in {time.time() - t0:.1f}s]", file=sys.stderr)
+    if args.output:
+        with open(args.output, "w") as f:
+            for prompt, text in zip(prompts, outputs):
+                f.write(json.dumps({"prompt": prompt, "output": text}) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,302 @@
+"""LLaDA's semi-autoregressive sampler (card 3), exactly, plus opt-in faster variants.
+
+Reference mode (every option off) reproduces ML-GSAI/LLaDA `generate.py` token for token: the
+canvas is prompt + gen_length mask ids, decoded block by block; each block gets steps / num_blocks
+steps; each step scores the canvas, takes x0 = argmax of (Gumbel-perturbed, float64) logits,
+scores each masked position of the current block by softmax(logits)[x0] ('low_confidence') or a
+uniform draw ('random'), and commits the top-k, k following `num_transfer_tokens`. Nothing is
+re-masked. Random draws are taken with the reference's shapes, so that with the same generator
+state the same tokens come out at temperature > 0 too.
+
+Differences from the reference, on purpose:
+- classifier-free guidance works without an attention mask (the reference crashes);
+- `logits_eos_inf` uses the model's EOS id instead of LLaDA-8B's hard-coded 126081;
+- `confidence_eos_eot_inf` sets the logits of both EOS and EoT to -inf before the confidence
+  softmax, at every temperature. (The reference's line only reaches EoT, except at temperature 0
+  where its `logits_with_noise` aliases `logits` and both are hit; at temperature 0 we agree.)
+- logits are computed only for the current block's positions (the reference computes them for the
+  whole canvas and then discards all but the block); the values at those positions are the same.
+
+Faster variants (opt-in; approximations where noted):
+- `kv_cache=True` (Fast-dLLM's prefix cache): at the start of each block one full forward fills
+  the keys/values of every position before the block; the block's remaining steps run only the
+  block and what follows it against that cache. APPROXIMATION: LLaDA attends bidirectionally, so
+  the true prefix keys/values change as the block is decoded; the cache keeps them as they were at
+  the start of the block (refreshed at the next block).
+- `threshold=τ` (confidence-threshold parallel decoding): each step commits every masked position
+  of the block whose confidence is at least τ, and at least the most confident one; the block ends
+  when it is full, so `steps` no longer fixes the number of steps. APPROXIMATION of the schedule.
+- `block_causal=True`: the sampler of models trained with `--all-blocks` (card 5's one-pass
+  mode): the future is cut off instead of masked; the current block attends to itself and to the
+  clean prompt and earlier blocks, which attend block-causally among themselves. With
+  `kv_cache=True` their keys/values are computed once per block and cached; that cache is exact
+  (a finished block's keys never change), so cached and uncached runs agree. This is a different
+  model family's decoder, not an approximation of reference mode.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..masks import AttentionMask
+
+REMASKING = ("low_confidence", "random")
+
+
+def add_gumbel_noise(logits: Tensor, temperature: float, generator: torch.Generator | None = None, noise: Tensor | None = None) -> Tensor:
+    """The reference's Gumbel-max perturbation in float64: exp(l) / (-log u)^T. T = 0: logits as is."""
+    if temperature == 0:
+        return logits
+    logits = logits.to(torch.float64)
+    if noise is None:
+        noise = torch.rand(logits.shape, dtype=torch.float64, device=logits.device, generator=generator)
+    return logits.exp() / (-torch.log(noise)) ** temperature
+
+
+def get_num_transfer_tokens(mask_index: Tensor, steps: int) -> Tensor:
+    """Masks of a block split evenly over its steps, the remainder to the first steps. (B, steps)."""
+    mask_num = mask_index.sum(dim=1, keepdim=True)
+    base, remainder = mask_num // steps, mask_num % steps
+    out = base.expand(-1, steps).clone()
+    out += torch.arange(steps, device=mask_index.device)[None] < remainder
+    return out.to(torch.int64)
+
+
+def check_arguments(prompt: Tensor, attention_mask, steps: int, gen_length: int, block_length: int, remasking: str,
+                    mask_id: int, threshold, temperature: float, cfg_scale: float) -> int:
+    """ValueError naming the argument that cannot work. Returns the number of blocks."""
+    if not isinstance(prompt, Tensor) or prompt.dim() != 2 or prompt.dtype not in (torch.int64, torch.int32):
+        raise ValueError("prompt must be an integer tensor of shape (batch, length)")
+    if prompt.shape[0] == 0 or prompt.shape[1] == 0:
+        raise ValueError(f"prompt is empty: shape {tuple(prompt.shape)}")
+    if gen_length <= 0 or block_length <= 0 or steps <= 0:
+        raise ValueError(f"steps, gen_length and block_length must be positive (got {steps}, {gen_length}, {block_length})")
+    if gen_length % block_length:
+        raise ValueError(f"gen_length ({gen_length}) is not a multiple of block_length ({block_length})")
+    num_blocks = gen_length // block_length
+    if threshold is None and steps % num_blocks:
+        raise ValueError(f"steps ({steps}) is not divisible by the number of blocks ({num_blocks} = gen_length / block_length)")
+    if remasking not in REMASKING:
+        raise ValueError(f"remasking must be one of {REMASKING}, found {remasking!r}")
+    if threshold is not None and not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be in (0, 1], found {threshold}")
+    if temperature < 0 or cfg_scale < 0:
+        raise ValueError(f"temperature and cfg_scale must be >= 0 (got {temperature}, {cfg_scale})")
+    hits = (prompt == mask_id).nonzero()
+    if hits.numel():
+        r, p = hits[0].tolist()
+        raise ValueError(f"prompt contains the mask token id {mask_id} (row {r}, position {p})")
+    if attention_mask is not None and tuple(attention_mask.shape) != tuple(prompt.shape):
+        raise ValueError(f"attention_mask must have the prompt's shape {tuple(prompt.shape)}, found {tuple(attention_mask.shape)}")
+    return num_blocks
+
+
+class _Scorer:
+    """Runs the model on (part of) the canvas, with classifier-free guidance when asked for.
+
+    With guidance the batch is doubled: the conditional canvas and an unconditional copy whose
+    prompt positions are masked; logits = u + (cfg + 1)(c - u).
+    """
+
+    def __init__(self, model, prompt_index: Tensor, attention_mask: Tensor | None, cfg_scale: float, mask_id: int,
+                 eos_ids: list[int], logits_eos_inf: bool):
+        self.model, self.prompt_index, self.cfg, self.mask_id = model, prompt_index, cfg_scale, mask_id
+        self.eos_ids, self.logits_eos_inf = eos_ids, logits_eos_inf
+        if attention_mask is not None and cfg_scale > 0:
+            attention_mask = torch.cat([attention_mask, attention_mask])
+        self.attention_mask = attention_mask
+        self.calls = 0
+
+    def canvas(self, x: Tensor) -> Tensor:
+        if self.cfg <= 0:
+            return x
+        un_x = x.clone()
+        un_x[self.prompt_index[:, : x.shape[1]]] = self.mask_id
+        return torch.cat([x, un_x])
+
+    def __call__(self, x: Tensor, start: int, stop: int, past_kv=None, return_kv: bool = False, kv_len: int | None = None,
+                 block_causal: tuple[int, int] | None = None):
+        """Logits (B, stop - start, V) of canvas positions [start, stop).
+
+        Without a cache the model runs on x[:, :kv_len] (default: all of x); with `past_kv` (the
+        keys/values of positions [0, start)) it runs on x[:, start:kv_len] only. `block_causal`
+        = (prompt length, block length): positions before `start` are clean, [start, stop) is the
+        noisy block, under the block-causal rule (the uncached form of the block-causal sampler).
+        """
+        self.calls += 1
+        kv_len = x.shape[1] if kv_len is None else kv_len
+        x_in = self.canvas(x[:, :kv_len])
+        am = None if self.attention_mask is None else self.attention_mask[:, :kv_len]
+        if block_causal is not None:
+            mask = block_causal_mask(x_in.shape[0], kv_len, start, *block_causal, x.device, am)
+            out = self.model(x_in, mask=mask, logits_at=slice(start, stop))
+        elif past_kv is None:
+            out = self.model(x_in, attention_mask=am, logits_at=slice(start, stop), return_kv=return_kv)
+        else:
+            out = self.model(x_in[:, start:], attention_mask=am, past_kv=past_kv, logits_at=slice(0, stop - start),
+                             return_kv=return_kv)
+        logits = out.logits
+        if self.cfg > 0:
+            cond, uncond = logits.chunk(2)
+            logits = uncond + (self.cfg + 1) * (cond - uncond)
+        if self.logits_eos_inf:
+            logits[..., self.eos_ids[:1]] = -torch.inf
+        return logits, out.kv
+
+
+def block_causal_mask(rows: int, length: int, noisy_start: int, prompt_len: int, block_length: int, device,
+                      attention_mask: Tensor | None = None) -> AttentionMask:
+    """The block-causal mask of a canvas whose positions before `noisy_start` are clean: the prompt
+    is block 0, generated block k is block k + 1; the noisy block sees itself and earlier clean
+    blocks, clean blocks see clean blocks up to their own."""
+    pos = torch.arange(length, device=device)
+    block = torch.where(pos < prompt_len, 0, (pos - prompt_len) // block_length + 1)
+    clean = pos < noisy_start
+    valid = None if attention_mask is None else attention_mask.bool()
+    return AttentionMask.self_attention("block_causal", pos.expand(rows, -1), block_ids=block.expand(rows, -1),
+                                        clean=clean.expand(rows, -1), valid=valid)
+
+
+def _choose(logits: Tensor, x_block: Tensor, mask_block: Tensor, k: Tensor | None, threshold: float | None,
+            temperature: float, remasking: str, generator, eos_eot: list[int] | None,
+            full_shape: tuple | None, block_start: int) -> Tensor:
+    """Commit tokens into x_block (B, bl) in place. Returns the number committed per row.
+
+    full_shape: in reference mode, the (B, L, V) shape the reference draws its random numbers with,
+    so that the same generator state gives the same tokens; the block's slice of the draw is used.
+    """
+    B, bl, V = logits.shape
+    gumbel = None
+    if temperature > 0:
+        if full_shape is not None:
+            gumbel = torch.rand(full_shape, dtype=torch.float64, device=logits.device, generator=generator)
+            gumbel = gumbel[:, block_start: block_start + bl]
+        noisy = add_gumbel_noise(logits, temperature, generator, noise=gumbel)
+    else:
+        noisy = logits
+    x0 = noisy.argmax(dim=-1)
+    if remasking == "low_confidence":
+        if eos_eot:
+            logits = logits.clone()
+            logits[..., eos_eot] = -torch.inf
+        p = F.softmax(logits, dim=-1)
+        x0_p = p.gather(-1, x0[..., None]).squeeze(-1)
+    else:
+        if full_shape is not None:
+            x0_p = torch.rand(full_shape[:2], device=logits.device, generator=generator)[:, block_start: block_start + bl]
+        else:
+            x0_p = torch.rand((B, bl), device=logits.device, generator=generator)
+    confidence = torch.where(mask_block, x0_p, torch.tensor(-torch.inf, dtype=x0_p.dtype, device=x0_p.device))
+    transfer = torch.zeros_like(mask_block)
+    for j in range(B):
+        if threshold is None:
+            kj = int(k[j])
+            if kj == 0:
+                continue
+            _, idx = torch.topk(confidence[j], k=kj)
+            transfer[j, idx] = True
+        else:
+            n_masked = int(mask_block[j].sum())
+            if n_masked == 0:
+                continue
+            _, idx = torch.topk(confidence[j], k=n_masked)
+            keep = confidence[j, idx] >= threshold
+            keep[0] = True  # at least the most confident position
+            transfer[j, idx[keep]] = True
+    x_block[transfer] = x0[transfer]
+    return transfer.sum(dim=1)
+
+
+@torch.no_grad()
+def generate(
+    model,
+    prompt: Tensor,
+    attention_mask: Tensor | None = None,
+    steps: int = 128,
+    gen_length: int = 128,
+    block_length: int = 128,
+    temperature: float = 0.0,
+    cfg_scale: float = 0.0,
+    remasking: str = "low_confidence",
+    mask_id: int | None = None,
+    logits_eos_inf: bool = False,
+    confidence_eos_eot_inf: bool = False,
+    *,
+    generator: torch.Generator | None = None,
+    kv_cache: bool = False,
+    threshold: float | None = None,
+    block_causal: bool = False,
+    progress: bool = False,
+    stats: dict | None = None,
+) -> Tensor:
+    """Prompt (B, P) [+ left-padding attention_mask (B, P)] -> prompt + generated ids (B, P + gen_length).
+
+    The positional and keyword arguments up to `confidence_eos_eot_inf` are the reference's, with
+    the same defaults except `mask_id`, which defaults to the model config's mask token. See the
+    module docstring for `kv_cache`, `threshold` and `block_causal`. `generator` drives every
+    random draw (Gumbel noise, 'random' remasking); None uses torch's global generator, as the
+    reference does. `stats`, if given, receives the number of model calls ('nfe').
+    """
+    cfg = model.config
+    mask_id = cfg.mask_token_id if mask_id is None else mask_id
+    num_blocks = check_arguments(prompt, attention_mask, steps, gen_length, block_length, remasking, mask_id,
+                                 threshold, temperature, cfg_scale)
+    eos_ids = [i for i in (cfg.eos_token_id, getattr(cfg, "eot_token_id", None)) if i is not None]
+    if (logits_eos_inf or confidence_eos_eot_inf) and not eos_ids:
+        raise ValueError("logits_eos_inf / confidence_eos_eot_inf need eos_token_id in the model config")
+    device = model.device
+    prompt = prompt.to(device)
+    B, P = prompt.shape
+    x = torch.full((B, P + gen_length), mask_id, dtype=torch.long, device=device)
+    x[:, :P] = prompt
+    if attention_mask is not None:
+        attention_mask = torch.cat([attention_mask.to(device), torch.ones(B, gen_length, dtype=attention_mask.dtype, device=device)], 1)
+    score = _Scorer(model, x != mask_id, attention_mask, cfg_scale, mask_id, eos_ids, logits_eos_inf)
+    eos_eot = eos_ids if confidence_eos_eot_inf else None
+    steps_per_block = steps // num_blocks
+    reference_mode = not (kv_cache or threshold is not None or block_causal)
+    V = cfg.vocab_size
+    blocks = range(num_blocks)
+    if progress:
+        from tqdm.auto import tqdm
+
+        blocks = tqdm(blocks, desc="blocks", unit="block", leave=False)
+
+    prefix_kv = None
+    if block_causal and kv_cache:  # the prompt is clean block 0: its keys/values once, attending to itself
+        _, prefix_kv = score(x, P - 1, P, return_kv=True, kv_len=P)
+
+    for b in blocks:
+        s, e = P + b * block_length, P + (b + 1) * block_length
+        block = x[:, s:e]  # a view: committing into it writes the canvas
+        k_schedule = get_num_transfer_tokens(block == mask_id, steps_per_block) if threshold is None else None
+        max_steps = steps_per_block if threshold is None else block_length
+        past = None
+        for i in range(max_steps):
+            mask_block = block == mask_id
+            if not bool(mask_block.any()):
+                break
+            if block_causal and kv_cache:
+                logits, _ = score(x, s, e, past_kv=prefix_kv, kv_len=e)
+            elif block_causal:
+                logits, _ = score(x, s, e, kv_len=e, block_causal=(P, block_length))
+            elif kv_cache and i > 0:
+                logits, _ = score(x, s, e, past_kv=past)
+            elif kv_cache:
+                logits, kv = score(x, s, e, return_kv=True)
+                past = [(k[:, :, :s], v[:, :, :s]) for k, v in kv]
+            else:
+                logits, _ = score(x, s, e)
+            full_shape = (B, x.shape[1], V) if reference_mode else None
+            k = None if k_schedule is None else k_schedule[:, i]
+            _choose(logits, block, mask_block, k, threshold, temperature, remasking, generator, eos_eot, full_shape, s)
+        if block_causal and kv_cache and b + 1 < num_blocks:  # the finished block joins the clean cache
+            _, prefix_kv = score(x, s, e, past_kv=prefix_kv, return_kv=True, kv_len=e)
+    if stats is not None:
+        stats["nfe"] = score.calls
+    return x
+
+
+__all__ = ["generate", "get_num_transfer_tokens", "add_gumbel_noise"]

@@ -1,0 +1,1 @@
+"""Training recipes for dlmarch models: one loop, small objectives, entrypoints."""
