@@ -126,6 +126,15 @@ class TransformerConfig:
             raise ConfigError(f"unknown {family} config field(s): {', '.join(unknown)}")
         return cls(**d)
 
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> "TransformerConfig":
+        """The config of a checkpoint directory, native or HF."""
+        raw = read_json(Path(path) / "config.json")
+        cfg = TransformerConfig.from_dict(raw["config"]) if raw.get("format") == "dlmarch" else config_from_hf(raw)
+        if cls is not TransformerConfig and not isinstance(cfg, cls):
+            raise ConfigError(f"{path} holds a {cfg.family} config, not a {cls.__name__}")
+        return cfg
+
     def replace(self, **changes) -> "TransformerConfig":
         return dataclasses.replace(self, **changes)
 

@@ -54,3 +54,30 @@ def hf_llama(tmp: Path, *, qwen2: bool = False, tied: bool = False, rope_scaling
     model.eval()
     model.save_pretrained(tmp)
     return model, tmp
+
+
+def make_task(tmp: Path, n: int = 256, seed: int = 0, model_seed: int = 0, task: str = "reverse",
+              init_std: float = 0.02, **model_kw) -> tuple[Path, Path]:
+    """A tiny LLaDA with a character tokenizer, saved natively, and a JSONL of a string task
+    ("reverse" or "copy"). Returns (model_dir, data_path)."""
+    import json
+    import random
+
+    from trainers.tokenizer import build_char_tokenizer
+
+    tok = build_char_tokenizer("abcdefgh", pad_to=8)
+    kw = dict(vocab_size=len(tok), mask_token_id=tok.mask_token_id, eos_token_id=tok.eos_token_id,
+              pad_token_id=tok.pad_token_id, hidden_size=64, intermediate_size=128, num_heads=4, num_kv_heads=4)
+    kw.update(model_kw)
+    torch.manual_seed(model_seed)
+    model = LLaDAModel(tiny_llada_config(**kw)).init_weights(std=init_std)
+    model_dir = tmp / "model"
+    model.save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    rng = random.Random(seed)
+    data = tmp / f"{task}.jsonl"
+    with open(data, "w") as f:
+        for _ in range(n):
+            s = "".join(rng.choice("abcdefgh") for _ in range(rng.randint(3, 8)))
+            f.write(json.dumps({"prompt": s, "response": s[::-1] if task == "reverse" else s}) + "\n")
+    return model_dir, data

@@ -181,7 +181,8 @@ class TransformerLM(nn.Module):
                         are used unless position_ids are given.
         past_kv:        cached keys/values of the first `past` positions; return_kv: return this
                         forward's keys/values (cache included) per layer.
-        logits_at:      slice or (B, K) index of the positions whose logits are wanted.
+        logits_at:      the positions whose logits are wanted: a slice, a (B, K) index (logits (B, K, V)),
+                        or a boolean (B, L) selection (logits (K, V) of the selected tokens, in order).
         """
         past_len = 0 if past_kv is None else past_kv[0][0].shape[2]
         self.check_inputs(input_ids, attention_mask, past_len, position_ids)
@@ -200,6 +201,8 @@ class TransformerLM(nn.Module):
             h = x
             if isinstance(logits_at, slice):
                 h = x[:, logits_at]
+            elif logits_at is not None and logits_at.dtype == torch.bool:
+                h = x[logits_at]
             elif logits_at is not None:
                 h = x.gather(1, logits_at[..., None].expand(-1, -1, x.shape[-1]))
             logits = self.head(self.ln_f(h))

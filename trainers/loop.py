@@ -1,0 +1,491 @@
+"""The one training loop every objective runs on.
+
+`train(objective_factory, args)` loads the model and tokenizer, builds the data schedule, wraps the
+model (LoRA through peft, DDP or FSDP2 under torchrun), and steps AdamW with warmup and cosine or
+linear decay, gradient accumulation and clipping, bf16 autocast on GPU and optional activation
+checkpointing. Objectives are functions of (model, batch, generator) returning an ObjectiveOutput.
+
+Exactness across accumulation and ranks: each micro-batch backpropagates its un-normalised loss sum;
+the step's denominators are summed over micro-batches and ranks, and the gradients divided by that
+sum before clipping. The noise of micro-batch k of step s comes from a generator seeded with
+(seed, s, k) and its data from a schedule that is a pure function of (seed, step), so the same
+global batch gives the same update on 1 or N processes, and a resumed run continues exactly.
+
+What a run directory holds: run.json (the options), metrics.jsonl, loss.png, checkpoints/step-N
+(weights or adapter, optimizer, scheduler, RNG states, position), and at the end model/ (native,
+with the tokenizer), adapter/ (peft format, LoRA runs) and model-hf/ (--export-hf).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from dlmarch import safetensors_io as st
+from dlmarch.checkpoint import atomic_directory, load_pretrained, write_json
+from dlmarch.errors import DlmarchError
+
+from .data import BatchSchedule, load_examples
+
+
+class TrainingError(DlmarchError):
+    pass
+
+
+# --- context the objectives are built from ------------------------------------------------------------
+
+
+@dataclass
+class RunContext:
+    """What an objective factory may need to know once the model and tokenizer are loaded."""
+
+    args: object
+    model: nn.Module  # unwrapped base model
+    tokenizer: object
+    mask_id: int | None
+    eos_id: int
+    rank: int
+    world: int
+    device: torch.device
+
+
+# --- distributed ----------------------------------------------------------------------------------------
+
+
+def setup_distributed(device_arg: str | None) -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if device_arg:
+        device = torch.device(device_arg)
+    elif torch.cuda.is_available():
+        device = torch.device("cuda", local)
+    else:
+        device = torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def all_sum(values: list[float], device) -> list[float]:
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device if device.type == "cuda" else "cpu")
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def barrier():
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def micro_generator(seed: int, step: int, index: int, device) -> torch.Generator:
+    """The generator of micro-batch `index` of step `step`: a pure function of the three."""
+    g = torch.Generator(device=device)
+    g.manual_seed((seed * 1_000_003 + step) * 10_007 + index)
+    return g
+
+
+# --- model ---------------------------------------------------------------------------------------------
+
+
+def check_lora_targets(model: nn.Module, targets: list[str]) -> None:
+    """Every requested target must name at least one Linear module (peft only fails when none match)."""
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    leaves = {n.rsplit(".", 1)[-1] for n in names}
+    for t in targets:
+        if t not in leaves and not any(n == t or n.endswith("." + t) for n in names):
+            raise DlmarchError(f"--lora-targets: {t!r} matches no linear module of this model (its names: {', '.join(sorted(leaves))})")
+
+
+def wrap_lora(model: nn.Module, args) -> nn.Module:
+    from peft import LoraConfig, get_peft_model
+
+    check_lora_targets(model, args.lora_targets)
+    cfg = LoraConfig(r=args.lora_rank, lora_alpha=args.lora_alpha or 2 * args.lora_rank, lora_dropout=args.lora_dropout,
+                     target_modules=list(args.lora_targets))
+    peft_model = get_peft_model(model, cfg)
+    peft_model.peft_config["default"].base_model_name_or_path = str(args.model)
+    return peft_model
+
+
+def autocast_ctx(args, device):
+    use = args.bf16 == "on" or (args.bf16 == "auto" and device.type == "cuda")
+    if not use:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def lr_lambda(total: int, warmup: int, schedule: str, min_ratio: float) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if schedule == "constant" or total <= warmup:
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        decay = 0.5 * (1 + math.cos(math.pi * progress)) if schedule == "cosine" else 1 - progress
+        return min_ratio + (1 - min_ratio) * decay
+
+    return f
+
+
+# --- run directory ----------------------------------------------------------------------------------------
+
+
+def prepare_output(out: Path, args, rank: int) -> None:
+    run_json = out / "run.json"
+    if out.exists() and any(out.iterdir()):
+        if args.resume:
+            if not run_json.exists():
+                raise DlmarchError(f"{out}: --resume found no run here (no run.json)")
+        elif args.overwrite:
+            if rank == 0:
+                shutil.rmtree(out)
+        else:
+            what = "another run (run.json)" if run_json.exists() else "files"
+            raise DlmarchError(f"{out} already holds {what}; pass --resume to continue it or --overwrite to replace it")
+    barrier()
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        if not run_json.exists():
+            write_json(run_json, {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()})
+    barrier()
+
+
+def checkpoints(out: Path) -> list[Path]:
+    d = out / "checkpoints"
+    if not d.exists():
+        return []
+    return sorted((p for p in d.iterdir() if p.name.startswith("step-") and (p / "state.json").exists()),
+                  key=lambda p: int(p.name[5:]))
+
+
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Keep the complete lines of steps <= last_step (a killed run may have written more, or half a line)."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if row.get("step", 0) <= last_step:
+            keep.append(line)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(x + "\n" for x in keep))
+    os.replace(tmp, path)
+
+
+def plot_losses(metrics_path: Path, png: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()]
+    if not rows:
+        return
+    steps, losses = [r["step"] for r in rows], [r["loss"] for r in rows]
+    ema, smooth = None, []
+    for v in losses:
+        ema = v if ema is None else 0.9 * ema + 0.1 * v
+        smooth.append(ema)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, losses, alpha=0.3, label="loss")
+    ax.plot(steps, smooth, label="EMA 0.9")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+
+
+# --- the loop ------------------------------------------------------------------------------------------------
+
+
+def train(objective_factory: Callable[[RunContext], Callable], args, *, name: str, needs_mask: bool = True,
+          model_loader: Callable | None = None) -> dict:
+    """Run training; returns the summary (also printed and written to OUTPUT/summary.json).
+
+    model_loader(args, device, dtype) -> model overrides how the model is built (L2D)."""
+    from transformers import AutoTokenizer
+
+    rank, world, device = setup_distributed(args.device)
+    out = Path(args.output)
+    prepare_output(out, args, rank)
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+
+    # Tokenizer and special tokens.
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(args.model, local_files_only=True)
+    except Exception as e:
+        raise DlmarchError(f"{args.model}: cannot load its tokenizer ({str(e).strip().splitlines()[0]})") from None
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, None: None}[args.dtype]
+    if dtype is None:
+        dtype = torch.bfloat16 if (args.lora_rank and device.type == "cuda") else torch.float32
+    overrides = {"attn_backend": args.attn_backend} if args.attn_backend else {}
+    model = model_loader(args, device, dtype) if model_loader else load_pretrained(args.model, dtype=dtype, device=device, **overrides)
+    cfg = model.config
+    mask_id = None
+    if needs_mask:
+        mask_id = getattr(cfg, "mask_token_id", None)
+        if mask_id is None:
+            raise DlmarchError(f"{args.model}: a {cfg.family} model has no mask token; this objective trains masked-diffusion models")
+        tok_mask = tokenizer.mask_token_id
+        if tok_mask is None and mask_id >= len(tokenizer):
+            raise DlmarchError(f"{args.model}: the tokenizer has no mask token (the model's mask id {mask_id} is outside its "
+                               f"vocabulary of {len(tokenizer)})")
+        if tok_mask is not None and tok_mask != mask_id:
+            raise DlmarchError(f"{args.model}: the tokenizer's mask token id {tok_mask} differs from the model's {mask_id}")
+    eos_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else cfg.eos_token_id
+    if eos_id is None:
+        raise DlmarchError(f"{args.model}: neither the tokenizer nor the config names an EOS token")
+    pad_id = eos_id if args.eos_pad == "train" else (tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id)
+
+    # Data.
+    examples, report = load_examples(args.data, tokenizer, args.max_length, eos_id=eos_id, over_long=args.over_long,
+                                     skip_bad_rows=args.skip_bad_rows, use_template=False if args.no_chat_template else None)
+    schedule = BatchSchedule(examples, micro_batch_size=args.batch_size, micro_batches_per_step=args.grad_accum * world,
+                             max_length=args.max_length, pad_id=pad_id, seed=args.seed, pack=args.pack,
+                             eos_pad=args.eos_pad, pad_to=args.pad_to)
+    total_steps = args.max_steps or max(1, int(args.epochs * schedule.steps_per_epoch))
+    warmup = args.warmup_steps if args.warmup_steps is not None else int(0.03 * total_steps)
+
+    # Model wrapping.
+    base = model
+    if args.grad_checkpointing:
+        base.gradient_checkpointing = True
+    if args.lora_rank:
+        model = wrap_lora(model, args)
+    ctx = RunContext(args, base, tokenizer, mask_id, eos_id, rank, world, device)
+    objective = objective_factory(ctx)
+    model.train()
+    train_model = model
+    if world > 1:
+        if args.distributed == "fsdp":
+            from torch.distributed.fsdp import fully_shard
+
+            for block in base.blocks:
+                fully_shard(block)
+            fully_shard(model)
+        else:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise DlmarchError("nothing to train: every parameter is frozen")
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=tuple(args.adam_betas))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, warmup, args.schedule, args.min_lr_ratio))
+
+    # Resume.
+    start = 0
+    found = checkpoints(out)
+    if args.resume and found:
+        start = load_checkpoint(found[-1], model, optimizer, scheduler, device)
+        if rank == 0:
+            truncate_metrics(out / "metrics.jsonl", start)
+            print(f"resumed from {found[-1]} at step {start}", file=sys.stderr)
+    elif args.resume and rank == 0:
+        print(f"{out}: no checkpoint yet; starting from step 0", file=sys.stderr)
+
+    if rank == 0:
+        n_train = sum(p.numel() for p in params)
+        n_all = sum(p.numel() for p in model.parameters())
+        print(f"{name}: {report.line()}; {schedule.steps_per_epoch} steps/epoch, {total_steps} steps; "
+              f"training {n_train:,} of {n_all:,} parameters on {device} x{world}", file=sys.stderr)
+    writer = _tensorboard(out) if rank == 0 else None
+    bar = None
+    if rank == 0 and not args.no_progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total_steps, initial=start, desc=name, unit="step", dynamic_ncols=True)
+
+    metrics_path = out / "metrics.jsonl"
+    t_start, tokens_run, first_loss, last_loss, ema = time.time(), 0, None, None, None
+    step = start
+    fsdp = world > 1 and args.distributed == "fsdp"
+    for step in range(start, total_steps):
+        t0 = time.time()
+        loss_sum, denom, tokens, metrics = 0.0, 0.0, 0, {}
+        for a in range(args.grad_accum):
+            index = a * world + rank
+            batch = schedule.micro_batch(step, index).to(device)
+            gen = micro_generator(args.seed, step, index, device)
+            last = a == args.grad_accum - 1
+            if fsdp and hasattr(model, "set_requires_gradient_sync"):
+                model.set_requires_gradient_sync(last)
+            sync = train_model.no_sync() if (world > 1 and not fsdp and not last) else contextlib.nullcontext()
+            with sync, autocast_ctx(args, device):
+                res = objective(train_model, batch, gen)
+                res.loss_sum.backward()
+            loss_sum += float(res.loss_sum.detach())
+            denom += res.denom
+            tokens += batch.data_tokens
+            for k, v in res.metrics.items():
+                metrics[k] = metrics.get(k, 0.0) + v / args.grad_accum
+        loss_sum, denom, tokens = all_sum([loss_sum, denom, float(tokens)], device)
+        loss = loss_sum / denom if denom > 0 else 0.0
+        if not math.isfinite(loss):
+            good = checkpoints(out)
+            where = f"the last good checkpoint is {good[-1]}" if good else "no checkpoint was written yet"
+            raise TrainingError(f"non-finite loss ({loss}) at step {step + 1}; stopped before updating the weights; {where}")
+        scale = (world if world > 1 else 1) / denom if denom > 0 else 0.0
+        for p in params:
+            if p.grad is not None:
+                p.grad.mul_(scale)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, args.clip if args.clip > 0 else float("inf")))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        tokens_run += int(tokens)
+        first_loss = loss if first_loss is None else first_loss
+        last_loss = loss
+        ema = loss if ema is None else 0.95 * ema + 0.05 * loss
+        done = step + 1
+        if rank == 0 and (done % args.log_every == 0 or done == total_steps):
+            elapsed = time.time() - t_start
+            row = {"step": done, "epoch": round(done / schedule.steps_per_epoch, 4), "loss": loss,
+                   "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "tokens": int(tokens),
+                   "tokens_per_s": tokens / max(time.time() - t0, 1e-9), "elapsed_s": elapsed, **metrics}
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            if writer:
+                for k, v in row.items():
+                    if k != "step":
+                        writer.add_scalar(k, v, done)
+        if bar:
+            bar.set_postfix(loss=f"{ema:.4f}", tok_s=f"{tokens_run / max(time.time() - t_start, 1e-9):.0f}")
+            bar.update(1)
+        if done % args.save_every == 0 or done == total_steps:
+            save_checkpoint(out, done, model, optimizer, scheduler, rank, args.keep)
+    if bar:
+        bar.close()
+    if writer:
+        writer.close()
+    elapsed = time.time() - t_start
+    summary = finish(out, model, base, tokenizer, args, rank, model_loader)
+    summary.update(steps=total_steps, resumed_from=start, tokens=tokens_run, seconds=round(elapsed, 2),
+                   tokens_per_s=tokens_run / max(elapsed, 1e-9), first_loss=first_loss, last_loss=last_loss,
+                   smoothed_loss=ema, data=report.line())
+    if rank == 0:
+        write_json(out / "summary.json", summary)
+        if metrics_path.exists():
+            plot_losses(metrics_path, out / "loss.png", f"{name}: {Path(args.model).name}")
+        ran = total_steps - start
+        print(f"{name}: {ran} steps in {elapsed:.1f}s, {tokens_run:,} tokens ({summary['tokens_per_s']:.0f} tok/s), "
+              f"loss {first_loss if first_loss is not None else float('nan'):.4f} -> {ema if ema is not None else float('nan'):.4f} "
+              f"(EMA); model: {summary.get('model')}; curve: {out / 'loss.png'}")
+    barrier()
+    return summary
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except Exception:
+        return None
+    return SummaryWriter(str(out / "tensorboard"))
+
+
+# --- checkpoints ------------------------------------------------------------------------------------------------
+
+
+def _state_dicts(model, optimizer):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    msd = get_model_state_dict(model, options=opts)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    msd = {k: v for k, v in msd.items() if k in trainable}
+    return msd, get_optimizer_state_dict(model, optimizer, options=opts)
+
+
+def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, rank: int, keep: int) -> None:
+    msd, osd = _state_dicts(model, optimizer)  # collective under FSDP: every rank takes part
+    if rank == 0:
+        target = out / "checkpoints" / f"step-{step:08d}"
+        with atomic_directory(target, overwrite=True) as tmp:
+            st.save_file({k: v.contiguous() for k, v in msd.items()}, tmp / "weights.safetensors")
+            torch.save(osd, tmp / "optimizer.pt")
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / "rng.pt")
+            write_json(tmp / "state.json", {"step": step, "time": time.time()})
+        for old in checkpoints(out)[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    barrier()
+
+
+def load_checkpoint(path: Path, model, optimizer, scheduler, device) -> int:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
+
+    weights = st.load_file(path / "weights.safetensors")
+    set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, strict=False))
+    osd = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+    set_optimizer_state_dict(model, optimizer, osd, options=StateDictOptions(full_state_dict=True))
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    rng = torch.load(path / "rng.pt", weights_only=True)
+    torch.set_rng_state(rng["torch"])
+    random.setstate(rng["python"])
+    return int(json.loads((path / "state.json").read_text())["step"])
+
+
+def _is_sharded(model) -> bool:
+    return any(type(p).__name__ == "DTensor" or getattr(p, "device_mesh", None) is not None for p in model.parameters())
+
+
+def finish(out: Path, model, base, tokenizer, args, rank: int, model_loader=None) -> dict:
+    """Final artefacts: model/ (native, merged for LoRA, with the tokenizer), adapter/ for LoRA runs,
+    model-hf/ with --export-hf."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))  # collective
+    if rank != 0:
+        return {}
+    if _is_sharded(model):  # FSDP: rebuild a plain copy on rank 0 from the gathered weights
+        cpu = torch.device("cpu")
+        base = model_loader(args, cpu, torch.float32) if model_loader else load_pretrained(args.model, dtype=torch.float32, device=cpu)
+        model = wrap_lora(base, args) if args.lora_rank else base
+        model.load_state_dict(full)
+    summary = {}
+    if args.lora_rank:
+        adapter_dir = out / "adapter"
+        with atomic_directory(adapter_dir, overwrite=True) as tmp:
+            model.save_pretrained(tmp, save_embedding_layers=False)
+        summary["adapter"] = str(adapter_dir)
+        merged = model.merge_and_unload()
+    else:
+        merged = base
+    model_dir = out / "model"
+    merged.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    summary["model"] = str(model_dir)
+    if args.export_hf and hasattr(merged.config, "to_hf"):
+        from conversions.hf import export_hf
+
+        export_hf(model_dir, out / "model-hf", overwrite=True)
+        summary["model_hf"] = str(out / "model-hf")
+    return summary

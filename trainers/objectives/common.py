@@ -1,0 +1,64 @@
+"""Pieces every objective shares: noise drawn per document, logits of selected tokens, the output."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..data import Batch
+
+EPS = 1e-3  # p = (1 - eps) t + eps: LLaDA's floor on the masking rate
+
+
+class ObjectiveOutput(NamedTuple):
+    """loss_sum: the un-normalised loss of this micro-batch (a graph to backpropagate).
+    denom:    its share of the normaliser; the loop divides the step's summed loss (and gradients)
+              by the step's summed denominators, over micro-batches and ranks, so that any
+              normaliser is exact under accumulation and data parallelism.
+    metrics:  floats to log (means over this micro-batch; the loop averages them over the step).
+    """
+
+    loss_sum: Tensor
+    denom: float
+    metrics: dict
+
+
+def doc_uniform(batch: Batch, generator: torch.Generator, n: int = 1) -> Tensor:
+    """Uniform draws per token, (n, B, L), indexed by (document, position in document).
+
+    The same documents give the same draws whatever the layout (padded or packed, row order), so
+    packed and padded batches see the same masks.
+    """
+    N = batch.num_docs
+    L = int(batch.positions[batch.seg >= 0].max()) + 1  # the longest document, not the padded row
+    u = torch.rand(n, N, L, generator=generator, device=batch.input_ids.device)
+    seg = batch.seg.clamp(min=0)  # filler and padding read some draw; they are never noised
+    return u[:, seg, batch.positions.clamp(max=L - 1)]
+
+
+def doc_times(batch: Batch, generator: torch.Generator) -> Tensor:
+    """t ~ U(0, 1) per document, (num_docs,)."""
+    return torch.rand(batch.num_docs, generator=generator, device=batch.input_ids.device)
+
+
+def per_doc(values: Tensor, seg: Tensor, num_docs: int) -> Tensor:
+    """Sum of per-token values (K,) over their documents seg (K,) -> (num_docs,)."""
+    return torch.zeros(num_docs, dtype=values.dtype, device=values.device).index_add_(0, seg, values)
+
+
+def masked_forward(model, noisy: Tensor, batch: Batch, select: Tensor) -> Tensor:
+    """Logits (K, V) of the selected tokens of the noisy batch (the LM head runs on those only)."""
+    return model(noisy, logits_at=select, **batch.model_inputs()).logits
+
+
+def token_ce(logits: Tensor, targets: Tensor) -> Tensor:
+    """Per-token cross-entropy in fp32, (K,)."""
+    return F.cross_entropy(logits.float(), targets, reduction="none")
+
+
+def zero_loss(logits: Tensor) -> Tensor:
+    """A zero that stays connected to the graph (every rank must backpropagate through the model)."""
+    return logits.float().sum() * 0.0

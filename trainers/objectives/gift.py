@@ -1,0 +1,72 @@
+"""GIFT: entropy-guided per-token masking rates (card 4; arXiv 2509.20863, first titled WeFT).
+
+1. Probe, without gradient: the whole response masked; per response token H_i = entropy of the
+   predicted distribution, beta_i = sqrt(H_i).
+2. beta_ref = mean of beta_i over the micro-batch's response tokens (clamped away from 0).
+3. t ~ U(0, 1) per document (with card 2's eps); t_i = 1 - (1 - t)^(beta_i / beta_ref): beta_i =
+   beta_ref gives t_i = t, uncertain tokens are masked more often.
+4. Mask token i with probability t_i; loss = sum over masked i of CE_i / t_i, divided by the
+   normaliser (default: the number of masked tokens, as the re-implementation does). 1 / t_i is
+   taken only where masked (t_i can underflow to 0 elsewhere). If nothing got masked, card 2's
+   plain mask (rate t) is used instead, weighted by its own 1 / t (the re-implementation keeps the
+   entropy rates' weights there, which can be arbitrarily large).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ..data import Batch
+from .common import EPS, ObjectiveOutput, doc_times, doc_uniform, masked_forward, zero_loss
+from .sft import denom_without_masks, weighted_loss
+
+BETA_FLOOR = 1e-12
+
+
+def entropy_from_logits(logits: Tensor) -> Tensor:
+    """Entropy (nats) of softmax(logits) along the last dim, in fp32; never negative."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return (-(logp.exp() * logp).sum(-1)).clamp_min(0)
+
+
+def token_rates(t_doc: Tensor, beta: Tensor, beta_ref: Tensor) -> Tensor:
+    """t_i = 1 - (1 - t)^(beta_i / beta_ref), for per-token t (K,) and beta (K,)."""
+    return 1 - (1 - t_doc).pow(beta / beta_ref)
+
+
+@torch.no_grad()
+def probe_betas(model, batch: Batch, mask_id: int) -> Tensor:
+    """beta_i = sqrt(entropy) at every response token, (K,) in the order of batch.loss_mask."""
+    all_masked = torch.where(batch.loss_mask, torch.full_like(batch.input_ids, mask_id), batch.input_ids)
+    logits = masked_forward(model, all_masked, batch, batch.loss_mask)
+    return entropy_from_logits(logits).sqrt()
+
+
+def gift(model, batch: Batch, generator: torch.Generator, *, mask_id: int, normaliser: str = "masked") -> ObjectiveOutput:
+    was_training = model.training
+    model.eval()  # the probe is an inference pass
+    beta = probe_betas(model, batch, mask_id)
+    model.train(was_training)
+    beta_ref = beta.mean().clamp_min(BETA_FLOOR)
+    t = doc_times(batch, generator)
+    p = (1 - EPS) * t + EPS
+    u = doc_uniform(batch, generator, n=2)
+    resp = batch.loss_mask
+    seg = batch.seg[resp]
+    rates = torch.zeros(batch.input_ids.shape, device=beta.device)
+    rates[resp] = token_rates(p[seg], beta, beta_ref)
+    masked = resp & (u[0] < rates)
+    fallback = not bool(masked.any())
+    if fallback:  # card 2's plain mask
+        masked = resp & (u[1] < p[batch.seg.clamp(min=0)])
+        rates = p[batch.seg.clamp(min=0)]
+    noisy = torch.where(masked, torch.full_like(batch.input_ids, mask_id), batch.input_ids)
+    logits = masked_forward(model, noisy, batch, masked)
+    if not bool(masked.any()):
+        return ObjectiveOutput(zero_loss(logits), denom_without_masks(batch, normaliser), {"masked_frac": 0.0})
+    weights = 1.0 / rates[masked]
+    loss_sum, denom, ce = weighted_loss(logits, batch.input_ids[masked], weights, batch, masked, normaliser)
+    metrics = {"masked_frac": float(masked.sum() / resp.sum()), "ce": float(ce.detach().mean()), "beta_ref": float(beta_ref),
+               "fallback": float(fallback), "t": float(t.mean())}
+    return ObjectiveOutput(loss_sum, denom, metrics)

@@ -1,0 +1,60 @@
+"""Masked-diffusion SFT (card 2): the baseline every objective is measured against.
+
+Per document t ~ U(0, 1) and p = (1 - eps) t + eps; each response token is replaced by the mask id
+with probability p (the prompt stays clean); the loss is the sum over masked tokens of CE / p,
+divided by a normaliser the references disagree on:
+  "answer_length" (LLaDA's guidelines, default): each document's sum divided by its response
+                  length, then the mean over documents;
+  "response":     all response (non-prompt) positions of the batch (d1, LIFT);
+  "masked":       the number of masked tokens (the GIFT re-implementation).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..data import Batch
+from .common import EPS, ObjectiveOutput, doc_times, doc_uniform, masked_forward, per_doc, token_ce, zero_loss
+
+NORMALISERS = ("answer_length", "response", "masked")
+
+
+def weighted_loss(logits, targets, weights, batch: Batch, masked, normaliser: str) -> tuple:
+    """(loss_sum, denom) of per-token weights (K,) at the masked tokens, under a normaliser."""
+    ce = token_ce(logits, targets)
+    if normaliser == "answer_length":
+        seg = batch.seg[masked]
+        answer_len = per_doc(batch.loss_mask.flatten().float(), batch.seg.flatten().clamp(min=0), batch.num_docs)
+        return (ce * weights / answer_len[seg]).sum(), float(batch.num_docs), ce
+    if normaliser == "response":
+        return (ce * weights).sum(), float(batch.loss_mask.sum()), ce
+    if normaliser == "masked":
+        return (ce * weights).sum(), float(masked.sum()), ce
+    raise ValueError(f"unknown normaliser {normaliser!r}; expected one of {NORMALISERS}")
+
+
+def sft(model, batch: Batch, generator: torch.Generator, *, mask_id: int, normaliser: str = "answer_length") -> ObjectiveOutput:
+    t = doc_times(batch, generator)
+    p = (1 - EPS) * t + EPS
+    u = doc_uniform(batch, generator)[0]
+    seg = batch.seg.clamp(min=0)
+    masked = batch.loss_mask & (u < p[seg])
+    return sft_loss(model, batch, masked, p, mask_id=mask_id, normaliser=normaliser, t_mean=float(t.mean()))
+
+
+def sft_loss(model, batch: Batch, masked, p, *, mask_id: int, normaliser: str, t_mean: float | None = None) -> ObjectiveOutput:
+    """The loss of card 2 for a given mask (B, L) and per-document rate p (num_docs,)."""
+    noisy = torch.where(masked, torch.full_like(batch.input_ids, mask_id), batch.input_ids)
+    logits = masked_forward(model, noisy, batch, masked)
+    if not bool(masked.any()):
+        return ObjectiveOutput(zero_loss(logits), denom_without_masks(batch, normaliser), {"masked_frac": 0.0})
+    weights = 1.0 / p[batch.seg[masked]]
+    loss_sum, denom, ce = weighted_loss(logits, batch.input_ids[masked], weights, batch, masked, normaliser)
+    metrics = {"masked_frac": float(masked.sum() / batch.loss_mask.sum()), "ce": float(ce.detach().mean())}
+    if t_mean is not None:
+        metrics["t"] = t_mean
+    return ObjectiveOutput(loss_sum, denom, metrics)
+
+
+def denom_without_masks(batch: Batch, normaliser: str) -> float:
+    return {"answer_length": float(batch.num_docs), "response": float(batch.loss_mask.sum()), "masked": 0.0}[normaliser]

@@ -1,0 +1,27 @@
+"""`python -m trainers.sft`: masked-diffusion SFT (card 2) on the shared loop."""
+
+from __future__ import annotations
+
+import sys
+from functools import partial
+
+from .cli import run
+from .objectives.sft import NORMALISERS, sft
+
+
+def add_options(p):
+    g = p.add_argument_group("sft")
+    g.add_argument("--normaliser", choices=NORMALISERS, default="answer_length",
+                   help="answer_length (LLaDA), response (d1, LIFT) or masked (GIFT re-implementation)")
+
+
+def objective(ctx):
+    return partial(sft, mask_id=ctx.mask_id, normaliser=ctx.args.normaliser)
+
+
+def main(argv=None) -> int:
+    return run("sft", __doc__, add_options, objective, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
