@@ -206,3 +206,14 @@ def test_command_line(tmp_path):
     assert rows[0]["output"] == tok.decode(cut, skip_special_tokens=True)
     bad = subprocess.run(run + ["--prompts", str(tmp_path / "missing.jsonl")], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ")
+
+
+def test_sampler_warns_when_it_does_not_match_the_training(tmp_path):
+    from dlmarch.sampling.cli import sampler_warnings
+
+    (tmp_path / "training.json").write_text(json.dumps({"method": "blockwise", "block_size": 32, "all_blocks": True}))
+    w = sampler_warnings(str(tmp_path), 16, False)
+    assert any("block size 32" in x for x in w) and any("--block-causal" in x for x in w)
+    assert sampler_warnings(str(tmp_path), 32, True) == []
+    (tmp_path / "training.json").write_text(json.dumps({"method": "sft"}))
+    assert any("--block-causal decodes --all-blocks models" in x for x in sampler_warnings(str(tmp_path), 32, True))

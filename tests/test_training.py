@@ -30,14 +30,22 @@ def task(tmp_path_factory):
     return make_task(tmp_path_factory.mktemp("task"), init_std=0.1)
 
 
-@pytest.mark.parametrize("method", ["sft", "gift"])
-@pytest.mark.parametrize("lora", [False, True])
-def test_a_few_hundred_steps_lower_the_loss(task, tmp_path, method, lora):
+RUNS = {
+    "sft": ("sft", []), "sft-lora": ("sft", ["--lora-rank", "8", "--lora-targets", *ALL_LINEAR, "--lr", "5e-3"]),
+    "gift": ("gift", []), "gift-lora": ("gift", ["--lora-rank", "8", "--lora-targets", *ALL_LINEAR, "--lr", "5e-3"]),
+    "blockwise": ("blockwise", ["--block-size", "4"]), "all-blocks": ("blockwise", ["--block-size", "4", "--all-blocks"]),
+    "lift": ("lift", []), "lift2": ("lift", ["--lift-variant", "lift2"]),
+}
+
+
+@pytest.mark.parametrize("run", list(RUNS))
+def test_a_few_hundred_steps_lower_the_loss(task, tmp_path, run):
     import importlib
 
     model, data = task
+    method, extra = RUNS[run]
+    lora = "--lora-rank" in extra
     main = importlib.import_module(f"trainers.{method}").main
-    extra = ["--lora-rank", "8", "--lora-targets", *ALL_LINEAR, "--lr", "5e-3"] if lora else []
     rc = main(["--model", str(model), "--data", str(data), "--output", str(tmp_path / "run"), "--max-steps", "200",
                "--save-every", "1000", *COMMON, *extra])
     assert rc == 0

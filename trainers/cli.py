@@ -20,7 +20,7 @@ def run(name: str, description: str, add_options: Callable, objective_factory: C
     except TrainingError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    except (DlmarchError, FileExistsError) as e:
+    except (DlmarchError, FileExistsError, ValueError) as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
     return 0

@@ -173,6 +173,10 @@ class Batch:
     attention_mask: padded rows with hidden padding: 1 = token, 0 = padding; else None.
     num_docs:       documents in the batch.
     data_tokens:    tokens of the examples themselves (prompt + response + EOS), for tokens/s.
+    prompt_len:     (num_docs,) prompt length of each document.
+    example_ids:    (num_docs,) a stable key of each document's example (its JSONL line).
+    epoch:          the epoch this batch belongs to (objectives that cycle through an example's
+                    parts, like Blockwise SFT's blocks, key their choice on it).
     """
 
     input_ids: Tensor
@@ -183,7 +187,9 @@ class Batch:
     attention_mask: Tensor | None
     num_docs: int
     data_tokens: int
-    prompt_len: Tensor = field(default=None)  # (num_docs,) prompt length of each document
+    prompt_len: Tensor = field(default=None)
+    example_ids: Tensor = field(default=None)
+    epoch: int = 0
 
     def to(self, device) -> "Batch":
         kw = {}
@@ -217,7 +223,7 @@ def pad_batch(examples: list[Example], pad_id: int, eos_pad: str, length: int | 
     positions = torch.arange(L).expand(B, L).clone()
     attention_mask = None if eos_pad == "train" or bool(am.all()) else am
     return Batch(ids, loss, seg, positions, None, attention_mask, B, sum(len(e.ids) for e in examples),
-                 torch.tensor([e.prompt_len for e in examples]))
+                 torch.tensor([e.prompt_len for e in examples]), torch.tensor([e.line for e in examples]))
 
 
 def pack_rows(examples: list[Example], length: int) -> list[list[Example]]:
@@ -241,7 +247,7 @@ def packed_batch(rows: list[list[Example]], length: int, pad_id: int) -> Batch:
     seg = torch.full((B, length), -1, dtype=torch.long)
     doc = torch.full((B, length), -1, dtype=torch.long)
     positions = torch.zeros(B, length, dtype=torch.long)
-    prompt_lens, d = [], 0
+    prompt_lens, keys, d = [], [], 0
     for i, row in enumerate(rows):
         at = 0
         for j, e in enumerate(row):
@@ -252,11 +258,12 @@ def packed_batch(rows: list[list[Example]], length: int, pad_id: int) -> Batch:
             doc[i, at:at + n] = j
             positions[i, at:at + n] = torch.arange(n)
             prompt_lens.append(e.prompt_len)
+            keys.append(e.line)
             at += n
             d += 1
         positions[i, at:] = torch.arange(length - at)
     return Batch(ids, loss, seg, positions, doc, None, d, sum(len(e.ids) for r in rows for e in r),
-                 torch.tensor(prompt_lens))
+                 torch.tensor(prompt_lens), torch.tensor(keys))
 
 
 class BatchSchedule:
@@ -304,5 +311,8 @@ class BatchSchedule:
         start = (s * self.per_step + index) * self.mbs
         chunk = units[start:start + self.mbs]
         if self.pack:
-            return packed_batch(chunk, self.max_length, self.pad_id)
-        return pad_batch(chunk, self.pad_id, self.eos_pad, self.max_length if self.pad_to == "max" else None)
+            batch = packed_batch(chunk, self.max_length, self.pad_id)
+        else:
+            batch = pad_batch(chunk, self.pad_id, self.eos_pad, self.max_length if self.pad_to == "max" else None)
+        batch.epoch = epoch
+        return batch

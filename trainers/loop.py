@@ -41,6 +41,9 @@ from dlmarch.errors import DlmarchError
 from .data import BatchSchedule, load_examples
 
 
+TRAINING_INFO = "training.json"
+
+
 class TrainingError(DlmarchError):
     pass
 
@@ -387,7 +390,8 @@ def train(objective_factory: Callable[[RunContext], Callable], args, *, name: st
     if writer:
         writer.close()
     elapsed = time.time() - t_start
-    summary = finish(out, model, base, tokenizer, args, rank, model_loader)
+    info = {"method": name, **getattr(objective, "training_info", {})}
+    summary = finish(out, model, base, tokenizer, args, rank, model_loader, info)
     summary.update(steps=total_steps, resumed_from=start, tokens=tokens_run, seconds=round(elapsed, 2),
                    tokens_per_s=tokens_run / max(elapsed, 1e-9), first_loss=first_loss, last_loss=last_loss,
                    smoothed_loss=ema, data=report.line())
@@ -457,9 +461,10 @@ def _is_sharded(model) -> bool:
     return any(type(p).__name__ == "DTensor" or getattr(p, "device_mesh", None) is not None for p in model.parameters())
 
 
-def finish(out: Path, model, base, tokenizer, args, rank: int, model_loader=None) -> dict:
-    """Final artefacts: model/ (native, merged for LoRA, with the tokenizer), adapter/ for LoRA runs,
-    model-hf/ with --export-hf."""
+def finish(out: Path, model, base, tokenizer, args, rank: int, model_loader=None, info: dict | None = None) -> dict:
+    """Final artefacts: model/ (native, merged for LoRA, with the tokenizer, and training.json: how
+    it was trained, which the sampler reads to warn about a mismatched block length), adapter/ for
+    LoRA runs, model-hf/ with --export-hf."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))  # collective
@@ -482,6 +487,7 @@ def finish(out: Path, model, base, tokenizer, args, rank: int, model_loader=None
     model_dir = out / "model"
     merged.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
+    write_json(model_dir / TRAINING_INFO, info or {})
     summary["model"] = str(model_dir)
     if args.export_hf and hasattr(merged.config, "to_hf"):
         from conversions.hf import export_hf

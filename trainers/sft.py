@@ -13,10 +13,11 @@ def add_options(p):
     g = p.add_argument_group("sft")
     g.add_argument("--normaliser", choices=NORMALISERS, default="answer_length",
                    help="answer_length (LLaDA), response (d1, LIFT) or masked (GIFT re-implementation)")
+    g.add_argument("--cart-p", type=float, default=None, help="CART weighting of masked tokens (e.g. 0.1; off by default)")
 
 
 def objective(ctx):
-    return partial(sft, mask_id=ctx.mask_id, normaliser=ctx.args.normaliser)
+    return partial(sft, mask_id=ctx.mask_id, normaliser=ctx.args.normaliser, cart_p=ctx.args.cart_p)
 
 
 def main(argv=None) -> int:

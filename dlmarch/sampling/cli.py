@@ -101,6 +101,26 @@ def load_for_generation(model_dir: str, dtype: str | None, device: str | None):
     return model, tokenizer
 
 
+def sampler_warnings(model_dir: str, block_length: int, block_causal: bool) -> list[str]:
+    """Warnings when the sampler does not match how the model was trained (its training.json)."""
+    path = Path(model_dir) / "training.json"
+    if not path.exists():
+        return []
+    try:
+        info = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return []
+    out = []
+    size = info.get("block_size")
+    if size and size != block_length:
+        out.append(f"warning: {model_dir} was trained with block size {size}; decoding with block_length {block_length}")
+    if info.get("all_blocks") and not block_causal:
+        out.append(f"warning: {model_dir} was trained with --all-blocks (future cut off); decode it with --block-causal")
+    if block_causal and info.get("method") and not info.get("all_blocks"):
+        out.append(f"warning: --block-causal decodes --all-blocks models; {model_dir} was trained with {info['method']}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m dlmarch.generate", description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group(required=True)
@@ -129,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         from .llada import generate
 
         model, tok = load_for_generation(args.model, args.dtype, args.device)
+        for w in sampler_warnings(args.model, args.block_length, args.block_causal):
+            print(w, file=sys.stderr)
         prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts)
         rows = encode_prompts(tok, prompts, not args.no_chat_template)
         pad = tok.pad_token_id if tok.pad_token_id is not None else model.config.eos_token_id

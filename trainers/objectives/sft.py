@@ -7,6 +7,10 @@ divided by a normaliser the references disagree on:
                   length, then the mean over documents;
   "response":     all response (non-prompt) positions of the batch (d1, LIFT);
   "masked":       the number of masked tokens (the GIFT re-implementation).
+
+CART (option `cart_p`, the baseline shipped with LIFT): each masked token's term is further weighted
+by its closeness to unmasked tokens, w_j = sum over unmasked i of 0.5 p (1 - p)^(|i - j| - 1)
+(within the token's own document).
 """
 
 from __future__ import annotations
@@ -33,22 +37,47 @@ def weighted_loss(logits, targets, weights, batch: Batch, masked, normaliser: st
     raise ValueError(f"unknown normaliser {normaliser!r}; expected one of {NORMALISERS}")
 
 
-def sft(model, batch: Batch, generator: torch.Generator, *, mask_id: int, normaliser: str = "answer_length") -> ObjectiveOutput:
+def cart_weights(batch: Batch, masked, cart_p: float):
+    """CART's weight of every token (B, L): sum over unmasked tokens i of its document of
+    0.5 p (1 - p)^(|i - j| - 1), 0 at distance 0."""
+    if not 0 < cart_p < 1:
+        raise ValueError(f"cart_p must be in (0, 1), found {cart_p}")
+    L = masked.shape[1]
+    idx = torch.arange(L, device=masked.device)
+    dist = (idx[:, None] - idx[None]).abs().float()
+    kernel = 0.5 * cart_p * (1 - cart_p) ** (dist - 1)
+    kernel = kernel.masked_fill(dist == 0, 0.0)
+    visible = ~masked
+    if batch.attention_mask is not None:
+        visible = visible & batch.attention_mask.bool()
+    doc = batch.doc_ids if batch.doc_ids is not None else batch.seg
+    same = (doc[:, :, None] == doc[:, None, :]).float()
+    return torch.einsum("bi,bij->bj", visible.float(), kernel * same)
+
+
+def sft(model, batch: Batch, generator: torch.Generator, *, mask_id: int, normaliser: str = "answer_length",
+        cart_p: float | None = None) -> ObjectiveOutput:
     t = doc_times(batch, generator)
     p = (1 - EPS) * t + EPS
     u = doc_uniform(batch, generator)[0]
     seg = batch.seg.clamp(min=0)
     masked = batch.loss_mask & (u < p[seg])
-    return sft_loss(model, batch, masked, p, mask_id=mask_id, normaliser=normaliser, t_mean=float(t.mean()))
+    extra = cart_weights(batch, masked, cart_p)[masked] if cart_p else None
+    return sft_loss(model, batch, masked, p, mask_id=mask_id, normaliser=normaliser, t_mean=float(t.mean()),
+                    extra_weights=extra)
 
 
-def sft_loss(model, batch: Batch, masked, p, *, mask_id: int, normaliser: str, t_mean: float | None = None) -> ObjectiveOutput:
-    """The loss of card 2 for a given mask (B, L) and per-document rate p (num_docs,)."""
+def sft_loss(model, batch: Batch, masked, p, *, mask_id: int, normaliser: str, t_mean: float | None = None,
+             extra_weights=None) -> ObjectiveOutput:
+    """The loss of card 2 for a given mask (B, L) and per-document rate p (num_docs,); extra_weights
+    (K,) multiply the masked tokens' terms (CART)."""
     noisy = torch.where(masked, torch.full_like(batch.input_ids, mask_id), batch.input_ids)
     logits = masked_forward(model, noisy, batch, masked)
     if not bool(masked.any()):
         return ObjectiveOutput(zero_loss(logits), denom_without_masks(batch, normaliser), {"masked_frac": 0.0})
     weights = 1.0 / p[batch.seg[masked]]
+    if extra_weights is not None:
+        weights = weights * extra_weights
     loss_sum, denom, ce = weighted_loss(logits, batch.input_ids[masked], weights, batch, masked, normaliser)
     metrics = {"masked_frac": float(masked.sum() / batch.loss_mask.sum()), "ce": float(ce.detach().mean())}
     if t_mean is not None:

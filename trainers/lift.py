@@ -1,0 +1,29 @@
+"""`python -m trainers.lift`: LIFT, learnability-informed masking (card 6); LIFT-3 or LIFT-2."""
+
+from __future__ import annotations
+
+import sys
+from functools import partial
+
+from .cli import run
+from .objectives.lift import lift
+
+
+def add_options(p):
+    g = p.add_argument_group("lift")
+    g.add_argument("--lift-variant", choices=["lift3", "lift2"], default="lift3")
+    g.add_argument("--lift-h", type=float, default=3.0, help="LIFT-3's H: thresholds 1/H and 1 - 1/H on t")
+
+
+def objective(ctx):
+    if ctx.args.lift_h <= 2 and ctx.args.lift_variant == "lift3":
+        raise ValueError(f"--lift-h must exceed 2 (thresholds 1/H < 1 - 1/H), found {ctx.args.lift_h}")
+    return partial(lift, mask_id=ctx.mask_id, variant=ctx.args.lift_variant, h=ctx.args.lift_h)
+
+
+def main(argv=None) -> int:
+    return run("lift", __doc__, add_options, objective, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
