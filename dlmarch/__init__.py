@@ -3,7 +3,8 @@
 from .config import LLaDAConfig, LlamaConfig, Qwen2Config, TransformerConfig
 from .masks import AttentionMask
 from .models import CausalLM, LLaDAModel, ModelOutput, TransformerLM
-from .sampling import generate
+from .models.l2d import L2DConfig, L2DModel
+from .sampling import generate, generate_l2d
 
 
 class AutoModel:
@@ -29,5 +30,8 @@ __all__ = [
     "Qwen2Config",
     "TransformerConfig",
     "TransformerLM",
+    "L2DConfig",
+    "L2DModel",
     "generate",
+    "generate_l2d",
 ]

@@ -41,6 +41,7 @@ class Example:
     ids: list[int]  # prompt + response (response ends with EOS)
     prompt_len: int
     line: int  # 1-based line of the JSONL file
+    label: int = -1  # the row's optional integer "class" (L2D's guidance class); -1: none
 
 
 @dataclass
@@ -152,7 +153,13 @@ def load_examples(path: str | Path, tokenizer, max_length: int, *, eos_id: int, 
                     continue
                 ids = ids[:max_length]
                 report.truncated += 1
-            out.append(Example(ids, len(prompt), n))
+            label = row.get("class", -1)
+            if not isinstance(label, int) or isinstance(label, bool):
+                if not skip_bad_rows:
+                    raise DataError(f"{where}: \"class\" must be an integer, found {label!r}")
+                report.skipped_bad += 1
+                continue
+            out.append(Example(ids, len(prompt), n, label))
             report.kept += 1
             report.tokens += len(ids)
     if not out:
@@ -175,6 +182,7 @@ class Batch:
     data_tokens:    tokens of the examples themselves (prompt + response + EOS), for tokens/s.
     prompt_len:     (num_docs,) prompt length of each document.
     example_ids:    (num_docs,) a stable key of each document's example (its JSONL line).
+    labels:         (num_docs,) each example's integer "class" (-1 when the row has none).
     epoch:          the epoch this batch belongs to (objectives that cycle through an example's
                     parts, like Blockwise SFT's blocks, key their choice on it).
     """
@@ -189,6 +197,7 @@ class Batch:
     data_tokens: int
     prompt_len: Tensor = field(default=None)
     example_ids: Tensor = field(default=None)
+    labels: Tensor = field(default=None)
     epoch: int = 0
 
     def to(self, device) -> "Batch":
@@ -223,7 +232,8 @@ def pad_batch(examples: list[Example], pad_id: int, eos_pad: str, length: int | 
     positions = torch.arange(L).expand(B, L).clone()
     attention_mask = None if eos_pad == "train" or bool(am.all()) else am
     return Batch(ids, loss, seg, positions, None, attention_mask, B, sum(len(e.ids) for e in examples),
-                 torch.tensor([e.prompt_len for e in examples]), torch.tensor([e.line for e in examples]))
+                 torch.tensor([e.prompt_len for e in examples]), torch.tensor([e.line for e in examples]),
+                 torch.tensor([e.label for e in examples]))
 
 
 def pack_rows(examples: list[Example], length: int) -> list[list[Example]]:
@@ -247,7 +257,7 @@ def packed_batch(rows: list[list[Example]], length: int, pad_id: int) -> Batch:
     seg = torch.full((B, length), -1, dtype=torch.long)
     doc = torch.full((B, length), -1, dtype=torch.long)
     positions = torch.zeros(B, length, dtype=torch.long)
-    prompt_lens, keys, d = [], [], 0
+    prompt_lens, keys, labels, d = [], [], [], 0
     for i, row in enumerate(rows):
         at = 0
         for j, e in enumerate(row):
@@ -259,11 +269,12 @@ def packed_batch(rows: list[list[Example]], length: int, pad_id: int) -> Batch:
             positions[i, at:at + n] = torch.arange(n)
             prompt_lens.append(e.prompt_len)
             keys.append(e.line)
+            labels.append(e.label)
             at += n
             d += 1
         positions[i, at:] = torch.arange(length - at)
     return Batch(ids, loss, seg, positions, doc, None, d, sum(len(e.ids) for r in rows for e in r),
-                 torch.tensor(prompt_lens), torch.tensor(keys))
+                 torch.tensor(prompt_lens), torch.tensor(keys), torch.tensor(labels))
 
 
 class BatchSchedule:

@@ -248,7 +248,7 @@ def train(objective_factory: Callable[[RunContext], Callable], args, *, name: st
         dtype = torch.bfloat16 if (args.lora_rank and device.type == "cuda") else torch.float32
     overrides = {"attn_backend": args.attn_backend} if args.attn_backend else {}
     model = model_loader(args, device, dtype) if model_loader else load_pretrained(args.model, dtype=dtype, device=device, **overrides)
-    cfg = model.config
+    cfg = getattr(model, "main", model).config  # token ids live in the (main) transformer's config
     mask_id = None
     if needs_mask:
         mask_id = getattr(cfg, "mask_token_id", None)
@@ -277,7 +277,7 @@ def train(objective_factory: Callable[[RunContext], Callable], args, *, name: st
     # Model wrapping.
     base = model
     if args.grad_checkpointing:
-        base.gradient_checkpointing = True
+        getattr(base, "main", base).gradient_checkpointing = True
     if args.lora_rank:
         model = wrap_lora(model, args)
     ctx = RunContext(args, base, tokenizer, mask_id, eos_id, rank, world, device)

@@ -1,3 +1,4 @@
+from .l2d import generate_l2d
 from .llada import generate
 
-__all__ = ["generate"]
+__all__ = ["generate", "generate_l2d"]

@@ -240,6 +240,9 @@ def generate(
     reference does. `stats`, if given, receives the number of model calls ('nfe').
     """
     cfg = model.config
+    if not hasattr(cfg, "mask_token_id") and mask_id is None:
+        raise TypeError(f"generate() decodes masked-diffusion models; for {type(model).__name__} use dlmarch.generate_l2d "
+                        "(L2D) or a causal sampler")
     mask_id = cfg.mask_token_id if mask_id is None else mask_id
     num_blocks = check_arguments(prompt, attention_mask, steps, gen_length, block_length, remasking, mask_id,
                                  threshold, temperature, cfg_scale)

@@ -1,0 +1,509 @@
+"""L2D (card 7; arXiv 2501.15781, SakanaAI/L2D): a frozen causal LM plus a diffusion path.
+
+The main path is a Llama/Qwen2 `CausalLM`, every weight frozen and its activations unchanged. The
+diffusion path has one `Block` per main layer, built with cross_attention=True: its queries attend
+(causally) into that main layer's own post-RoPE keys and values, and its norms are the main
+layer's frozen norms modulated adaLN-style by the time embedding:
+
+    a   = RMSNorm(h_d) * (gamma_attn + w1) + s1 ;  h_d += g1 * o'(attn(rope_i(q'(a)), K_l, V_l))
+    b   = RMSNorm(h_d) * (gamma_mlp + w2) + s2  ;  h_d += g2 * MLP'(b)
+
+(w1, s1, g1, w2, s2, g2) = per-layer head(c_t), zero-initialised; q', o', MLP' are full copies of
+the main weights or LoRA around them. The diffusion variable is a Gaussian flow in a small space:
+e_y = normalize(Linear(embed[y])) * sqrt(F); x_t = (1 - t) x0 + t e_y with x0 ~ N(0, 64^2 I); the
+path's input is MLP(x_t / std(t)); one t per token. Merge before the frozen final norm and head:
+h = h_main + (head(c_t) - head(c_0)) * h_d, exactly the base model at t = 0 and when untrained. The
+diffusion token at position i carries token i + 1 and uses RoPE position i.
+
+Native parameter names: `main.*` (the frozen main path, not saved with the L2D weights),
+`flow_embed`, `flow_in`, `time_embed`, `class_embed`, `blocks.N.{q_proj, attn_out, ff_proj,
+up_proj, ff_out}` (`.weight` for full copies, `.A`/`.B` for LoRA), `block_mod.N`, `out_mod`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import ConfigError
+from ..layers import Block, Modulation, rope_tables
+from ..masks import AttentionMask, Tokens, resolve_backend
+from .base import ModelOutput
+from .causal import CausalLM
+
+
+@dataclass
+class L2DConfig:
+    """L2D options, with card 7's defaults. `from_reference` reads SakanaAI/L2D's option names."""
+
+    flow_dim: int = 256  # flow_representation_dim
+    flow_embed_layers: int = 1  # flow_representation_num_layers
+    flow_normalize: bool = True  # flow_representation_normalize
+    flow_rescaling: str = "mult"  # flow_representation_rescaling: mult (x sqrt F), div, none
+    noise_scale: float = 64.0  # noise_rescaling
+    flow_in_layers: int = 2  # flow_to_lm_translation_depth
+    flow_in_hidden: int | None = 256  # flow_to_lm_hidden_size (None: the main hidden size)
+    flow_in_time_rescaling: float = 1.0  # flow_to_lm_timestep_rescaling (0: no division by std(t))
+    flow_in_fp32: bool = True  # flow_to_lm_rescale_in_float32
+    time_freq_size: int = 256  # timestep_modulation_freq_embedding_size
+    time_hidden: int | None = 256  # timestep_modulation_hidden_size (None: the main hidden size)
+    time_layers: int = 2  # timestep_modulation_num_layers
+    full_dit_modulation: bool = True  # 6 adaLN terms per layer (else 2: the norm scales only)
+    freeze_modulation_at_flow_start: bool = False
+    preserve_behavior_at_flow_start: bool = True
+    adapter: str = "lora"  # "lora" (separate_flow_params_with_lora) or "full" (copies of the main weights)
+    lora_rank: int = 32
+    lora_alpha: float = 32.0
+    num_classes: int | None = None  # guidance_modulation_num_classes (null class = num_classes)
+    class_dropout: float = 0.2  # guidance_modulation_training_dropout
+    noise_schedule: str = "identity"  # identity | cosmap (training t)
+    min_training_noise: float = 0.0
+    # Sampling defaults.
+    ode_steps: int = 8  # grid points (midpoint: 2 evaluations per interval)
+    solver: str = "midpoint"
+    final_timestep: float = 1.0
+    x1_estimation: str = "sample"  # sample: table row of the argmax/sampled token; average: expectation
+    temperature: float = 0.0  # of the x1 estimate inside the ODE
+    guidance: float | None = None  # nstep_guidance_parameter (w); None: 1.0 when classes exist
+
+    def __post_init__(self):
+        if self.adapter not in ("lora", "full"):
+            raise ConfigError(f"L2D adapter must be 'lora' or 'full', found {self.adapter!r}")
+        if self.flow_rescaling not in ("mult", "div", "none"):
+            raise ConfigError(f"L2D flow_rescaling must be mult, div or none, found {self.flow_rescaling!r}")
+        if self.noise_schedule not in ("identity", "cosmap"):
+            raise ConfigError(f"L2D noise_schedule must be identity or cosmap, found {self.noise_schedule!r}")
+        if self.solver not in SOLVERS:
+            raise ConfigError(f"L2D solver must be one of {SOLVERS}, found {self.solver!r}")
+        if self.freeze_modulation_at_flow_start and not self.preserve_behavior_at_flow_start:
+            raise ConfigError("freeze_modulation_at_flow_start needs preserve_behavior_at_flow_start")
+
+    @property
+    def flow_scale(self) -> float:
+        """Norm of a target embedding e_y (normalize * this)."""
+        return {"mult": math.sqrt(self.flow_dim), "div": 1 / math.sqrt(self.flow_dim), "none": 1.0}[self.flow_rescaling]
+
+    @property
+    def target_variance(self) -> float:
+        """The variance per dimension the flow-to-LM rescaling assumes for x_1."""
+        return {"mult": 1.0, "div": 1 / self.flow_dim**2, "none": 1 / self.flow_dim}[self.flow_rescaling]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "L2DConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown L2D option(s): {', '.join(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def from_reference(cls, opts: dict, main_hidden: int) -> "L2DConfig":
+        """Options as SakanaAI/L2D names them (its .cfg / flow_kwargs.json); missing ones take that
+        code's defaults. Settings we do not implement are refused by name."""
+
+        def need(name, allowed, default):
+            value = opts.get(name, default)
+            if value not in allowed:
+                raise ConfigError(f"L2D option {name}={value!r} is not supported (supported: {allowed})")
+            return value
+
+        need("base_params_to_freeze", ("all",), "none")
+        need("flow_representation_space", ("mapping",), "mapping")
+        need("modulate_hidden_states", (False,), False)
+        need("separate_flow_params", (True,), False)
+        need("self_attention_on_flow_sequence", (False,), False)
+        need("velocity_schedule", ("constant",), "constant")
+        need("minimum_training_noise_units", ("time",), "time")
+        layers = opts.get("flow_representation_num_layers")
+        if not layers:
+            raise ConfigError("L2D option flow_representation_num_layers is required for the 'mapping' space")
+        rescaling = opts.get("flow_representation_rescaling") or "none"
+        lora_rank = int(opts.get("flow_lora_rank", 8))
+        alpha = opts.get("flow_lora_alpha")
+        alpha = 2.0 * lora_rank if alpha in (None, -1) else float(alpha)
+        ode = opts.get("ode_kwargs") or {}
+        trs = opts.get("flow_to_lm_timestep_rescaling")
+        return cls(
+            flow_dim=int(opts.get("flow_representation_dim") or main_hidden),
+            flow_embed_layers=int(layers),
+            flow_normalize=bool(opts.get("flow_representation_normalize", True)),
+            flow_rescaling=rescaling,
+            noise_scale=float(opts.get("noise_rescaling", 1.0)),
+            flow_in_layers=int(opts.get("flow_to_lm_translation_depth", 2)),
+            flow_in_hidden=opts.get("flow_to_lm_hidden_size"),
+            flow_in_time_rescaling=float(trs) if trs and trs > 0 else 0.0,
+            flow_in_fp32=bool(opts.get("flow_to_lm_rescale_in_float32", False)),
+            time_freq_size=int(opts.get("timestep_modulation_freq_embedding_size", 256)),
+            time_hidden=opts.get("timestep_modulation_hidden_size"),
+            time_layers=int(opts.get("timestep_modulation_num_layers", 2)),
+            full_dit_modulation=bool(opts.get("full_dit_modulation", False)),
+            freeze_modulation_at_flow_start=bool(opts.get("freeze_modulation_at_flow_start", False)),
+            preserve_behavior_at_flow_start=bool(opts.get("preserve_behavior_at_flow_start", True)),
+            adapter="lora" if opts.get("separate_flow_params_with_lora", False) else "full",
+            lora_rank=lora_rank,
+            lora_alpha=alpha,
+            num_classes=opts.get("guidance_modulation_num_classes") or None,
+            class_dropout=float(opts.get("guidance_modulation_training_dropout", 0.2)),
+            noise_schedule=need("noise_schedule", ("identity", "cosmap"), "identity"),
+            min_training_noise=float(opts.get("minimum_training_noise") or 0.0),
+            solver=ode.get("method", "midpoint") if ode.get("method", "midpoint") in SOLVERS else "midpoint",
+            final_timestep=float(opts.get("nstep_final_timestep", 1.0)),
+            x1_estimation=str(opts.get("nstep_x1_estimation", "average")).lower(),
+            temperature=float(opts.get("nstep_temperature_schedule") or 0.0),
+            guidance=opts.get("nstep_guidance_parameter"),
+        )
+
+
+SOLVERS = ("euler", "midpoint", "adaptive")
+
+
+def mlp(sizes: list[int]) -> nn.Sequential:
+    """Linear layers with SiLU between them (indices 0, 2, 4, ... are the Linears, as the reference's)."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        if i:
+            layers.append(nn.SiLU())
+        layers.append(nn.Linear(a, b))
+    return nn.Sequential(*layers)
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """cos/sin features of t in [0, 1] (as is, not scaled by 1000): (..., dim), fp32."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
+    args = t[..., None].float() * freqs
+    return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+
+
+class LoRALinear(nn.Module):
+    """base(x) + (x @ A @ B) * alpha / rank around a frozen Linear. A is (in, r), B is (r, out), the
+    reference's layout, so its checkpoints load as they are."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float):
+        super().__init__()
+        self.base = base
+        self.scale = float(alpha) / rank
+        self.A = nn.Parameter(torch.randn(base.in_features, rank, device=base.weight.device) / rank)
+        self.B = nn.Parameter(torch.zeros(rank, base.out_features, device=base.weight.device))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.base(x) + (x @ self.A @ self.B) * self.scale
+
+
+LINEARS = ("q_proj", "attn_out", "ff_proj", "up_proj", "ff_out")
+
+
+class L2DModel(nn.Module):
+    """Frozen `main` (CausalLM) + the diffusion path. See the module docstring."""
+
+    def __init__(self, main: CausalLM, config: L2DConfig | None = None):
+        super().__init__()
+        config = config or L2DConfig()
+        if main.config.family not in ("llama", "qwen2"):
+            raise ConfigError(f"L2D wraps Llama or Qwen2 main paths, not {main.config.family}")
+        self.config = config
+        self.main = main
+        main.requires_grad_(False)
+        mc = main.config
+        H, Fd = mc.hidden_size, config.flow_dim
+        ht = config.time_hidden or H
+        device = main.wte.weight.device
+        with torch.device(device):
+            self.flow_embed = mlp([H] + [Fd] * config.flow_embed_layers)
+            self.flow_in = mlp([Fd] + [config.flow_in_hidden or H] * (config.flow_in_layers - 1) + [H])
+            self.time_embed = mlp([config.time_freq_size] + [ht] * config.time_layers)
+            self.class_embed = nn.Embedding(config.num_classes + 1, ht) if config.num_classes else None
+            n_mod = 6 if config.full_dit_modulation else 2
+            self.blocks = nn.ModuleList(self._diffusion_block(b) for b in main.blocks)
+            self.block_mod = nn.ModuleList(mlp([ht, ht, n_mod * H]) for _ in main.blocks)
+            self.out_mod = mlp([ht, ht, H])
+        self.to(dtype=main.dtype)
+        self.reset_diffusion_parameters()
+
+    def _diffusion_block(self, main_block: Block) -> Block:
+        blk = Block(self.main.config, cross_attention=True)
+        blk.attn_norm, blk.ff_norm = main_block.attn_norm, main_block.ff_norm  # gamma: the frozen main norms
+        for name in LINEARS:
+            src = getattr(main_block, name)
+            if self.config.adapter == "lora":
+                setattr(blk, name, LoRALinear(src, self.config.lora_rank, self.config.lora_alpha))
+            else:
+                with torch.no_grad():
+                    getattr(blk, name).weight.copy_(src.weight)
+                    if src.bias is not None:
+                        getattr(blk, name).bias.copy_(src.bias)
+        return blk
+
+    # --- parameters -----------------------------------------------------------------------------------
+    def reset_diffusion_parameters(self, generator: torch.Generator | None = None) -> None:
+        """The reference's initialisation: Xavier-uniform linears with zero biases, N(0, 0.02) on the
+        time embedding's first and last layer, zero last layers of the modulation heads (the path
+        starts as a no-op), LoRA A ~ N(0, 1/r) and B = 0."""
+
+        def xavier(module):
+            for m in module.modules():
+                if isinstance(m, nn.Linear):
+                    nn.init.xavier_uniform_(m.weight, generator=generator)
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
+
+        with torch.no_grad():
+            xavier(self.time_embed)
+            self.time_embed[0].weight.normal_(0, 0.02, generator=generator)
+            self.time_embed[-1].weight.normal_(0, 0.02, generator=generator)
+            if self.class_embed is not None:
+                self.class_embed.weight.normal_(0, 0.02, generator=generator)
+            xavier(self.flow_embed)
+            xavier(self.flow_in)
+            for head in [*self.block_mod, self.out_mod]:
+                xavier(head)
+                nn.init.zeros_(head[-1].weight)
+                nn.init.zeros_(head[-1].bias)
+            for blk in self.blocks:
+                for name in LINEARS:
+                    lin = getattr(blk, name)
+                    if isinstance(lin, LoRALinear):
+                        lin.A.normal_(0, 1 / lin.A.shape[1], generator=generator)
+                        lin.B.zero_()
+
+    def main_parameter_ids(self) -> set[int]:
+        return {id(p) for p in self.main.parameters()}
+
+    def diffusion_state_dict(self) -> dict[str, Tensor]:
+        """The parameters that are not the main path's (what an L2D checkpoint stores)."""
+        main_ids = self.main_parameter_ids()
+        out = {}
+        for name, p in self.named_parameters(remove_duplicate=False):
+            if id(p) not in main_ids and not name.startswith("main."):
+                out[name] = p
+        return out
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.main.eval()  # frozen: always in inference mode
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.main.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.main.dtype
+
+    # --- pieces ---------------------------------------------------------------------------------------
+    def flow_table(self, ids: Tensor | None = None) -> Tensor:
+        """Normalised flow embedding e_y of tokens `ids` (any shape), or of the whole vocabulary
+        (V, F) when ids is None."""
+        emb = self.main.wte.weight if ids is None else self.main.wte(ids)
+        f = self.flow_embed(emb)
+        if self.config.flow_normalize:
+            f = F.normalize(f, dim=-1) * self.config.flow_scale
+        return f
+
+    def training_times(self, shape, generator: torch.Generator | None = None, device=None) -> Tensor:
+        """t of training, per token: U(0, 1) through the noise schedule, capped by min_training_noise."""
+        t = torch.rand(shape, generator=generator, device=device or self.device)
+        if self.config.noise_schedule == "cosmap":
+            t = 1.0 - 1.0 / (torch.tan(torch.pi / 2 * t) + 1)
+        return t * (1.0 - self.config.min_training_noise)
+
+    def noisy_targets(self, targets: Tensor, t: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """x_t = (1 - t) x0 + t e_y for target tokens (any shape) and per-token t of the same shape."""
+        e = self.flow_table(targets)
+        x0 = torch.randn(e.shape, generator=generator, device=e.device, dtype=e.dtype) * self.config.noise_scale
+        return ((1 - t[..., None]) * x0 + t[..., None] * e).to(self.dtype)
+
+    def conditioning(self, t: Tensor, class_labels: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        """c_t (and c_0 when the merge or the modulation is measured against t = 0), (..., h)."""
+        te = self.time_embed
+        dtype = te[0].weight.dtype
+
+        def embed(times):
+            c = te(timestep_embedding(times, self.config.time_freq_size).to(dtype)).to(self.dtype)
+            if self.class_embed is not None:
+                labels = class_labels if class_labels is not None else torch.full_like(times, self.config.num_classes, dtype=torch.long)
+                c = c + self.class_embed(labels)
+            return c
+
+        c_t = embed(t)
+        needs_c0 = self.config.preserve_behavior_at_flow_start or self.config.freeze_modulation_at_flow_start
+        return c_t, (embed(torch.zeros_like(t)) if needs_c0 else None)
+
+    def modulation(self, layer: int, c_t: Tensor, c_0: Tensor | None) -> Modulation:
+        m = self.block_mod[layer](c_t)
+        freeze = self.config.freeze_modulation_at_flow_start
+        if freeze:
+            m = m - self.block_mod[layer](c_0)
+        parts = m.chunk(6 if self.config.full_dit_modulation else 2, dim=-1)
+        if self.config.full_dit_modulation:
+            w1, s1, g1, w2, s2, g2 = parts
+            if freeze:  # the gates start from 1 when measured against t = 0
+                g1, g2 = 1 + g1, 1 + g2
+            return Modulation(w1, s1, g1, w2, s2, g2)
+        w1, w2 = parts
+        return Modulation(w1, None, 1, w2, None, 1)
+
+    def flow_input(self, x_t: Tensor, t: Tensor) -> Tensor:
+        """The path's input MLP(x_t / std(t)) (the division in fp32 when configured)."""
+        cfg = self.config
+        if cfg.flow_in_time_rescaling > 0:
+            dtype = x_t.dtype
+            x = x_t.float() if cfg.flow_in_fp32 else x_t
+            tt = t[..., None].to(x.dtype)
+            std = torch.sqrt((1 - tt) ** 2 * cfg.noise_scale**2 + tt**2 * cfg.target_variance)
+            x_t = (x / std * cfg.flow_in_time_rescaling).to(dtype if cfg.flow_in_fp32 else x.dtype)
+        return self.flow_in(x_t.to(self.dtype))
+
+    def condition(self, t: Tensor, class_labels: Tensor | None = None) -> tuple[list[Modulation], Tensor]:
+        """Everything that depends on t (and the class) alone: each layer's modulation and the merge
+        gate, for t (B, K). The sampler computes this once per ODE time, not once per evaluation."""
+        if class_labels is not None and class_labels.shape != t.shape:
+            class_labels = class_labels.view(-1, *([1] * (t.dim() - 1))).expand(t.shape)
+        c_t, c_0 = self.conditioning(t, class_labels)
+        mods = [self.modulation(i, c_t, c_0) for i in range(len(self.blocks))]
+        gate = self.out_mod(c_t)
+        if c_0 is not None:
+            gate = gate - self.out_mod(c_0)
+        return mods, gate
+
+    def diffusion(self, h_main: Tensor, kv: list, q_pos: Tensor, mask: AttentionMask | None, x_t: Tensor, t: Tensor,
+                  class_labels: Tensor | None = None, cond: tuple | None = None, rope=None) -> Tensor:
+        """Logits of the diffusion path's queries.
+
+        h_main (B, K, C): the main path's last hidden state (before the final norm) at the query
+        positions; kv: per main layer (K_l, V_l) (B, Hkv, T, D); q_pos (B, K): query positions;
+        x_t (B, K, F); t (B, K); cond: `condition(t, class_labels)` if already computed; rope: the
+        query positions' tables if already computed. Returns logits (B, K, V) in fp32.
+        """
+        mods, gate = cond if cond is not None else self.condition(t, class_labels)
+        h = self.flow_input(x_t, t)
+        rope = rope if rope is not None else rope_tables(self.main.config, q_pos)
+        backend = resolve_backend(self.main.config.attn_backend, mask, h.device, h.dtype)
+        for i, blk in enumerate(self.blocks):
+            h, _ = blk(h, rope, mask, backend, kv=kv[i], mod=mods[i])
+        merged = h_main + gate * h
+        return self.main.head(self.main.ln_f(merged)).float()
+
+    # --- forward --------------------------------------------------------------------------------------
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None, *, x_t: Tensor, t: Tensor,
+                class_labels: Tensor | None = None, queries: Tensor | None = None, doc_ids: Tensor | None = None,
+                position_ids: Tensor | None = None) -> ModelOutput:
+        """input_ids (B, L) -> logits.
+
+        Without `queries`: a diffusion token at every position, x_t (B, L, F), t (B,) or (B, L);
+        logits (B, L, V). With `queries` (B, L) bool: diffusion tokens only there, x_t (K, F) and t
+        (K,) for the selected positions in row-major order; logits (K, V). The main path runs under
+        torch.no_grad; nothing of it is trained.
+        """
+        with torch.no_grad():
+            out = self.main(input_ids, attention_mask, doc_ids=doc_ids, position_ids=position_ids,
+                            return_kv=True, output_hidden=True, compute_logits=False)
+        h_main, kv = out.hidden, out.kv
+        B, L = input_ids.shape
+        if position_ids is None:
+            from .base import positions_from_docs
+
+            position_ids = positions_from_docs(doc_ids) if doc_ids is not None else torch.arange(L, device=input_ids.device).expand(B, L)
+        kv_tok = Tokens(pos=position_ids, doc=doc_ids,
+                        valid=None if attention_mask is None or bool(attention_mask.all()) else attention_mask.bool())
+        if queries is None:
+            t = t.expand(B, L) if t.dim() == 2 else t.view(B, 1).expand(B, L)
+            mask = AttentionMask("causal", kv_tok, kv_tok)
+            return ModelOutput(self.diffusion(h_main, kv, position_ids, mask, x_t, t, class_labels))
+        # Selected positions only: pack each row's queries to the left, (B, K).
+        counts = queries.sum(1)
+        K = int(counts.max())
+        order = torch.argsort((~queries).to(torch.int8), dim=1, stable=True)[:, :K]
+        real = torch.arange(K, device=queries.device)[None] < counts[:, None]
+        q_pos = position_ids.gather(1, order)
+        q_tok = Tokens(pos=q_pos, doc=None if doc_ids is None else doc_ids.gather(1, order))
+        mask = AttentionMask("causal", q_tok, kv_tok)
+        xq = x_t.new_zeros(B, K, x_t.shape[-1])
+        xq[real] = x_t
+        tq = t.new_zeros(B, K)
+        tq[real] = t
+        hq = h_main.gather(1, order[..., None].expand(-1, -1, h_main.shape[-1]))
+        if class_labels is not None:
+            if class_labels.shape != t.shape:
+                raise ValueError(f"with queries, class_labels must be per diffusion token like t {tuple(t.shape)}, "
+                                 f"found {tuple(class_labels.shape)}")
+            lq = torch.full((B, K), self.config.num_classes or 0, dtype=torch.long, device=t.device)
+            lq[real] = class_labels
+            class_labels = lq
+        logits = self.diffusion(hq, kv, q_pos, mask, xq, tq, class_labels)
+        return ModelOutput(logits[real])
+
+    # --- checkpoints ----------------------------------------------------------------------------------
+    @classmethod
+    def from_main(cls, path_or_model, config: L2DConfig | None = None, dtype=None, device=None, seed: int | None = None,
+                  **options) -> "L2DModel":
+        """Wrap a Llama/Qwen2 checkpoint (HF or native directory, or a loaded CausalLM). `options`
+        override fields of `config` (card 7's defaults)."""
+        from ..checkpoint import load_pretrained
+
+        main = path_or_model if isinstance(path_or_model, nn.Module) else load_pretrained(path_or_model, dtype=dtype, device=device)
+        if not isinstance(main, CausalLM):
+            raise ConfigError(f"L2D wraps a Llama or Qwen2 model, not a {type(main).__name__}")
+        config = dataclasses.replace(config or L2DConfig(), **options)
+        if seed is not None:
+            torch.manual_seed(seed)
+        model = cls(main, config)
+        if isinstance(path_or_model, (str, Path)):
+            model.main_source = str(path_or_model)
+        return model
+
+    def save_pretrained(self, path: str | Path, main_path: str | Path | None = None) -> None:
+        """The diffusion path's weights and options, plus a reference to the main path (its path as
+        given, resolved relative to this directory when it is relative). The main path is not copied."""
+        from ..checkpoint import NATIVE_FORMAT, atomic_directory, write_json, write_weights
+
+        main_path = main_path or getattr(self, "main_source", None)
+        if main_path is None:
+            raise ValueError("save_pretrained needs main_path: where the main path's checkpoint lives")
+        path = Path(path)
+        state = [(k, v.detach()) for k, v in self.diffusion_state_dict().items()]
+        with atomic_directory(path, overwrite=True) as tmp:
+            write_weights(tmp, state, 5 * 2**30, metadata={"format": "pt"})
+            write_json(tmp / "config.json", {"format": NATIVE_FORMAT, "format_version": 1, "model": "L2DModel",
+                                             "main": str(main_path), "main_config": self.main.config.to_dict(),
+                                             "l2d": self.config.to_dict()})
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, dtype=None, device=None, main_path: str | Path | None = None) -> "L2DModel":
+        from ..checkpoint import WeightFiles, load_pretrained, read_native_config
+        from ..config import TransformerConfig
+        from ..keymaps import plan
+
+        path = Path(path)
+        raw = read_native_config(path)
+        if raw.get("model") != "L2DModel":
+            raise ConfigError(f"{path}: not an L2D checkpoint")
+        main_dir = Path(main_path or raw["main"])
+        if not main_dir.is_absolute() and not main_dir.exists():
+            main_dir = path / main_dir
+        main = load_pretrained(main_dir, dtype=dtype, device=device)
+        want = TransformerConfig.from_dict(raw["main_config"])
+        if want.replace(attn_backend=main.config.attn_backend) != main.config:
+            raise ConfigError(f"{path}: its main path config differs from the one at {main_dir}")
+        model = cls(main, L2DConfig.from_dict(raw["l2d"]))
+        files = WeightFiles(path)
+        expected = {k: tuple(v.shape) for k, v in model.diffusion_state_dict().items()}
+        mapping = plan(files.all_tensors(), expected, lambda n: n, f"{path} (L2D)")
+        params = model.diffusion_state_dict()
+        with torch.no_grad():
+            for f in files.files:
+                for name, tensor in files.iter_file(f):
+                    if name in mapping:
+                        params[name].copy_(tensor.to(params[name].dtype))
+        model.main_source = str(main_dir)
+        return model
