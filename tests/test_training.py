@@ -230,3 +230,17 @@ def test_yaml_config_with_flag_override(task, tmp_path):
     with pytest.raises(DlmarchError, match="unknown option 'learning_rate'"):
         parse(common_parser("x", ""), ["--config", str(cfg)])
 
+
+
+@pytest.mark.parametrize("name", ["llada-8b-lora.yaml", "l2d-llama-3.2-1b.yaml", "demo-sudoku.yaml"])
+def test_example_configs_parse(name):
+    from pathlib import Path
+
+    from trainers.l2d import add_options as l2d_options
+    from trainers.options import common_parser, parse
+
+    parser = common_parser("x", "")
+    l2d_options(parser)
+    path = Path(__file__).parent.parent / "configs" / name
+    args = parse(parser, ["--config", str(path), "--model", "m", "--data", "d", "--output", "o"])
+    assert args.model == "m"

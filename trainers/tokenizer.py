@@ -25,11 +25,12 @@ CHAT_TEMPLATE = (
 DEFAULT_CHARS = string.digits + string.ascii_letters + string.punctuation + " \n"
 
 
-def build_char_tokenizer(chars: str = DEFAULT_CHARS, pad_to: int | None = None) -> PreTrainedTokenizerFast:
+def build_char_tokenizer(chars: str = DEFAULT_CHARS, pad_to: int | None = None, words: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
     """One token per character of `chars` (others map to <|unk|>), the special tokens above, and
-    a chat template. `pad_to` rounds the vocabulary up with unused tokens (e.g. to a multiple of 8)."""
+    a chat template. `words` become single tokens that decode as text (e.g. "<answer>"); `pad_to`
+    rounds the vocabulary up with unused tokens (e.g. to a multiple of 8)."""
     vocab: dict[str, int] = {}
-    for tok in ["<|unk|>", *SPECIALS.values(), *ROLE_TOKENS]:
+    for tok in ["<|unk|>", *SPECIALS.values(), *ROLE_TOKENS, *words]:
         vocab[tok] = len(vocab)
     for ch in dict.fromkeys(chars):
         vocab.setdefault(ch, len(vocab))
@@ -41,6 +42,8 @@ def build_char_tokenizer(chars: str = DEFAULT_CHARS, pad_to: int | None = None) 
     tok.decoder = decoders.Fuse()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<|unk|>", additional_special_tokens=ROLE_TOKENS,
                                    **SPECIALS)
+    if words:
+        fast.add_tokens(list(words))  # matched before the per-character split; not special: decoded as text
     fast.chat_template = CHAT_TEMPLATE
     fast.padding_side = "left"
     return fast

@@ -1,0 +1,103 @@
+"""Tokens/s of LLaDA sampling: reference mode, prefix KV cache, confidence-threshold decoding, both;
+and how many generated positions differ from reference mode.
+
+    python benchmarks/sampling_speed.py --model runs/demo/sft/model     # a trained model (demo's)
+    python benchmarks/sampling_speed.py --size 100m                    # random ~100M LLaDA
+    python benchmarks/sampling_speed.py --size 100m --device cuda --dtype bf16
+
+gen_length 256, block 32, steps = gen_length (one token per step in reference mode) unless given.
+Agreement is only meaningful on a trained model: a random model has no confident positions, so
+threshold decoding degenerates to one token per step and caching changes many choices.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from benchmarks.common import machine, sync, table  # noqa: E402
+from dlmarch import AutoModel, LLaDAConfig, LLaDAModel, generate  # noqa: E402
+
+SIZES = {
+    "100m": dict(vocab_size=16384, hidden_size=768, num_layers=12, num_heads=12, num_kv_heads=12, intermediate_size=2048),
+    "tiny": dict(vocab_size=512, hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=4, intermediate_size=384),
+}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def prompts_for(model, args):
+    g = torch.Generator().manual_seed(0)
+    if args.model:
+        from transformers import AutoTokenizer
+
+        from trainers.tasks import REASONING_PREFIX, get_task
+
+        tok = AutoTokenizer.from_pretrained(args.model)
+        task = get_task("sudoku", with_system_prompt=False)
+        rows = task.generate(args.batch, 4242)
+        ids = [tok(tok.apply_chat_template(task.messages(r), add_generation_prompt=True, tokenize=False) + REASONING_PREFIX,
+                   add_special_tokens=False).input_ids for r in rows]
+        return torch.tensor(ids)
+    V = model.config.vocab_size
+    return torch.randint(0, V - 2, (args.batch, args.prompt_length), generator=g)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", help="a trained LLaDA directory (its prompts: the demo's Sudoku)")
+    p.add_argument("--size", default="tiny", choices=list(SIZES))
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default="fp32", choices=list(DTYPES))
+    p.add_argument("--gen-length", type=int, default=256)
+    p.add_argument("--block-length", type=int, default=32)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--threshold", type=float, default=0.9)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--prompt-length", type=int, default=64)
+    args = p.parse_args()
+    dtype = DTYPES[args.dtype]
+    if args.model:
+        model = AutoModel.from_pretrained(args.model, dtype=dtype, device=args.device).eval()
+        what = f"trained model {args.model}"
+    else:
+        torch.manual_seed(0)
+        cfg = LLaDAConfig(**SIZES[args.size], mask_token_id=SIZES[args.size]["vocab_size"] - 1, max_position_embeddings=4096)
+        model = LLaDAModel(cfg).init_weights().to(device=args.device, dtype=dtype).eval()
+        what = f"random {args.size} LLaDA ({model.num_parameters() / 1e6:.0f}M)"
+    prompt = prompts_for(model, args).to(args.device)
+    steps = args.steps or args.gen_length
+    kw = dict(steps=steps, gen_length=args.gen_length, block_length=args.block_length)
+    variants = {"reference": {}, "kv cache": {"kv_cache": True}, f"threshold {args.threshold}": {"threshold": args.threshold},
+                "both": {"kv_cache": True, "threshold": args.threshold}}
+    generate(model, prompt[:, :8], steps=2, gen_length=args.block_length, block_length=args.block_length)  # warm-up
+    rows, ref = [], None
+    for name, extra in variants.items():
+        stats = {}
+        sync(args.device)
+        t0 = time.perf_counter()
+        out = generate(model, prompt, stats=stats, **kw, **extra)
+        sync(args.device)
+        dt = time.perf_counter() - t0
+        gen = out[:, prompt.shape[1]:]
+        if ref is None:
+            ref = gen
+        rows.append({"variant": name, "seconds": dt, "tokens_per_s": gen.numel() / dt, "nfe": stats["nfe"],
+                     "differ": int((gen != ref).sum()), "differ_frac": float((gen != ref).float().mean())})
+    base = rows[0]["tokens_per_s"]
+    for r in rows:
+        r["speedup"] = r["tokens_per_s"] / base
+    print(f"# generate, {what}, batch {args.batch}, gen_length {args.gen_length}, block {args.block_length}, "
+          f"steps {steps}, {args.dtype}, {args.device}; machine: {machine()}")
+    print(table(rows, [("variant", "variant", "s"), ("tokens_per_s", "tokens/s", ".1f"), ("speedup", "x reference", ".2f"),
+                       ("nfe", "model calls", "d"), ("differ", "positions differing", "d"),
+                       ("differ_frac", "fraction differing", ".3f")]))
+
+
+if __name__ == "__main__":
+    main()

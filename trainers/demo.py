@@ -1,0 +1,234 @@
+"""`python -m trainers.demo`: the papers' comparison at small scale, on a fresh CPU machine.
+
+1. Builds a character tokenizer and a small LLaDA from scratch, and generates 4x4 Sudoku puzzles
+   with unique solutions (train and held-out test, disjoint).
+2. Teaches the model the task and its answer format with masked-diffusion SFT (the "base").
+3. Fine-tunes the base with sft, gift, blockwise and lift under the same token budget (same steps,
+   batch and sequence length).
+4. Evaluates the untrained model, the base and every method with the same sampler (card 8's
+   protocol: block length 32, steps = gen_length / 2, greedy, low-confidence remasking), and prints
+   a table (method, cell accuracy, solved rate, training tokens/s, time) and writes results.md,
+   results.json and demo.png (loss curves and accuracies) under --output.
+
+Seeds are fixed. --quick runs a one-minute version (used by the test suite). A killed demo picks up
+where it stopped with --resume (finished stages are kept, an interrupted one resumes from its last
+checkpoint).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from dlmarch.errors import DlmarchError
+
+METHODS = ("sft", "gift", "blockwise", "lift")
+TAGS = ("<reasoning>", "</reasoning>", "<answer>", "</answer>")
+
+
+@dataclass
+class Plan:
+    hidden: int
+    layers: int
+    train_rows: int
+    test_rows: int
+    base_steps: int
+    method_steps: int
+    batch: int
+    base_lr: float
+    method_lr: float
+
+
+FULL = Plan(hidden=128, layers=4, train_rows=4000, test_rows=256, base_steps=1500, method_steps=600, batch=32,
+            base_lr=2e-3, method_lr=3e-4)
+QUICK = Plan(hidden=64, layers=2, train_rows=1000, test_rows=64, base_steps=600, method_steps=100, batch=16,
+             base_lr=3e-3, method_lr=5e-4)
+GEN_LENGTH, BLOCK_LENGTH = 32, 32  # d1 protocol block; the answer and its tags fit one block
+
+
+def build(out: Path, plan: Plan, seed: int):
+    """Tokenizer, untrained model, train/test JSONL. Returns (task, test rows)."""
+    from dlmarch import LLaDAConfig, LLaDAModel
+    from trainers.tasks import get_task
+    from trainers.tokenizer import build_char_tokenizer
+
+    task = get_task("sudoku", with_system_prompt=False)  # the instruction costs ~400 characters per row
+    data = out / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    test = task.generate(plan.test_rows, seed + 999)
+    held_out = {r["puzzle"] for r in test}
+    train = [r for r in task.generate(plan.train_rows + plan.test_rows, seed + 1) if r["puzzle"] not in held_out]
+    train = train[: plan.train_rows]
+    with open(data / "train.jsonl", "w") as f:
+        for r in train:
+            f.write(json.dumps({"messages": task.messages(r) + [{"role": "assistant", "content": task.response(r)}]}) + "\n")
+    with open(data / "test.jsonl", "w") as f:
+        for r in test:
+            f.write(json.dumps(r) + "\n")
+    init = out / "init"
+    if not (init / "config.json").exists():
+        tok = build_char_tokenizer("0123456789 :Sudokpzle", words=TAGS, pad_to=8)
+        torch.manual_seed(seed)
+        cfg = LLaDAConfig(vocab_size=len(tok), hidden_size=plan.hidden, num_layers=plan.layers, num_heads=4, num_kv_heads=4,
+                          intermediate_size=3 * plan.hidden, mask_token_id=tok.mask_token_id, eos_token_id=tok.eos_token_id,
+                          pad_token_id=tok.pad_token_id, max_position_embeddings=256)
+        LLaDAModel(cfg).init_weights().save_pretrained(init)
+        tok.save_pretrained(init)
+    return task, test
+
+
+def max_length(task, init: Path) -> int:
+    """Prompt + "<reasoning>" + the sampler's canvas: training rows padded (with trained EOS) to exactly
+    what the sampler decodes."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(init)
+    probe = task.messages({"puzzle": "0" * 16})
+    prompt = tok.apply_chat_template(probe, add_generation_prompt=True, tokenize=False)
+    return len(tok(prompt, add_special_tokens=False).input_ids) + GEN_LENGTH
+
+
+def train_stage(method: str, model: Path, out: Path, data: Path, steps: int, lr: float, plan: Plan, length: int,
+                seed: int, resume: bool, extra: list[str]) -> dict:
+    import importlib
+
+    if (out / "summary.json").exists() and (out / "model" / "config.json").exists():
+        return json.loads((out / "summary.json").read_text())  # finished earlier (--resume)
+    args = ["--model", str(model), "--data", str(data), "--output", str(out), "--max-steps", str(steps),
+            "--batch-size", str(plan.batch), "--lr", str(lr), "--max-length", str(length), "--pad-to", "max",
+            "--warmup-steps", str(max(1, steps // 20)), "--save-every", str(max(50, steps // 4)), "--seed", str(seed),
+            *extra]
+    if resume and out.exists():
+        args.append("--resume")
+    rc = importlib.import_module(f"trainers.{method}").main(args)
+    if rc != 0:
+        raise DlmarchError(f"the {method} stage failed (exit {rc}); see {out}")
+    return json.loads((out / "summary.json").read_text())
+
+
+def run_eval(name: str, model_dir: Path, task, test: list[dict], out: Path, seed: int) -> dict:
+    from transformers import AutoTokenizer
+
+    from dlmarch import AutoModel
+    from trainers.evaluate import evaluate
+
+    cached = out / f"eval-{name}.summary.json"
+    if cached.exists():
+        return json.loads(cached.read_text())
+    model = AutoModel.from_pretrained(model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    tok.padding_side = "left"
+    summary, records = evaluate(model, tok, task, test, gen_length=GEN_LENGTH, block_length=BLOCK_LENGTH,
+                                steps=GEN_LENGTH // 2, batch_size=64, seed=seed)
+    with open(out / f"eval-{name}.jsonl", "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    cached.write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def plot(out: Path, rows: list[dict], methods: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for m in methods:
+        lines = [json.loads(x) for x in (out / m / "metrics.jsonl").read_text().splitlines()]
+        ema, ys = None, []
+        for r in lines:
+            ce = r.get("ce", r["loss"])
+            ema = ce if ema is None else 0.95 * ema + 0.05 * ce
+            ys.append(ema)
+        ax1.plot([r["step"] for r in lines], ys, label=m)
+    ax1.set_title("fine-tuning: cross-entropy on masked tokens (EMA)")
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("nats")
+    ax1.legend()
+    names = [r["method"].split(" ")[0] for r in rows]
+    acc = [100 * r["cell_accuracy"] for r in rows]
+    bars = ax2.bar(names, acc, color=["#bbb", "#888"] + [f"C{i}" for i in range(len(names) - 2)])
+    for b, a in zip(bars, acc):
+        ax2.text(b.get_x() + b.get_width() / 2, a + 0.5, f"{a:.1f}", ha="center", fontsize=9)
+    ax2.set_title(f"Sudoku 4x4: cell accuracy over empty cells ({rows[0]['n']} puzzles)")
+    ax2.set_ylabel("%")
+    fig.tight_layout()
+    fig.savefig(out / "demo.png", dpi=120)
+    plt.close(fig)
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| method | cell accuracy | solved | train tokens/s | train time (s) | eval time (s) |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        tps = f"{r['train_tokens_per_s']:.0f}" if r.get("train_tokens_per_s") else "-"
+        tt = f"{r['train_seconds']:.0f}" if r.get("train_seconds") else "-"
+        lines.append(f"| {r['method']} | {100 * r['cell_accuracy']:.1f}% | {100 * r['solved_rate']:.1f}% | {tps} | {tt} | "
+                     f"{r['eval_seconds']:.1f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m trainers.demo", description=__doc__.split("\n\n")[0])
+    p.add_argument("--output", default="runs/demo")
+    p.add_argument("--quick", action="store_true", help="a one-minute run")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    p.add_argument("--resume", action="store_true", help="keep finished stages, resume an interrupted one")
+    p.add_argument("--overwrite", action="store_true")
+    args = p.parse_args(argv)
+    out = Path(args.output)
+    plan = QUICK if args.quick else FULL
+    try:
+        if out.exists() and any(out.iterdir()):
+            if args.overwrite:
+                shutil.rmtree(out)
+            elif not args.resume:
+                raise DlmarchError(f"{out} already holds a demo; pass --resume to continue it or --overwrite to start over")
+        out.mkdir(parents=True, exist_ok=True)
+        t0 = time.time()
+        print(f"demo ({'quick' if args.quick else 'full'}): building tokenizer, model and data in {out}", file=sys.stderr)
+        task, test = build(out, plan, args.seed)
+        length = max_length(task, out / "init")
+        train = out / "data" / "train.jsonl"
+        print(f"demo: teaching the format ({plan.base_steps} steps of sft from scratch)", file=sys.stderr)
+        base = train_stage("sft", out / "init", out / "base", train, plan.base_steps, plan.base_lr, plan, length,
+                           args.seed, args.resume, [])
+        stages = {"untrained": (out / "init", None), "base (sft from scratch)": (out / "base" / "model", base)}
+        extra = {"blockwise": ["--block-size", str(BLOCK_LENGTH)]}
+        for m in args.methods:
+            print(f"demo: fine-tuning the base with {m} ({plan.method_steps} steps)", file=sys.stderr)
+            s = train_stage(m, out / "base" / "model", out / m, train, plan.method_steps, plan.method_lr, plan, length,
+                            args.seed, args.resume, extra.get(m, []))
+            stages[m] = (out / m / "model", s)
+        rows = []
+        for name, (model_dir, summary) in stages.items():
+            key = name.split(" ")[0]
+            ev = run_eval(key, model_dir, task, test, out, args.seed)
+            rows.append({"method": name, "cell_accuracy": ev["cell_accuracy"], "solved_rate": ev["solved_rate"],
+                         "n": ev["n"], "eval_seconds": ev["seconds"],
+                         "train_tokens_per_s": summary["tokens_per_s"] if summary else None,
+                         "train_seconds": summary["seconds"] if summary else None})
+        table = markdown(rows)
+        (out / "results.md").write_text(table + "\n")
+        (out / "results.json").write_text(json.dumps({"plan": plan.__dict__, "seed": args.seed, "rows": rows,
+                                                      "seconds": time.time() - t0}, indent=2) + "\n")
+        plot(out, rows, list(args.methods))
+    except DlmarchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(table)
+    print(f"\ndemo finished in {time.time() - t0:.0f}s: {out / 'results.md'}, {out / 'demo.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,17 @@
+"""Evaluation tasks (card 8): Sudoku 4x4 and Countdown (generated), GSM8K and MATH-500 (user data)."""
+
+from .common import REASONING_PREFIX, Task
+from .countdown import Countdown
+from .math import GSM8K, Math500
+from .sudoku import Sudoku
+
+TASKS = {"sudoku": Sudoku, "countdown": Countdown, "gsm8k": GSM8K, "math500": Math500}
+
+
+def get_task(name: str, **kw) -> Task:
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r} (known: {', '.join(TASKS)})")
+    return TASKS[name](**kw)
+
+
+__all__ = ["TASKS", "get_task", "Task", "REASONING_PREFIX", "Sudoku", "Countdown", "GSM8K", "Math500"]
