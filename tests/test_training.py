@@ -124,17 +124,19 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
-def test_torchrun_two_processes_equal_one(task, tmp_path, mode):
+@pytest.mark.parametrize("method,mode", [("sft", "ddp"), ("sft", "fsdp"), ("gift", "fsdp")])
+def test_torchrun_two_processes_equal_one(task, tmp_path, method, mode):
     model, data = task
     args = ["--model", str(model), "--data", str(data), "--max-steps", "5", "--max-length", "32", "--lr", "3e-3",
             "--no-progress", "--batch-size", "2", "--lora-rank", "0"]
     one = tmp_path / "one"
-    assert _run(args + ["--output", str(one), "--grad-accum", "2"]).returncode == 0
+    r = subprocess.run([sys.executable, "-m", f"trainers.{method}", *args, "--output", str(one), "--grad-accum", "2"],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
     two = tmp_path / "two"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                        str(_free_port()), "-m", "trainers.sft", *args, "--output", str(two), "--distributed", mode],
+                        str(_free_port()), "-m", f"trainers.{method}", *args, "--output", str(two), "--distributed", mode],
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     la, lb = [x["loss"] for x in metrics(one)], [x["loss"] for x in metrics(two)]

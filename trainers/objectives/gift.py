@@ -35,7 +35,7 @@ def token_rates(t_doc: Tensor, beta: Tensor, beta_ref: Tensor) -> Tensor:
     return 1 - (1 - t_doc).pow(beta / beta_ref)
 
 
-@torch.no_grad()
+@torch.no_grad()  # (not inference_mode: FSDP2's all-gathered parameters must stay ordinary tensors)
 def probe_betas(model, batch: Batch, mask_id: int) -> Tensor:
     """beta_i = sqrt(entropy) at every response token, (K,) in the order of batch.loss_mask."""
     all_masked = torch.where(batch.loss_mask, torch.full_like(batch.input_ids, mask_id), batch.input_ids)

@@ -87,7 +87,7 @@ def lift_keep(superset: Tensor, seg: Tensor, num_docs: int, t: Tensor, rho: Tens
     return rank_within_docs(superset, seg.clamp(min=0), scores, k, num_docs), comp, k
 
 
-@torch.no_grad()
+@torch.no_grad()  # (not inference_mode: FSDP2's all-gathered parameters must stay ordinary tensors)
 def gold_confidence(model, batch: Batch, superset: Tensor, mask_id: int) -> Tensor:
     """log p(gold) at the superset positions of the superset view, (B, L) (0 elsewhere)."""
     noisy = torch.where(superset, torch.full_like(batch.input_ids, mask_id), batch.input_ids)
