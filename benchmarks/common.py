@@ -32,6 +32,12 @@ def rss_mib() -> float:
 
 
 def max_rss_mib() -> float:
+    """Peak RSS of this process. VmHWM belongs to the process's own address space and starts afresh
+    at exec; getrusage's ru_maxrss would carry over the high-water mark of the parent that forked it."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -6,7 +6,8 @@ shard with safetensors, rename, save it) in the same run.
     python benchmarks/convert.py --gb 1.1 --shards 2
 
 Goal: peak RSS under 1.5x the largest shard. RSS includes the interpreter and torch (the "idle"
-row), which the ratio does not subtract.
+row), which the ratio does not subtract. dlmarch fsyncs each file before the final rename (a
+crash never leaves a renamed directory with unwritten data); the naive script does not.
 """
 
 from __future__ import annotations
@@ -122,6 +123,7 @@ def main() -> None:
            ("dlmarch from_pretrained (HF dir)", "from_pretrained", hf, work / "none")]
     rows = []
     for name, op, s, d in ops:
+        os.sync()  # every operation starts with the previous one's writes on disk
         r = run_isolated(__file__, ["--op", op, "--src", str(s), "--dst", str(d)])
         r.update(op=name, mb_s=size / r["seconds"] if op not in ("idle",) else None,
                  ratio=r["peak_rss_mib"] / largest)

@@ -120,11 +120,7 @@ class TransformerConfig:
         cls = CONFIG_CLASSES.get(family)
         if cls is None:
             raise ConfigError(f"unknown model family {family!r} (known: {sorted(CONFIG_CLASSES)})")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"unknown {family} config field(s): {', '.join(unknown)}")
-        return cls(**d)
+        return strict_dataclass(cls, d, f"{family} config field(s)")
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "TransformerConfig":
@@ -431,6 +427,32 @@ def read_json(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object, found {type(data).__name__}")
     return data
+
+
+def jsonl_rows(path: str | Path):
+    """(line number, parsed value, error) for every non-blank line of a JSONL file: the value is None
+    and error a one-line message ("FILE: line N: invalid JSON (...)") when the line does not parse.
+    Callers decide whether a bad line stops them or is skipped and counted."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such file")
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield n, json.loads(line), None
+            except json.JSONDecodeError as e:
+                yield n, None, f"{path}: line {n}: invalid JSON ({e.msg} at column {e.colno})"
+
+
+def strict_dataclass(cls, d: dict, what: str):
+    """cls(**d), refusing keys that are not fields of cls by name."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ConfigError(f"unknown {what}: {', '.join(unknown)}")
+    return cls(**d)
 
 
 def family_of_hf(hf: dict, where: str = "config.json") -> str:

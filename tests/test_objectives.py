@@ -145,3 +145,37 @@ def test_gift_underflowing_rates_stay_finite_and_fall_back(monkeypatch):
     monkeypatch.setattr(G, "token_rates", lambda t, b, r: torch.zeros_like(t))
     out = gift(model, batch, torch.Generator().manual_seed(0), mask_id=MASK)
     assert out.metrics["fallback"] == 1.0 and out.denom > 0 and math.isfinite(float(out.loss_sum.detach()))
+
+
+def test_gift_amortised_probe_reuses_betas_between_probe_epochs():
+    from trainers.objectives.gift import GIFTObjective
+
+    model = tiny_llada()
+    ex = examples(n=4)
+    calls = []
+
+    def counting(x, **kw):
+        calls.append(kw.get("logits_at").sum().item())
+        return model(x, **kw)
+
+    counting.training, counting.eval, counting.train = True, lambda: None, lambda mode=True: None
+    obj = GIFTObjective(MASK, probe_every=3)
+    exact = GIFTObjective(MASK, probe_every=1)
+    for epoch in range(5):
+        b = pad_batch(ex, EOS, "train")
+        b.epoch = epoch
+        calls.clear()
+        a = obj(counting, b, torch.Generator().manual_seed(epoch))
+        probed = len(calls) == 2  # probe + training pass
+        assert probed == (epoch % 3 == 0), epoch
+        if epoch % 3 == 0:  # a probe epoch: exactly card 4
+            e = exact(model, b, torch.Generator().manual_seed(epoch))
+            torch.testing.assert_close(a.loss_sum, e.loss_sum)
+        obj.sync()
+    assert set(obj.state_dict()) == {str(e.line) for e in ex}
+    fresh = GIFTObjective(MASK, probe_every=3)
+    fresh.load_state_dict(obj.state_dict())
+    b = pad_batch(ex, EOS, "train")
+    b.epoch = 4
+    torch.testing.assert_close(fresh(model, b, torch.Generator().manual_seed(9)).loss_sum,
+                               obj(model, b, torch.Generator().manual_seed(9)).loss_sum)

@@ -87,15 +87,20 @@ def _run(args, **kw):
     return subprocess.run([sys.executable, "-m", "trainers.sft", *args], capture_output=True, text=True, **kw)
 
 
-def test_sigkill_then_resume_equals_an_uninterrupted_run(task, tmp_path):
+@pytest.mark.parametrize("method,extra", [("sft", []), ("gift", ["--probe-every", "2"])])
+def test_sigkill_then_resume_equals_an_uninterrupted_run(task, tmp_path, method, extra):
     model, data = task
     args = ["--model", str(model), "--data", str(data), "--max-steps", "400", "--save-every", "25", *COMMON,
-            "--batch-size", "4"]
+            "--batch-size", "4", *extra]
+
+    def run(more):
+        return subprocess.run([sys.executable, "-m", f"trainers.{method}", *args, *more], capture_output=True, text=True)
+
     full = tmp_path / "full"
-    assert _run(args + ["--output", str(full)]).returncode == 0
+    assert run(["--output", str(full)]).returncode == 0
     killed = tmp_path / "killed"
     stop_after = random.Random().randint(60, 300)
-    proc = subprocess.Popen([sys.executable, "-m", "trainers.sft", *args, "--output", str(killed)],
+    proc = subprocess.Popen([sys.executable, "-m", f"trainers.{method}", *args, "--output", str(killed)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     m = killed / "metrics.jsonl"
     deadline = time.time() + 120
@@ -107,7 +112,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(task, tmp_path):
     assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
     last_ckpt = max(int(p.name[5:]) for p in (killed / "checkpoints").iterdir() if p.name.startswith("step-"))
     assert last_ckpt < 400
-    r = _run(args + ["--output", str(killed), "--resume"])
+    r = run(["--output", str(killed), "--resume"])
     assert r.returncode == 0, r.stderr
     assert f"resumed from" in r.stderr
     a, b = metrics(full), metrics(killed)
@@ -124,11 +129,12 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("method,mode", [("sft", "ddp"), ("sft", "fsdp"), ("gift", "fsdp")])
-def test_torchrun_two_processes_equal_one(task, tmp_path, method, mode):
+@pytest.mark.parametrize("method,mode,steps,extra", [("sft", "ddp", 5, []), ("sft", "fsdp", 5, []), ("gift", "fsdp", 5, []),
+                                                    ("gift", "ddp", 70, ["--probe-every", "2"])])
+def test_torchrun_two_processes_equal_one(task, tmp_path, method, mode, steps, extra):
     model, data = task
-    args = ["--model", str(model), "--data", str(data), "--max-steps", "5", "--max-length", "32", "--lr", "3e-3",
-            "--no-progress", "--batch-size", "2", "--lora-rank", "0"]
+    args = ["--model", str(model), "--data", str(data), "--max-steps", str(steps), "--max-length", "32", "--lr", "3e-3",
+            "--no-progress", "--batch-size", "2", "--lora-rank", "0", *extra]
     one = tmp_path / "one"
     r = subprocess.run([sys.executable, "-m", f"trainers.{method}", *args, "--output", str(one), "--grad-accum", "2"],
                        capture_output=True, text=True)
@@ -140,7 +146,7 @@ def test_torchrun_two_processes_equal_one(task, tmp_path, method, mode):
                        capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     la, lb = [x["loss"] for x in metrics(one)], [x["loss"] for x in metrics(two)]
-    assert len(la) == len(lb) == 5
+    assert len(la) == len(lb) == steps
     for x, y in zip(la, lb):
         assert abs(x - y) <= 1e-5 * max(1.0, abs(x))
     wa, wb = AutoModel.from_pretrained(one / "model"), AutoModel.from_pretrained(two / "model")

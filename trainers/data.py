@@ -21,7 +21,6 @@ A batch's order is a pure function of (seed, epoch, step), so resuming needs onl
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from dlmarch.config import jsonl_rows
 from dlmarch.errors import DlmarchError
 
 
@@ -119,49 +119,43 @@ def load_examples(path: str | Path, tokenizer, max_length: int, *, eos_id: int, 
     if over_long not in ("drop", "truncate"):
         raise ValueError(f"over_long must be 'drop' or 'truncate', found {over_long!r}")
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
     if use_template is None:
         use_template = bool(getattr(tokenizer, "chat_template", None))
     report, out = DataReport(), []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            report.rows += 1
-            where = f"{path}: line {n}"
-            try:
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{where}: expected a JSON object")
-                prompt, response = tokenize_row(tokenizer, row, where, eos_id, use_template)
-                if len(prompt) >= max_length:
-                    raise DataError(f"{where}: prompt of {len(prompt)} tokens leaves no room for a response "
-                                    f"within --max-length {max_length}")
-            except DataError:
-                if not skip_bad_rows:
-                    raise
-                report.skipped_bad += 1
-                continue
-            ids = prompt + response
-            if len(ids) > max_length:
-                if over_long == "drop":
-                    report.dropped_long += 1
-                    continue
-                ids = ids[:max_length]
-                report.truncated += 1
+    try:
+        lines = list(jsonl_rows(path))
+    except DlmarchError as e:
+        raise DataError(str(e)) from None
+    for n, row, error in lines:
+        report.rows += 1
+        where = f"{path}: line {n}"
+        try:
+            if error:
+                raise DataError(error)
+            if not isinstance(row, dict):
+                raise DataError(f"{where}: expected a JSON object")
+            prompt, response = tokenize_row(tokenizer, row, where, eos_id, use_template)
+            if len(prompt) >= max_length:
+                raise DataError(f"{where}: prompt of {len(prompt)} tokens leaves no room for a response "
+                                f"within --max-length {max_length}")
             label = row.get("class", -1)
             if not isinstance(label, int) or isinstance(label, bool):
-                if not skip_bad_rows:
-                    raise DataError(f"{where}: \"class\" must be an integer, found {label!r}")
-                report.skipped_bad += 1
+                raise DataError(f"{where}: \"class\" must be an integer, found {label!r}")
+        except DataError:
+            if not skip_bad_rows:
+                raise
+            report.skipped_bad += 1
+            continue
+        ids = prompt + response
+        if len(ids) > max_length:
+            if over_long == "drop":
+                report.dropped_long += 1
                 continue
-            out.append(Example(ids, len(prompt), n, label))
-            report.kept += 1
-            report.tokens += len(ids)
+            ids = ids[:max_length]
+            report.truncated += 1
+        out.append(Example(ids, len(prompt), n, label))
+        report.kept += 1
+        report.tokens += len(ids)
     if not out:
         raise DataError(f"{path}: no usable rows ({report.line()})")
     return out, report

@@ -78,7 +78,7 @@ def build(out: Path, plan: Plan, seed: int):
         torch.manual_seed(seed)
         cfg = LLaDAConfig(vocab_size=len(tok), hidden_size=plan.hidden, num_layers=plan.layers, num_heads=4, num_kv_heads=4,
                           intermediate_size=3 * plan.hidden, mask_token_id=tok.mask_token_id, eos_token_id=tok.eos_token_id,
-                          pad_token_id=tok.pad_token_id, max_position_embeddings=256)
+                          pad_token_id=tok.pad_token_id, max_position_embeddings=512)
         LLaDAModel(cfg).init_weights().save_pretrained(init)
         tok.save_pretrained(init)
     return task, test

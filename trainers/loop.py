@@ -308,7 +308,7 @@ def train(objective_factory: Callable[[RunContext], Callable], args, *, name: st
     start = 0
     found = checkpoints(out)
     if args.resume and found:
-        start = load_checkpoint(found[-1], model, optimizer, scheduler, device)
+        start = load_checkpoint(found[-1], model, optimizer, scheduler, device, objective)
         if rank == 0:
             truncate_metrics(out / "metrics.jsonl", start)
             print(f"resumed from {found[-1]} at step {start}", file=sys.stderr)
@@ -364,6 +364,8 @@ def train(objective_factory: Callable[[RunContext], Callable], args, *, name: st
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        if hasattr(objective, "sync"):  # stateful objectives share their state across ranks
+            objective.sync()
         tokens_run += int(tokens)
         first_loss = loss if first_loss is None else first_loss
         last_loss = loss
@@ -384,7 +386,7 @@ def train(objective_factory: Callable[[RunContext], Callable], args, *, name: st
             bar.set_postfix(loss=f"{ema:.4f}", tok_s=f"{tokens_run / max(time.time() - t_start, 1e-9):.0f}")
             bar.update(1)
         if done % args.save_every == 0 or done == total_steps:
-            save_checkpoint(out, done, model, optimizer, scheduler, rank, args.keep)
+            save_checkpoint(out, done, model, optimizer, scheduler, rank, args.keep, objective)
     if bar:
         bar.close()
     if writer:
@@ -428,7 +430,7 @@ def _state_dicts(model, optimizer):
     return msd, get_optimizer_state_dict(model, optimizer, options=opts)
 
 
-def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, rank: int, keep: int) -> None:
+def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, rank: int, keep: int, objective=None) -> None:
     msd, osd = _state_dicts(model, optimizer)  # collective under FSDP: every rank takes part
     if rank == 0:
         target = out / "checkpoints" / f"step-{step:08d}"
@@ -437,13 +439,15 @@ def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, rank: int
             torch.save(osd, tmp / "optimizer.pt")
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / "rng.pt")
+            if hasattr(objective, "state_dict"):
+                st.save_file(objective.state_dict(), tmp / "objective.safetensors")
             write_json(tmp / "state.json", {"step": step, "time": time.time()})
         for old in checkpoints(out)[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     barrier()
 
 
-def load_checkpoint(path: Path, model, optimizer, scheduler, device) -> int:
+def load_checkpoint(path: Path, model, optimizer, scheduler, device, objective=None) -> int:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
     weights = st.load_file(path / "weights.safetensors")
@@ -454,6 +458,8 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, device) -> int:
     rng = torch.load(path / "rng.pt", weights_only=True)
     torch.set_rng_state(rng["torch"])
     random.setstate(rng["python"])
+    if hasattr(objective, "load_state_dict") and (path / "objective.safetensors").exists():
+        objective.load_state_dict(st.load_file(path / "objective.safetensors"))
     return int(json.loads((path / "state.json").read_text())["step"])
 
 

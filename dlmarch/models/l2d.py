@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..config import strict_dataclass
 from ..errors import ConfigError
 from ..layers import Block, Modulation, rope_tables
 from ..masks import AttentionMask, Tokens, resolve_backend
@@ -99,11 +100,7 @@ class L2DConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "L2DConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"unknown L2D option(s): {', '.join(unknown)}")
-        return cls(**d)
+        return strict_dataclass(cls, d, "L2D option(s)")
 
     @classmethod
     def from_reference(cls, opts: dict, main_hidden: int) -> "L2DConfig":

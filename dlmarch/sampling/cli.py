@@ -22,22 +22,18 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def read_prompts(path: str) -> list:
     """Prompts of a JSONL file: each row a string under "prompt", or chat "messages"."""
+    from ..config import jsonl_rows
+
     out = []
-    with open(path) as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DlmarchError(f"{path}: line {n}: invalid JSON ({e.msg})") from None
-            if isinstance(row, dict) and isinstance(row.get("prompt"), str):
-                out.append(row["prompt"])
-            elif isinstance(row, dict) and isinstance(row.get("messages"), list):
-                msgs = [m for m in row["messages"] if m.get("role") != "assistant"]
-                out.append(msgs)
-            else:
-                raise DlmarchError(f"{path}: line {n}: expected {{\"prompt\": str}} or {{\"messages\": [...]}}")
+    for n, row, error in jsonl_rows(path):
+        if error:
+            raise DlmarchError(error)
+        if isinstance(row, dict) and isinstance(row.get("prompt"), str):
+            out.append(row["prompt"])
+        elif isinstance(row, dict) and isinstance(row.get("messages"), list):
+            out.append([m for m in row["messages"] if m.get("role") != "assistant"])
+        else:
+            raise DlmarchError(f"{path}: line {n}: expected {{\"prompt\": str}} or {{\"messages\": [...]}}")
     if not out:
         raise DlmarchError(f"{path}: no prompts")
     return out

@@ -43,11 +43,18 @@ def probe_betas(model, batch: Batch, mask_id: int) -> Tensor:
     return entropy_from_logits(logits).sqrt()
 
 
-def gift(model, batch: Batch, generator: torch.Generator, *, mask_id: int, normaliser: str = "masked") -> ObjectiveOutput:
+def run_probe(model, batch: Batch, mask_id: int) -> Tensor:
     was_training = model.training
     model.eval()  # the probe is an inference pass
     beta = probe_betas(model, batch, mask_id)
     model.train(was_training)
+    return beta
+
+
+def gift(model, batch: Batch, generator: torch.Generator, *, mask_id: int, normaliser: str = "masked",
+         betas: Tensor | None = None) -> ObjectiveOutput:
+    """Card 4. `betas` (K,), if given, replace the probe (GIFTObjective's amortised probe)."""
+    beta = run_probe(model, batch, mask_id) if betas is None else betas
     beta_ref = beta.mean().clamp_min(BETA_FLOOR)
     t = doc_times(batch, generator)
     p = (1 - EPS) * t + EPS
@@ -70,3 +77,61 @@ def gift(model, batch: Batch, generator: torch.Generator, *, mask_id: int, norma
     metrics = {"masked_frac": float(masked.sum() / resp.sum()), "ce": float(ce.detach().mean()), "beta_ref": float(beta_ref),
                "fallback": float(fallback), "t": float(t.mean())}
     return ObjectiveOutput(loss_sum, denom, metrics)
+
+
+class GIFTObjective:
+    """GIFT with an optional amortised probe (`probe_every`, an approximation; 1 = card 4 exactly).
+
+    With probe_every = K > 1 each example's betas are probed at its visits in epochs 0, K, 2K, ...
+    and reused, from a per-example cache, at its visits in between: the probe pass then costs 1/K
+    of its price. The choice depends only on the epoch, the cache is merged across ranks after
+    every step, and it is saved in checkpoints, so one and several processes, and a resumed run,
+    behave alike. A micro-batch with any example missing from the cache (or whose response length
+    changed, as EOS padding to the batch's length can) is probed whole.
+    """
+
+    def __init__(self, mask_id: int, normaliser: str = "masked", probe_every: int = 1):
+        if probe_every < 1:
+            raise ValueError(f"probe_every must be >= 1, found {probe_every}")
+        self.mask_id, self.normaliser, self.every = mask_id, normaliser, probe_every
+        self.cache: dict[int, Tensor] = {}
+        self.fresh: dict[int, Tensor] = {}
+        self.probes = self.calls = 0
+
+    def betas(self, model, batch: Batch) -> Tensor:
+        keys = batch.example_ids.tolist()
+        counts = torch.bincount(batch.seg[batch.loss_mask], minlength=batch.num_docs).tolist()
+        cached = batch.epoch % self.every != 0 and all(
+            k in self.cache and self.cache[k].numel() == n for k, n in zip(keys, counts))
+        self.calls += 1
+        if cached:
+            return torch.cat([self.cache[k] for k in keys]).to(batch.input_ids.device)
+        self.probes += 1
+        beta = run_probe(model, batch, self.mask_id)
+        if self.every > 1:
+            for k, b in zip(keys, beta.detach().float().cpu().split(counts)):
+                self.cache[k] = self.fresh[k] = b.clone()
+        return beta
+
+    def __call__(self, model, batch: Batch, generator: torch.Generator) -> ObjectiveOutput:
+        out = gift(model, batch, generator, mask_id=self.mask_id, normaliser=self.normaliser,
+                   betas=self.betas(model, batch))
+        out.metrics["probed"] = self.probes / max(self.calls, 1)
+        return out
+
+    def sync(self) -> None:
+        """Share the entries probed since the last call with every rank."""
+        import torch.distributed as dist
+
+        if self.every > 1 and dist.is_available() and dist.is_initialized():
+            gathered = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, self.fresh)
+            for part in gathered:
+                self.cache.update(part)
+        self.fresh = {}
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {str(k): v for k, v in self.cache.items()}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        self.cache = {int(k): v for k, v in state.items()}

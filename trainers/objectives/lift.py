@@ -123,6 +123,7 @@ def lift(model, batch: Batch, generator: torch.Generator, *, mask_id: int, varia
     ce = token_ce(logits, batch.input_ids[keep])
     loss_sum = (ce / t[batch.seg[keep]]).sum()
     metrics = {"ce": float(ce.detach().mean()), "masked_frac": float(keep.sum() / batch.loss_mask.sum()),
+               "supervised_tokens": float(keep.sum()),
                "t": float(t.mean()), "rho": float(rho.mean())}
     for c, name in COMPONENT_NAMES.items():
         metrics[f"frac_{name}"] = float((comp == c).float().mean())

@@ -79,7 +79,8 @@ def sft_loss(model, batch: Batch, masked, p, *, mask_id: int, normaliser: str, t
     if extra_weights is not None:
         weights = weights * extra_weights
     loss_sum, denom, ce = weighted_loss(logits, batch.input_ids[masked], weights, batch, masked, normaliser)
-    metrics = {"masked_frac": float(masked.sum() / batch.loss_mask.sum()), "ce": float(ce.detach().mean())}
+    metrics = {"masked_frac": float(masked.sum() / batch.loss_mask.sum()), "ce": float(ce.detach().mean()),
+               "supervised_tokens": float(masked.sum())}
     if t_mean is not None:
         metrics["t"] = t_mean
     return ObjectiveOutput(loss_sum, denom, metrics)

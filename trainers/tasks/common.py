@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import ast
-import json
 import operator
 import re
 from fractions import Fraction
 from pathlib import Path
 
+from dlmarch.config import jsonl_rows
 from dlmarch.errors import DlmarchError
 
 REASONING_PREFIX = "<reasoning>"  # card 8: appended after the chat template's generation prompt
@@ -95,22 +95,14 @@ def arithmetic(expr: str) -> tuple[Fraction | None, list[int]]:
 
 def read_jsonl(path: str | Path, required: tuple[str, ...], task: str) -> list[dict]:
     """Rows of a task's JSONL file; each row must have the `required` keys."""
-    path = Path(path)
-    if not path.exists():
-        raise DlmarchError(f"{path}: no such file")
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DlmarchError(f"{path}: line {n}: invalid JSON ({e.msg})") from None
-            missing = [k for k in required if k not in row]
-            if missing:
-                raise DlmarchError(f"{path}: line {n}: a {task} row needs {list(required)}, missing {missing}")
-            rows.append(row)
+    for n, row, error in jsonl_rows(path):
+        if error:
+            raise DlmarchError(error)
+        missing = [k for k in required if not isinstance(row, dict) or k not in row]
+        if missing:
+            raise DlmarchError(f"{path}: line {n}: a {task} row needs {list(required)}, missing {missing}")
+        rows.append(row)
     if not rows:
         raise DlmarchError(f"{path}: no rows")
     return rows
