@@ -86,37 +86,26 @@ def test_blockwise_loss_is_mean_ce_over_active_masked_tokens():
 
 
 def test_two_copy_mask_equals_a_dense_reference_from_the_rule():
+    """Each slot's (clean, block, valid) from the layout's description, then the rule by loops."""
+    from tests.test_masks import loop_mask
+
     batch = batch_of(resp_lens=(5, 3), prompt_lens=(2, 3))
     ids, mask, src = two_copy_layout(batch, batch.input_ids, B)
     Bn, R = src.shape
     L = batch.input_ids.shape[1]
-    dense = mask.dense()[:, 0]
+    meta = {"pos": mask.q.pos.tolist(), "clean": [], "block": [], "valid": []}
     for row in range(Bn):
         P = int(batch.prompt_len[row])
-
-        def meta(i):  # (is_clean, block, valid) of slot i, from the rule's description
-            if i < R:
-                j = int(src[row, i])
-                return (False, -1 if j < 0 else (j - P) // B + 1, True)
-            j = i - R
-            valid = bool(batch.attention_mask[row, j])
-            return (True, 0 if j < P else ((j - P) // B + 1 if valid else 1 << 30), valid)
-
-        for qi in range(R + L):
-            qc, qb, qv = meta(qi)
-            for ki in range(R + L):
-                kc, kb, kv = meta(ki)
-                if not qc and not kc:
-                    ok = qb == kb
-                elif not qc and kc:
-                    ok = kb < qb
-                elif qc and kc:
-                    ok = kb <= qb
-                else:
-                    ok = False
-                if not kv:  # padding key: hidden, except a padding query's own position
-                    ok = ok and (not qv and int(mask.q.pos[row, qi]) == int(mask.kv.pos[row, ki]))
-                assert bool(dense[row, qi, ki]) == ok, (row, qi, ki)
+        clean, block, valid = [], [], []
+        for i in range(R):  # the noisy copy: response tokens, then filler (block -1)
+            j = int(src[row, i])
+            clean.append(False), block.append(-1 if j < 0 else (j - P) // B + 1), valid.append(True)
+        for j in range(L):  # the clean row: prompt = block 0, response block k = k + 1, padding last
+            v = bool(batch.attention_mask[row, j])
+            clean.append(True), block.append(0 if j < P else ((j - P) // B + 1 if v else 1 << 30)), valid.append(v)
+        meta["clean"].append(clean), meta["block"].append(block), meta["valid"].append(valid)
+    want = loop_mask("block_causal", meta, meta, Bn, R + L, R + L)
+    assert torch.equal(mask.dense()[:, 0], want)
 
 
 @pytest.mark.parametrize("packed", [False, True])

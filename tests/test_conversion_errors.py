@@ -35,7 +35,7 @@ def _edit_config(src, **changes):
 
 def missing(src):
     _edit_weights(src, lambda t: t.pop(KEY))
-    return f"missing tensor for 'blocks.1.q_proj.weight'"
+    return "missing tensor for 'blocks.1.q_proj.weight'"
 
 
 def unknown(src):

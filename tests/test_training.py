@@ -114,7 +114,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(task, tmp_path, method,
     assert last_ckpt < 400
     r = run(["--output", str(killed), "--resume"])
     assert r.returncode == 0, r.stderr
-    assert f"resumed from" in r.stderr
+    assert "resumed from" in r.stderr
     a, b = metrics(full), metrics(killed)
     assert [x["step"] for x in b] == list(range(1, 401))
     assert [x["loss"] for x in a] == [x["loss"] for x in b]  # exactly

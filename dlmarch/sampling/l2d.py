@@ -45,12 +45,10 @@ class _Path:
 
     def logits(self, x: Tensor, t: float) -> Tensor:
         """Logits (n, V) at flow state x (n, F) and time t."""
-        n = self.q_pos.shape[0]
+        tt = torch.full((self.q_pos.shape[0], 1), float(t), device=x.device)
         key = round(float(t), 12)
-        if key not in self.cache:
-            tt = torch.full((n, 1), float(t), device=x.device)
+        if key not in self.cache:  # the modulations depend on t (and the class) only
             self.cache[key] = self.model.condition(tt, self.labels)
-        tt = torch.full((n, 1), float(t), device=x.device)
         self.evaluations += 1
         out = self.model.diffusion(self.h, self.kv, self.q_pos, self.mask, x[:, None].to(self.model.dtype), tt,
                                    cond=self.cache[key], rope=self.rope)
