@@ -37,13 +37,13 @@ def prompts_for(model, args):
     if args.model:
         from transformers import AutoTokenizer
 
+        from dlmarch.sampling.cli import encode_prompts
         from trainers.tasks import REASONING_PREFIX, get_task
 
         tok = AutoTokenizer.from_pretrained(args.model)
         task = get_task("sudoku", with_system_prompt=False)
         rows = task.generate(args.batch, 4242)
-        ids = [tok(tok.apply_chat_template(task.messages(r), add_generation_prompt=True, tokenize=False) + REASONING_PREFIX,
-                   add_special_tokens=False).input_ids for r in rows]
+        ids = encode_prompts(tok, [task.messages(r) for r in rows], True, REASONING_PREFIX)
 
         def score(gen):
             texts = [REASONING_PREFIX + tok.decode(x[:32].tolist()) for x in gen]

@@ -15,7 +15,6 @@ import torch
 
 from dlmarch import safetensors_io as st
 from dlmarch.checkpoint import (
-    INDEX_NAME,
     NATIVE_FORMAT,
     WeightFiles,
     atomic_directory,
@@ -24,6 +23,7 @@ from dlmarch.checkpoint import (
     model_class_for,
     read_native_config,
     write_json,
+    write_shards,
 )
 from dlmarch.config import TransformerConfig, config_from_hf, family_of_hf, read_json
 from dlmarch.errors import ConfigError
@@ -72,43 +72,21 @@ def _groups(files: WeightFiles, mapping: dict[str, str], out_name, max_shard_siz
 
 
 def _stream(files: WeightFiles, groups, dst: Path, dtype: torch.dtype | None) -> tuple[int, int]:
-    """Write the planned groups as safetensors shards (+ index), one tensor in memory at a time."""
-    infos = {}
-    if files.kind == "safetensors":
-        for f in files.files:
-            infos.update(st.read_header(f)[0])
-    pickled = {}
-    names = st.shard_names(len(groups))
-    weight_map, total = {}, 0
-
-    def fetch(src_name):
-        if infos:
-            return st.read_tensor(infos[src_name])
-        for f in files.files:  # pickled checkpoints: one file mapped at a time
-            if src_name in files.header(f):
-                if f not in pickled:
-                    pickled.clear()
-                    pickled[f] = dict(files.iter_file(f))
-                return pickled[f][src_name]
-        raise KeyError(src_name)
-
-    def out_dtype(stored):
-        return dtype if (dtype is not None and stored.is_floating_point) else stored
-
+    """Write the planned groups (lists of (source name, output name)) as shards, casting floating
+    tensors to `dtype` when given, one tensor in memory at a time."""
     headers = {}
     for f in files.files:
         headers.update(files.header(f))
-    for fname, group in zip(names, groups):
-        entries = [(out, out_dtype(headers[src][1]), headers[src][0]) for src, out in group]
-        with st.Writer(dst / fname, entries, metadata={"format": "pt"}) as w:
-            for (src, out), (_, want_dtype, _) in zip(group, entries):
-                t = fetch(src).to(want_dtype)
-                w.write(out, t)
-                weight_map[out] = fname
-                total += t.numel() * t.element_size()
-    if len(names) > 1:
-        write_json(dst / INDEX_NAME, {"metadata": {"total_size": total}, "weight_map": weight_map})
-    return len(names), total
+    source = {}
+    planned = []
+    for group in groups:
+        entries = []
+        for src, out in group:
+            shape, stored = headers[src]
+            entries.append((out, dtype if (dtype is not None and stored.is_floating_point) else stored, shape))
+            source[out] = src
+        planned.append(entries)
+    return write_shards(dst, planned, lambda out: files.read(source[out]), metadata={"format": "pt"})
 
 
 def import_hf(src: str | Path, dst: str | Path, dtype: str | None = None, overwrite: bool = False,

@@ -40,7 +40,9 @@ class WeightFiles:
     def __init__(self, directory: str | Path):
         self.dir = Path(directory)
         self.kind, self.files = self._find()
-        self._headers: dict[Path, dict[str, st.TensorInfo]] = {}
+        self._headers: dict[Path, dict[str, tuple[tuple[int, ...], torch.dtype]]] = {}
+        self._infos: dict[str, st.TensorInfo] = {}  # safetensors: where each tensor lives
+        self._pickled: tuple[Path, dict] | None = None  # pickles: the one file held in memory
 
     def _find(self) -> tuple[str, list[Path]]:
         d = self.dir
@@ -62,15 +64,20 @@ class WeightFiles:
             return "bin", [d / "pytorch_model.bin"]
         raise CheckpointError(f"{d}: no weights (model.safetensors, an index, or pytorch_model.bin)")
 
+    def _pickle(self, path: Path) -> dict:
+        if self._pickled is None or self._pickled[0] != path:
+            self._pickled = (path, load_pickled_state_dict(path))
+        return self._pickled[1]
+
     def header(self, path: Path) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
         """name -> (shape, dtype) of one file, without reading tensor data (cached)."""
         if path not in self._headers:
             if self.kind == "safetensors":
                 infos = st.read_header(path)[0]
+                self._infos.update(infos)
                 self._headers[path] = {k: (v.shape, v.dtype) for k, v in infos.items()}
             else:
-                sd = load_pickled_state_dict(path)
-                self._headers[path] = {k: (tuple(v.shape), v.dtype) for k, v in sd.items()}
+                self._headers[path] = {k: (tuple(v.shape), v.dtype) for k, v in self._pickle(path).items()}
         return self._headers[path]
 
     def tensor_bytes(self) -> dict[str, int]:
@@ -91,18 +98,23 @@ class WeightFiles:
                 out[name] = (shape, f.name)
         return out
 
+    def read(self, name: str) -> torch.Tensor:
+        """One tensor, in any order: read from its safetensors file, or taken from the one pickled
+        file held in memory."""
+        for f in self.files:
+            if name in self.header(f):
+                return st.read_tensor(self._infos[name]) if self.kind == "safetensors" else self._pickle(f)[name]
+        raise KeyError(name)
+
     def iter_file(self, path: Path):
         """(name, tensor) for every tensor of one file, one at a time."""
         if self.kind == "safetensors":
-            infos = st.read_header(path)[0]
+            self.header(path)
             with open(path, "rb") as f:
-                for name, info in infos.items():
-                    yield name, st.read_tensor(info, f)
+                for name in self._headers[path]:
+                    yield name, st.read_tensor(self._infos[name], f)
         else:
-            yield from load_pickled_state_dict(path).items()
-
-    def total_bytes(self) -> int:
-        return sum(f.stat().st_size for f in self.files)
+            yield from self._pickle(path).items()
 
 
 def load_pickled_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -269,23 +281,31 @@ def load_pretrained(path: str | Path, dtype: torch.dtype | None = None, device=N
 # --- writing ------------------------------------------------------------------------------------------------
 
 
-def write_weights(directory: Path, tensors: list[tuple[str, torch.Tensor]], max_shard_size: int, metadata=None) -> list[str]:
-    """Write (name, tensor) pairs as one safetensors file or several plus an index. The tensors may be
-    produced lazily: each is written as soon as it is taken."""
-    sizes = [(n, t.numel() * t.element_size()) for n, t in tensors]
-    groups = st.plan_shards(sizes, max_shard_size)
+def write_shards(directory: Path, groups: list[list[tuple[str, torch.dtype, tuple[int, ...]]]], fetch,
+                 metadata: dict | None = None) -> tuple[int, int]:
+    """Write groups of (name, dtype, shape) as one safetensors file, or one per group plus an index.
+    fetch(name) gives each tensor when it is written, so only one is ever held. Returns (files,
+    bytes)."""
     names = st.shard_names(len(groups))
-    by_name = dict(tensors)
-    weight_map = {}
+    weight_map, total = {}, 0
     for fname, group in zip(names, groups):
-        with st.Writer(directory / fname, [(n, by_name[n].dtype, tuple(by_name[n].shape)) for n in group], metadata) as w:
-            for n in group:
-                w.write(n, by_name[n])
-                weight_map[n] = fname
+        with st.Writer(directory / fname, group, metadata) as w:
+            for name, dtype, _ in group:
+                t = fetch(name).to(dtype)
+                w.write(name, t)
+                weight_map[name] = fname
+                total += t.numel() * t.element_size()
     if len(names) > 1:
-        total = sum(s for _, s in sizes)
         write_json(directory / INDEX_NAME, {"metadata": {"total_size": total}, "weight_map": weight_map})
-    return names
+    return len(names), total
+
+
+def write_weights(directory: Path, tensors: list[tuple[str, torch.Tensor]], max_shard_size: int, metadata=None) -> None:
+    """Write (name, tensor) pairs in shards of at most max_shard_size bytes."""
+    by_name = dict(tensors)
+    sizes = [(n, t.numel() * t.element_size()) for n, t in tensors]
+    groups = [[(n, by_name[n].dtype, tuple(by_name[n].shape)) for n in g] for g in st.plan_shards(sizes, max_shard_size)]
+    write_shards(directory, groups, by_name.__getitem__, metadata)
 
 
 def save_native(model, path: str | Path, max_shard_size: int = 5 * 2**30, extra: dict | None = None) -> None:
@@ -312,5 +332,6 @@ __all__ = [
     "is_native",
     "read_native_config",
     "load_pickled_state_dict",
+    "write_shards",
     "write_weights",
 ]

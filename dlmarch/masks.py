@@ -216,6 +216,16 @@ class AttentionMask:
         return self._cache["varlen"]
 
 
+def pack_selected(select: Tensor) -> tuple[Tensor, Tensor]:
+    """Each row's selected positions moved to the left, in order: (index (B, K), real (B, K)) with
+    K the largest count of a row; real is False on the slots past a row's own count."""
+    counts = select.sum(1)
+    K = int(counts.max())
+    index = torch.argsort((~select).to(torch.int8), dim=1, stable=True)[:, :K]
+    real = torch.arange(K, device=select.device)[None] < counts[:, None]
+    return index, real
+
+
 # --- backends ------------------------------------------------------------------------------------------
 
 
@@ -306,5 +316,5 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask | None, backend:
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.dense(), scale=scale, enable_gqa=gqa)
 
 
-__all__ = ["Tokens", "AttentionMask", "allowed", "attend", "resolve_backend", "flash_available", "RULES"]
+__all__ = ["Tokens", "AttentionMask", "allowed", "attend", "pack_selected", "resolve_backend", "flash_available", "RULES"]
 

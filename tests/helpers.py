@@ -81,3 +81,16 @@ def make_task(tmp: Path, n: int = 256, seed: int = 0, model_seed: int = 0, task:
             s = "".join(rng.choice("abcdefgh") for _ in range(rng.randint(3, 8)))
             f.write(json.dumps({"prompt": s, "response": s[::-1] if task == "reverse" else s}) + "\n")
     return model_dir, data
+
+
+def tiny_model_dir(path: Path):
+    """A tiny random LLaDA with the full character tokenizer, saved to `path` as the command-line
+    tools expect a model directory. Returns (model, tokenizer)."""
+    from trainers.tokenizer import build_char_tokenizer
+
+    tok = build_char_tokenizer(pad_to=8)
+    model = tiny_llada(vocab_size=len(tok), mask_token_id=tok.mask_token_id, eos_token_id=tok.eos_token_id,
+                       pad_token_id=tok.pad_token_id)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return model, tok

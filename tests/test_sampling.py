@@ -181,14 +181,9 @@ def test_command_line(tmp_path):
     import subprocess
     import sys
 
-    from tests.helpers import tiny_llada
-    from trainers.tokenizer import build_char_tokenizer
+    from tests.helpers import tiny_model_dir
 
-    tok = build_char_tokenizer(pad_to=8)
-    model = tiny_llada(vocab_size=len(tok), mask_token_id=tok.mask_token_id, eos_token_id=tok.eos_token_id,
-                       pad_token_id=tok.pad_token_id)
-    model.save_pretrained(tmp_path / "m")
-    tok.save_pretrained(tmp_path / "m")
+    model, tok = tiny_model_dir(tmp_path / "m")
     (tmp_path / "p.jsonl").write_text('{"prompt": "hi"}\n{"messages": [{"role": "user", "content": "longer one"}]}\n')
     run = [sys.executable, "-m", "dlmarch.generate", "--model", str(tmp_path / "m"), "--gen-length", "16",
            "--block-length", "8", "--steps", "8"]

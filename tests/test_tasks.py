@@ -122,14 +122,9 @@ def test_math500_takes_the_last_box():
 
 
 def test_evaluate_command_writes_every_generation(tmp_path):
-    from tests.helpers import tiny_llada
-    from trainers.tokenizer import build_char_tokenizer
+    from tests.helpers import tiny_model_dir
 
-    tok = build_char_tokenizer(pad_to=8)
-    model = tiny_llada(vocab_size=len(tok), mask_token_id=tok.mask_token_id, eos_token_id=tok.eos_token_id,
-                       pad_token_id=tok.pad_token_id)
-    model.save_pretrained(tmp_path / "m")
-    tok.save_pretrained(tmp_path / "m")
+    model, tok = tiny_model_dir(tmp_path / "m")
     data = tmp_path / "gsm.jsonl"
     data.write_text("".join(json.dumps({"question": f"{i}+1?", "answer": f"#### {i + 1}"}) + "\n" for i in range(5)))
     r = subprocess.run([sys.executable, "-m", "trainers.evaluate", "--model", str(tmp_path / "m"), "--task", "gsm8k",

@@ -85,14 +85,14 @@ def build(out: Path, plan: Plan, seed: int):
 
 
 def max_length(task, init: Path) -> int:
-    """Prompt + "<reasoning>" + the sampler's canvas: training rows padded (with trained EOS) to exactly
-    what the sampler decodes."""
+    """The prompt (all Sudoku prompts have one length) + the sampler's canvas: training rows padded
+    (with trained EOS) to exactly what the sampler decodes, "<reasoning>" being the response's first token."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(init)
-    probe = task.messages({"puzzle": "0" * 16})
-    prompt = tok.apply_chat_template(probe, add_generation_prompt=True, tokenize=False)
-    return len(tok(prompt, add_special_tokens=False).input_ids) + GEN_LENGTH
+    from dlmarch.sampling.cli import encode_prompts
+
+    (prompt,) = encode_prompts(AutoTokenizer.from_pretrained(init), [task.messages({"puzzle": "0" * 16})], True)
+    return len(prompt) + GEN_LENGTH
 
 
 def train_stage(method: str, model: Path, out: Path, data: Path, steps: int, lr: float, plan: Plan, length: int,
@@ -114,17 +114,13 @@ def train_stage(method: str, model: Path, out: Path, data: Path, steps: int, lr:
 
 
 def run_eval(name: str, model_dir: Path, task, test: list[dict], out: Path, seed: int) -> dict:
-    from transformers import AutoTokenizer
-
-    from dlmarch import AutoModel
+    from dlmarch.sampling.cli import load_for_generation
     from trainers.evaluate import evaluate
 
     cached = out / f"eval-{name}.summary.json"
     if cached.exists():
         return json.loads(cached.read_text())
-    model = AutoModel.from_pretrained(model_dir)
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    tok.padding_side = "left"
+    model, tok = load_for_generation(str(model_dir), None, None)
     summary, records = evaluate(model, tok, task, test, gen_length=GEN_LENGTH, block_length=BLOCK_LENGTH,
                                 steps=GEN_LENGTH // 2, batch_size=64, seed=seed)
     with open(out / f"eval-{name}.jsonl", "w") as f:

@@ -45,6 +45,9 @@ def l2d_config(args, main_hidden: int) -> L2DConfig:
 def load_model(args, device, dtype):
     if args.lora_rank:
         raise DlmarchError("--lora-rank (peft) does not apply to L2D; its adapter is --adapter lora / --l2d-lora-rank")
+    if args.grad_checkpointing:
+        raise DlmarchError("--grad-checkpointing does not apply to L2D: its main path runs without gradient, "
+                           "and its diffusion blocks are not checkpointed")
     if getattr(args, "distributed", "ddp") == "fsdp":
         raise DlmarchError("L2D trains with --distributed ddp (its blocks share the main path's norms)")
     if args.init:

@@ -277,7 +277,7 @@ def train(objective_factory: Callable[[RunContext], Callable], args, *, name: st
     # Model wrapping.
     base = model
     if args.grad_checkpointing:
-        getattr(base, "main", base).gradient_checkpointing = True
+        base.gradient_checkpointing = True
     if args.lora_rank:
         model = wrap_lora(model, args)
     ctx = RunContext(args, base, tokenizer, mask_id, eos_id, rank, world, device)

@@ -24,11 +24,14 @@ KVCache = list  # per layer: (k, v), each (B, Hkv, T, D), post-RoPE
 @dataclass
 class ModelOutput:
     """logits (B, L, V) (or (B, K, V) with `logits_at`); kv: per-layer keys/values when asked for;
-    hidden: the last block's output before the final norm (B, L, C) when asked for."""
+    hidden: the last block's output before the final norm (B, L, C) when asked for; mask: the
+    attention mask the forward built or was given (its q.pos are the positions used), for callers
+    that attend into the same keys (L2D's diffusion path)."""
 
     logits: Tensor | None
     kv: KVCache | None = None
     hidden: Tensor | None = None
+    mask: AttentionMask | None = None
 
 
 def positions_from_docs(doc_ids: Tensor) -> Tensor:
@@ -206,7 +209,7 @@ class TransformerLM(nn.Module):
             elif logits_at is not None:
                 h = x.gather(1, logits_at[..., None].expand(-1, -1, x.shape[-1]))
             logits = self.head(self.ln_f(h))
-        return ModelOutput(logits=logits, kv=kv, hidden=x if output_hidden else None)
+        return ModelOutput(logits=logits, kv=kv, hidden=x if output_hidden else None, mask=mask)
 
     def run_blocks(
         self,

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from ..config import strict_dataclass
 from ..errors import ConfigError
 from ..layers import Block, Modulation, rope_tables
-from ..masks import AttentionMask, Tokens, resolve_backend
+from ..masks import AttentionMask, Tokens, pack_selected, resolve_backend
 from .base import ModelOutput
 from .causal import CausalLM
 
@@ -405,26 +405,19 @@ class L2DModel(nn.Module):
         with torch.no_grad():
             out = self.main(input_ids, attention_mask, doc_ids=doc_ids, position_ids=position_ids,
                             return_kv=True, output_hidden=True, compute_logits=False)
-        h_main, kv = out.hidden, out.kv
+        # The main path's causal mask (built once, by the main path): its keys are the diffusion path's keys.
+        h_main, kv, main_mask = out.hidden, out.kv, out.mask
+        position_ids = main_mask.q.pos
         B, L = input_ids.shape
-        if position_ids is None:
-            from .base import positions_from_docs
-
-            position_ids = positions_from_docs(doc_ids) if doc_ids is not None else torch.arange(L, device=input_ids.device).expand(B, L)
-        kv_tok = Tokens(pos=position_ids, doc=doc_ids,
-                        valid=None if attention_mask is None or bool(attention_mask.all()) else attention_mask.bool())
         if queries is None:
             t = t.expand(B, L) if t.dim() == 2 else t.view(B, 1).expand(B, L)
-            mask = AttentionMask("causal", kv_tok, kv_tok)
-            return ModelOutput(self.diffusion(h_main, kv, position_ids, mask, x_t, t, class_labels))
-        # Selected positions only: pack each row's queries to the left, (B, K).
-        counts = queries.sum(1)
-        K = int(counts.max())
-        order = torch.argsort((~queries).to(torch.int8), dim=1, stable=True)[:, :K]
-        real = torch.arange(K, device=queries.device)[None] < counts[:, None]
+            return ModelOutput(self.diffusion(h_main, kv, position_ids, main_mask, x_t, t, class_labels))
+        # Selected positions only: each row's queries packed to the left, (B, K).
+        order, real = pack_selected(queries)
+        K = order.shape[1]
         q_pos = position_ids.gather(1, order)
         q_tok = Tokens(pos=q_pos, doc=None if doc_ids is None else doc_ids.gather(1, order))
-        mask = AttentionMask("causal", q_tok, kv_tok)
+        mask = AttentionMask("causal", q_tok, main_mask.kv)
         xq = x_t.new_zeros(B, K, x_t.shape[-1])
         xq[real] = x_t
         tq = t.new_zeros(B, K)

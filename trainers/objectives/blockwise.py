@@ -27,7 +27,7 @@ import random
 import torch
 from torch import Tensor
 
-from dlmarch.masks import AttentionMask
+from dlmarch.masks import AttentionMask, pack_selected
 
 from ..data import Batch
 from .common import ObjectiveOutput, doc_uniform, per_doc, token_ce, zero_loss
@@ -128,10 +128,8 @@ def two_copy_layout(batch: Batch, noisy_ids: Tensor, block_size: int) -> tuple[T
     """
     resp = batch.loss_mask
     B, L = resp.shape
-    counts = resp.sum(1)
-    R = int(counts.max())
-    order = torch.argsort((~resp).to(torch.int8), dim=1, stable=True)[:, :R]  # response positions, in order
-    real = torch.arange(R, device=resp.device)[None] < counts[:, None]
+    order, real = pack_selected(resp)  # each row's response positions, in order
+    R = order.shape[1]
     blk = block_ids(batch, block_size)
     noisy_block = torch.where(real, blk.gather(1, order), torch.full_like(order, -1))
     doc = batch.doc_ids if batch.doc_ids is not None else torch.zeros_like(batch.input_ids)

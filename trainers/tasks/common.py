@@ -129,6 +129,10 @@ class Task:
     def question(self, row: dict) -> str:
         raise NotImplementedError
 
+    def response(self, row: dict) -> str:
+        """The training target of a generated row: card 8's format around its "solution"."""
+        return f"<reasoning></reasoning><answer>{row['solution']}</answer>"
+
     def messages(self, row: dict) -> list[dict]:
         msgs = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         return msgs + [{"role": "user", "content": self.question(row)}]

@@ -30,12 +30,17 @@ def _combine(a: tuple[Fraction, str], b: tuple[Fraction, str], op: str):
     return x / y, f"({ex} / {ey})"
 
 
+def _unwrap(expr: str) -> str:
+    """Drop the outer parentheses _combine puts around every result."""
+    return expr[1:-1] if expr.startswith("(") else expr
+
+
 def solve(numbers: list[int], target: int) -> str | None:
     """An expression reaching target with every number once, or None (exhaustive search)."""
     def rec(items):
         if len(items) == 1:
             value, expr = items[0]
-            return expr[1:-1] if value == target and expr.startswith("(") else (expr if value == target else None)
+            return _unwrap(expr) if value == target else None
         for i, j in itertools.permutations(range(len(items)), 2):
             rest = [items[k] for k in range(len(items)) if k not in (i, j)]
             for op in _OPS:
@@ -79,14 +84,11 @@ class Countdown(Task):
             value, expr = items[0]
             if value.denominator != 1 or not 0 < value <= self.max_target:
                 continue
-            rows.append({"numbers": numbers, "target": int(value), "solution": expr[1:-1] if expr.startswith("(") else expr})
+            rows.append({"numbers": numbers, "target": int(value), "solution": _unwrap(expr)})
         return rows
 
     def question(self, row: dict) -> str:
         return f"Numbers: {', '.join(map(str, row['numbers']))}. Target: {row['target']}."
-
-    def response(self, row: dict) -> str:
-        return f"<reasoning></reasoning><answer>{row['solution']}</answer>"
 
     def score(self, generation: str, row: dict) -> dict:
         expr = answer_tag(generation)

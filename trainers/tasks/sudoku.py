@@ -115,9 +115,6 @@ class Sudoku(Task):
     def question(self, row: dict) -> str:
         return f"Sudoku puzzle: {row['puzzle']}"
 
-    def response(self, row: dict) -> str:
-        return f"<reasoning></reasoning><answer>{row['solution']}</answer>"
-
     def score(self, generation: str, row: dict) -> dict:
         puzzle, solution = row["puzzle"], row["solution"]
         answer = answer_tag(generation)
