@@ -8,6 +8,7 @@ against `choices`; the checks below do both by hand from each option's own defin
 from __future__ import annotations
 
 import importlib
+import re
 from pathlib import Path
 
 import pytest
@@ -87,4 +88,17 @@ def test_paper_config_states_its_source(name):
     header = [line for line in text.splitlines() if line.startswith("#")]
     joined = "\n".join(header)
     assert "arXiv" in joined and "commit" in joined, f"{name}: the header must name the paper and the commit"
-    assert "card" not in text.lower(), f"{name}: cite papers and repositories, not internal cards"
+    assert not re.search(r"\bcards?\b", text, re.I), f"{name}: cite papers and repositories, not internal cards"
+
+
+@pytest.mark.parametrize("path", [p for p in sorted(CONFIGS.glob("*.yaml")) if "l2d" not in methods_for(p)],
+                         ids=lambda p: p.name)
+def test_lora_targets_name_llada_modules(path):
+    """LoRA targets are LLaDA's module names (a Llama name such as o_proj would match nothing)."""
+    from tests.helpers import tiny_llada
+    from trainers.loop import check_lora_targets
+
+    targets = (yaml.safe_load(path.read_text()) or {}).get("lora-targets")
+    if targets is None:
+        pytest.skip("no lora-targets")
+    check_lora_targets(tiny_llada(), targets)
