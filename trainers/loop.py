@@ -269,7 +269,7 @@ def train(objective_factory: Callable[[RunContext], Callable], args, *, name: st
     # Data.
     examples, report = load_examples(args.data, tokenizer, args.max_length, eos_id=eos_id, over_long=args.over_long,
                                      skip_bad_rows=args.skip_bad_rows, use_template=False if args.no_chat_template else None,
-                                     full_conversation=getattr(args, "render_full_conversation", False))
+                                     full_conversation=args.render_full_conversation)
     schedule = BatchSchedule(examples, micro_batch_size=args.batch_size, micro_batches_per_step=args.grad_accum * world,
                              max_length=args.max_length, pad_id=pad_id, seed=args.seed, pack=args.pack,
                              eos_pad=args.eos_pad, pad_to=args.pad_to)
