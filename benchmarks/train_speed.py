@@ -43,8 +43,8 @@ VARIANTS = {
     # name: (method, extra flags)
     "sft": ("sft", []),
     "gift": ("gift", []),
-    "sft-packed": ("sft", ["--pack"]),
-    "gift-packed": ("gift", ["--pack"]),
+    "sft-packed": ("sft", ["--pack", "--eos-pad", "exclude"]),
+    "gift-packed": ("gift", ["--pack", "--eos-pad", "exclude"]),
     "sft-grad-ckpt": ("sft", ["--grad-checkpointing"]),
     "sft-lora": ("sft", ["--lora-rank", "16"]),
     "gift-lora": ("gift", ["--lora-rank", "16"]),

@@ -9,9 +9,8 @@ import torch.nn.functional as F
 from dlmarch.sampling.llada import block_causal_mask
 from tests.helpers import tiny_llada
 from trainers.data import Example, pack_rows, packed_batch, pad_batch
-from trainers.objectives import common
 from trainers.objectives.blockwise import (P_MIN, active_blocks, all_blocks, all_blocks_losses, blockwise,
-                                           blockwise_masks, two_copy_layout)
+                                           blockwise_masks, example_draws, two_copy_layout)
 from trainers.objectives.lift import BOTTOM, RANDOM, TOP, components, keep_counts, lift, lift_keep, sample_rho
 
 MASK, EOS, B = 60, 61, 4
@@ -26,19 +25,20 @@ def batch_of(resp_lens=(9, 3, 4, 5), prompt_lens=(3, 2, 4, 1), epoch=0, seed=0, 
     return b
 
 
-def test_blockwise_masks_are_card_5_token_by_token():
-    """Partial last block (9 = 4 + 4 + 1; 5 = 4 + 1) and one-block responses (3, 4) included."""
-    batch = batch_of()
+@pytest.mark.parametrize("pad", ["exclude", "train"])
+def test_blockwise_masks_are_card_5_token_by_token(pad):
+    """Partial last block (9 = 4 + 4 + 1; 5 = 4 + 1) and one-block responses (3, 4) included; under
+    --eos-pad train the padding after each answer is part of the hidden suffix, never a block."""
+    resp_lens = (9, 3, 4, 5)
+    batch = batch_of(resp_lens, pad=pad)
     for prefix_rate, suffix_prob in [(0.0, 1.0), (0.5, 0.5), (0.0, 0.0)]:
         m = blockwise_masks(batch, torch.Generator().manual_seed(7), block_size=B, seed=0,
                             prefix_mask_rate=prefix_rate, suffix_mask_prob=suffix_prob)
-        # Replay the draws and apply the card by hand, token by token.
-        g = torch.Generator().manual_seed(7)
-        p = P_MIN + (1 - P_MIN) * torch.rand(batch.num_docs, generator=g)
-        u = common.doc_uniform(batch, g, n=3)
+        # Replay the draws and apply the reference's rule by hand, token by token.
+        p, u = example_draws(batch, torch.Generator().manual_seed(7), n=3)
         for row in range(batch.input_ids.shape[0]):
             P = int(batch.prompt_len[row])
-            R = int(batch.loss_mask[row].sum())
+            R = resp_lens[row]
             act = int(m["active_block"][row])
             assert 0 <= act < math.ceil(R / B)
             for j in range(batch.input_ids.shape[1]):
@@ -51,6 +51,8 @@ def test_blockwise_masks_are_card_5_token_by_token():
                         prefix_noise = prefix_rate > 0 and bool(u[1, row, j] < prefix_rate)
                     else:
                         masked_suffix = suffix_prob >= 1 or (suffix_prob > 0 and bool(u[2, row, j] < suffix_prob))
+                elif j >= P + R and pad == "train":  # trained padding: after every block
+                    masked_suffix = suffix_prob >= 1 or (suffix_prob > 0 and bool(u[2, row, j] < suffix_prob))
                 assert bool(m["active"][row, j]) == in_loss, (row, j)
                 assert bool(m["suffix"][row, j]) == masked_suffix, (row, j)
                 assert bool(m["prefix_noise"][row, j]) == prefix_noise, (row, j)
@@ -153,7 +155,8 @@ def test_lift_components_for_each_t():
     t = torch.tensor([0.05, 0.32, 0.34, 0.5, 0.66, 0.68, 0.99])
     assert components(t, "lift3", 3.0).tolist() == [BOTTOM, BOTTOM, RANDOM, RANDOM, RANDOM, TOP, TOP]
     assert components(t, "lift3", 4.0).tolist() == [BOTTOM, RANDOM, RANDOM, RANDOM, RANDOM, RANDOM, TOP]
-    assert components(t, "lift2").tolist() == [BOTTOM, BOTTOM, BOTTOM, BOTTOM, TOP, TOP, TOP]
+    # LIFT-2: the reference's argmax of (t, 1 - t) sends the tie at t = 0.5 to top
+    assert components(t, "lift2").tolist() == [BOTTOM, BOTTOM, BOTTOM, TOP, TOP, TOP, TOP]
 
 
 def test_lift_rho_and_k():
@@ -174,7 +177,7 @@ def test_lift_keeps_the_right_positions_on_hand_made_confidences():
     conf = torch.tensor([[-0.1, -3.0, -0.5, -2.0, -0.2, -5.0, -1.0, -0.3, -4.0, -0.05, -2.5, -0.7]])
     rand = torch.tensor([[0.9, 0.1, 0.8, 0.2, 0.7, 0.3, 0.6, 0.4, 0.5, 0.05, 0.95, 0.15]])
     t, rho = torch.tensor([0.9, 0.1]), torch.tensor([0.09, 0.2])  # k = round(6*0.9/0.99)=5, round(6*0.1/0.3)=2
-    keep, comp, k = lift_keep(superset, seg, 2, t, rho, conf, rand)
+    keep, comp, k = lift_keep(superset, seg, 2, t, rho, conf, rand, component_from="document")
     assert comp.tolist() == [TOP, BOTTOM] and k.tolist() == [5, 2]
     assert keep[0, :6].tolist() == [True, True, True, True, True, False]  # 5 most confident: all but -5.0
     assert keep[0, 6:].tolist() == [False, False, True, False, True, False]  # 2 least confident: -4.0, -2.5

@@ -27,8 +27,8 @@ def test_boundary_is_exact_with_the_chat_template(tmp_path):
     prompt_text = TOK.apply_chat_template([{"role": "user", "content": "2+2?"}], add_generation_prompt=True, tokenize=False)
     want_prompt = TOK(prompt_text, add_special_tokens=False).input_ids
     assert ex[0].ids[:ex[0].prompt_len] == want_prompt
-    assert TOK.decode(ex[0].ids[ex[0].prompt_len:]) == "4<|eot|><|eos|>"
-    assert TOK.decode(ex[1].ids[ex[1].prompt_len:]) == "yo<|eot|><|eos|>"
+    assert TOK.decode(ex[0].ids[ex[0].prompt_len:]) == "4<|eos|>"  # the answer + EOS (LLaDA's guideline)
+    assert TOK.decode(ex[1].ids[ex[1].prompt_len:]) == "yo<|eos|>"
     assert TOK.decode(ex[1].ids[:ex[1].prompt_len]) == "<|system|>be brief<|eot|><|user|>hi<|eot|><|assistant|>"
 
 

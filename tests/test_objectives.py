@@ -107,7 +107,9 @@ def test_gift_masks_and_weights_follow_card_4(monkeypatch):
 
     model = tiny_llada()
     batch = pad_batch(examples(n=3), EOS, "train")
-    K = int(batch.loss_mask.sum())
+    content = batch.answer  # the answers through their EOS; the rest of loss_mask is trained padding
+    assert (batch.loss_mask & ~content).any()
+    K = int(content.sum())
     beta = torch.linspace(0.1, 2.0, K)
     monkeypatch.setattr(G, "probe_betas", lambda *a: beta)
     out = gift(model, batch, torch.Generator().manual_seed(4), mask_id=MASK)
@@ -117,7 +119,9 @@ def test_gift_masks_and_weights_follow_card_4(monkeypatch):
     p = (1 - common.EPS) * t + common.EPS
     u = common.doc_uniform(batch, g, n=2)[0]
     rates = torch.zeros(batch.input_ids.shape)
-    rates[batch.loss_mask] = 1 - (1 - p[batch.seg[batch.loss_mask]]) ** (beta / beta.mean())
+    rates[content] = 1 - (1 - p[batch.seg[content]]) ** (beta / beta.mean())
+    padding = batch.loss_mask & ~content
+    rates[padding] = p[batch.seg[padding]]  # padding: the plain rate
     masked = batch.loss_mask & (u < rates)
     assert masked.any()
     logits = model(torch.where(masked, MASK, batch.input_ids)).logits
@@ -132,7 +136,7 @@ def test_gift_underflowing_rates_stay_finite_and_fall_back(monkeypatch):
 
     model = tiny_llada()
     batch = pad_batch(examples(n=2), EOS, "train")
-    K = int(batch.loss_mask.sum())
+    K = int(batch.answer.sum())
     # beta_i / beta_ref huge for all but one token: t_i underflows to 0 there; 1/t_i must never be taken.
     beta = torch.full((K,), 1e-30)
     beta[0] = 1.0

@@ -2,9 +2,15 @@
 
 Rows are {"prompt": str, "response": str} or {"messages": [{"role", "content"}, ...]} (the last
 assistant message is the response; everything before it, with the generation prompt, is the
-prompt). With a chat template the prompt is rendered with `add_generation_prompt=True` and the
-response is the rest of the rendered conversation; the two are tokenized separately, so the
-boundary is exact in tokens whatever the tokenizer merges.
+prompt). With a chat template the prompt is the template of the earlier turns with
+`add_generation_prompt=True`, and the response is the answer's text followed by EOS, as LLaDA's SFT
+guideline trains it (ML-GSAI/LLaDA GUIDELINES.md: `answer<EOS><EOS>...`). `full_conversation=True`
+renders the whole conversation with the template instead and takes the response as everything after
+the prompt, as d1 and LIFT do (dllm-reasoning/d1, divelab/LIFT `SFT/sft_trainer.py`); with LLaDA's
+template, which always ends with the assistant header, every response then ends with
+`<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n` before its EOS, and that tail is trained.
+Prompt and response are tokenized separately, so the boundary is exact in tokens whatever the
+tokenizer merges.
 
 EOS (card 2's switch, `eos_pad`):
 - "train" (LLaDA, default): each response ends with EOS, and a padded batch fills every row to its
@@ -12,9 +18,13 @@ EOS (card 2's switch, `eos_pad`):
   learns to fill the rest of a fixed-length canvas with EOS, which LLaDA's sampler relies on.
 - "exclude": one EOS ends each response and is trained; padding is hidden (key padding) and carries
   no loss.
+Either way `Batch.answer_mask` marks each document's own response (its answer through its first
+EOS), without the trained padding: objectives whose per-token choices depend on the response
+(GIFT's entropy reference, Blockwise SFT's blocks) read it, so that padding never changes them.
 Packed rows (`pack=True`) hold whole documents back to back, each prompt + response + EOS, attention
 kept inside each document (doc ids, positions restarting per document); the filler after the last
-document is its own document and carries no loss.
+document is its own document and carries no loss. Packing has no padding to train, so it needs
+`eos_pad="exclude"`; `check_layout` refuses the combination with "train".
 
 A batch's order is a pure function of (seed, epoch, step), so resuming needs only the step.
 """
@@ -64,8 +74,11 @@ class DataReport:
         return ", ".join(parts)
 
 
-def render(tokenizer, row: dict, where: str, use_template: bool) -> tuple[str, str, bool]:
-    """(prompt text, response text, whether the tokenizer should add its special tokens)."""
+def render(tokenizer, row: dict, where: str, use_template: bool, full_conversation: bool = False) -> tuple[str, str, bool]:
+    """(prompt text, response text, whether the tokenizer should add its special tokens to the prompt).
+
+    With a template the response is the answer alone (LLaDA's guideline); full_conversation takes
+    the rest of the rendered conversation instead (d1, LIFT; see the module docstring)."""
     if "messages" in row:
         msgs = row["messages"]
         if not isinstance(msgs, list) or not msgs or not all(isinstance(m, dict) and "role" in m and "content" in m for m in msgs):
@@ -86,6 +99,8 @@ def render(tokenizer, row: dict, where: str, use_template: bool) -> tuple[str, s
         raise DataError(f"{where}: empty response")
     if use_template:
         prompt_text = tokenizer.apply_chat_template(context, add_generation_prompt=True, tokenize=False)
+        if not full_conversation:
+            return prompt_text, response, False
         full = tokenizer.apply_chat_template(context + [{"role": "assistant", "content": response}], tokenize=False)
         if not full.startswith(prompt_text):
             raise DataError(f"{where}: the chat template does not render the prompt as a prefix of the conversation")
@@ -94,8 +109,9 @@ def render(tokenizer, row: dict, where: str, use_template: bool) -> tuple[str, s
     return prompt_text, response, True
 
 
-def tokenize_row(tokenizer, row: dict, where: str, eos_id: int, use_template: bool) -> tuple[list[int], list[int]]:
-    prompt_text, response_text, specials = render(tokenizer, row, where, use_template)
+def tokenize_row(tokenizer, row: dict, where: str, eos_id: int, use_template: bool,
+                 full_conversation: bool = False) -> tuple[list[int], list[int]]:
+    prompt_text, response_text, specials = render(tokenizer, row, where, use_template, full_conversation)
     prompt = tokenizer(prompt_text, add_special_tokens=specials).input_ids
     response = tokenizer(response_text, add_special_tokens=False).input_ids
     if specials and prompt and prompt[-1] == tokenizer.eos_token_id:
@@ -108,7 +124,8 @@ def tokenize_row(tokenizer, row: dict, where: str, eos_id: int, use_template: bo
 
 
 def load_examples(path: str | Path, tokenizer, max_length: int, *, eos_id: int, over_long: str = "drop",
-                  skip_bad_rows: bool = False, use_template: bool | None = None) -> tuple[list[Example], DataReport]:
+                  skip_bad_rows: bool = False, use_template: bool | None = None,
+                  full_conversation: bool = False) -> tuple[list[Example], DataReport]:
     """Read and tokenize a JSONL file.
 
     over_long: "drop" rows longer than max_length, or "truncate" their response (a prompt that alone
@@ -134,7 +151,7 @@ def load_examples(path: str | Path, tokenizer, max_length: int, *, eos_id: int, 
                 raise DataError(error)
             if not isinstance(row, dict):
                 raise DataError(f"{where}: expected a JSON object")
-            prompt, response = tokenize_row(tokenizer, row, where, eos_id, use_template)
+            prompt, response = tokenize_row(tokenizer, row, where, eos_id, use_template, full_conversation)
             if len(prompt) >= max_length:
                 raise DataError(f"{where}: prompt of {len(prompt)} tokens leaves no room for a response "
                                 f"within --max-length {max_length}")
@@ -179,6 +196,8 @@ class Batch:
     labels:         (num_docs,) each example's integer "class" (-1 when the row has none).
     epoch:          the epoch this batch belongs to (objectives that cycle through an example's
                     parts, like Blockwise SFT's blocks, key their choice on it).
+    answer_mask:    each document's own response (answer through its first EOS): loss_mask without
+                    the trained EOS padding. None: the same as loss_mask (read it through `answer`).
     """
 
     input_ids: Tensor
@@ -193,6 +212,17 @@ class Batch:
     example_ids: Tensor = field(default=None)
     labels: Tensor = field(default=None)
     epoch: int = 0
+    answer_mask: Tensor | None = None
+
+    @property
+    def answer(self) -> Tensor:
+        """(B, L) each document's own response tokens, never the trained padding."""
+        return self.loss_mask if self.answer_mask is None else self.answer_mask
+
+    def answer_lengths(self) -> Tensor:
+        """(num_docs,) tokens of each document's own response."""
+        seg = self.seg[self.answer]
+        return torch.bincount(seg, minlength=self.num_docs)
 
     def to(self, device) -> "Batch":
         kw = {}
@@ -213,10 +243,12 @@ def pad_batch(examples: list[Example], pad_id: int, eos_pad: str, length: int | 
     loss = torch.zeros(B, L, dtype=torch.bool)
     seg = torch.full((B, L), -1, dtype=torch.long)
     am = torch.ones(B, L, dtype=torch.long)
+    answer = torch.zeros(B, L, dtype=torch.bool)
     for i, e in enumerate(examples):
         n = len(e.ids)
         ids[i, :n] = torch.tensor(e.ids)
         loss[i, e.prompt_len:n] = True
+        answer[i, e.prompt_len:n] = True
         seg[i, :n] = i
         if eos_pad == "train":
             loss[i, n:] = True
@@ -227,7 +259,7 @@ def pad_batch(examples: list[Example], pad_id: int, eos_pad: str, length: int | 
     attention_mask = None if eos_pad == "train" or bool(am.all()) else am
     return Batch(ids, loss, seg, positions, None, attention_mask, B, sum(len(e.ids) for e in examples),
                  torch.tensor([e.prompt_len for e in examples]), torch.tensor([e.line for e in examples]),
-                 torch.tensor([e.label for e in examples]))
+                 torch.tensor([e.label for e in examples]), answer_mask=answer)
 
 
 def pack_rows(examples: list[Example], length: int) -> list[list[Example]]:
@@ -271,6 +303,14 @@ def packed_batch(rows: list[list[Example]], length: int, pad_id: int) -> Batch:
                  torch.tensor(prompt_lens), torch.tensor(keys), torch.tensor(labels))
 
 
+def check_layout(pack: bool, eos_pad: str) -> None:
+    """Packing has no padding to train: `--pack` with `--eos-pad train` would silently train one EOS
+    per document and no padding, so the combination is refused."""
+    if pack and eos_pad == "train":
+        raise DataError("--pack trains no EOS padding, so it cannot honour --eos-pad train; pass --eos-pad exclude "
+                        "with --pack, or drop --pack")
+
+
 class BatchSchedule:
     """Which examples form micro-batch `index` of optimizer step `step`, as a pure function.
 
@@ -287,6 +327,7 @@ class BatchSchedule:
             raise ValueError(f"eos_pad must be 'train' or 'exclude', found {eos_pad!r}")
         if pad_to not in ("batch", "max"):
             raise ValueError(f"pad_to must be 'batch' or 'max', found {pad_to!r}")
+        check_layout(pack, eos_pad)
         self.examples, self.mbs, self.per_step = examples, micro_batch_size, micro_batches_per_step
         self.max_length, self.pad_id, self.seed, self.pack = max_length, pad_id, seed, pack
         self.eos_pad, self.pad_to, self.shuffle = eos_pad, pad_to, shuffle

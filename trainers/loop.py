@@ -38,7 +38,7 @@ from dlmarch import safetensors_io as st
 from dlmarch.checkpoint import atomic_directory, load_pretrained, write_json
 from dlmarch.errors import DlmarchError
 
-from .data import BatchSchedule, load_examples
+from .data import BatchSchedule, check_layout, load_examples
 
 
 TRAINING_INFO = "training.json"
@@ -232,6 +232,7 @@ def train(objective_factory: Callable[[RunContext], Callable], args, *, name: st
     model_loader(args, device, dtype) -> model overrides how the model is built (L2D)."""
     from transformers import AutoTokenizer
 
+    check_layout(args.pack, args.eos_pad)  # before anything is written
     rank, world, device = setup_distributed(args.device)
     out = Path(args.output)
     prepare_output(out, args, rank)
@@ -267,7 +268,8 @@ def train(objective_factory: Callable[[RunContext], Callable], args, *, name: st
 
     # Data.
     examples, report = load_examples(args.data, tokenizer, args.max_length, eos_id=eos_id, over_long=args.over_long,
-                                     skip_bad_rows=args.skip_bad_rows, use_template=False if args.no_chat_template else None)
+                                     skip_bad_rows=args.skip_bad_rows, use_template=False if args.no_chat_template else None,
+                                     full_conversation=args.render_full_conversation)
     schedule = BatchSchedule(examples, micro_batch_size=args.batch_size, micro_batches_per_step=args.grad_accum * world,
                              max_length=args.max_length, pad_id=pad_id, seed=args.seed, pack=args.pack,
                              eos_pad=args.eos_pad, pad_to=args.pad_to)

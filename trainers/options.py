@@ -38,11 +38,14 @@ def common_parser(prog: str, description: str) -> argparse.ArgumentParser:
     g.add_argument("--max-length", type=int, default=1024)
     g.add_argument("--over-long", choices=["drop", "truncate"], default="drop", help="rows longer than --max-length")
     g.add_argument("--skip-bad-rows", action="store_true", help="skip and count malformed rows instead of stopping")
-    g.add_argument("--pack", action="store_true", help="pack several rows per --max-length sequence")
+    g.add_argument("--pack", action="store_true", help="pack several rows per --max-length sequence (needs --eos-pad exclude)")
     g.add_argument("--eos-pad", choices=["train", "exclude"], default="train",
                    help="train on EOS padding (LLaDA) or hide it")
     g.add_argument("--pad-to", choices=["batch", "max"], default="batch", help="pad rows to the batch's longest or --max-length")
     g.add_argument("--no-chat-template", action="store_true", help="plain prompt + response even if the tokenizer has a template")
+    g.add_argument("--render-full-conversation", action="store_true",
+                   help="response = the rest of the whole conversation rendered by the chat template (d1, LIFT), "
+                        "template tail included; default: the answer + EOS (LLaDA's SFT guideline)")
     g = p.add_argument_group("model")
     g.add_argument("--lora-rank", type=int, default=0, help="0 = full fine-tuning")
     g.add_argument("--lora-alpha", type=float, default=None, help="default: 2 x rank")

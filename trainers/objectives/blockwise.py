@@ -1,15 +1,19 @@
 """Blockwise SFT (card 5; arXiv 2508.19529, Bowen-Sun-0728/Blockwise-SFT), and every block in one pass.
 
-Reference mode (`blockwise`): each document's response is split into blocks of `block_size` tokens
-(the last may be partial). One active block per document: each visit of an example takes the next
+Reference mode (`blockwise`): each document's answer (through its EOS, never the trained EOS
+padding) is split into its own ceil(len / block_size) blocks (the last may be partial), as
+`train_blockwise.py` does. One active block per document: each visit of an example takes the next
 block of a random permutation of its blocks, redrawn once all are used, which is the reference's
 "uniform over the sample's unused blocks, without replacement" as a pure function of (seed,
-example, epoch). The prefix (prompt and earlier blocks) stays clean (or, ablation, its response
-part is masked with rate `prefix_mask_rate`, out of the loss); the active block's tokens are masked
-with one rate p ~ U(1e-3, 1); the suffix (later blocks) is replaced by the mask id (ablation: with
-probability `suffix_mask_prob`) and left out of the loss. Attention stays bidirectional. Loss: per
-document the mean CE over the active block's masked tokens (no 1/p), then the mean over documents
-(a document with nothing masked counts as 0, as in the reference).
+example, epoch). The prefix (prompt and earlier blocks) stays clean (or, ablation, its answer part
+is masked with rate `prefix_mask_rate`, out of the loss); the active block's tokens are masked with
+one rate p ~ U(1e-3, 1); the suffix (later blocks, then any trained EOS padding) is replaced by the
+mask id (ablation: with probability `suffix_mask_prob`) and left out of the loss. Attention stays
+bidirectional. Loss: per document the mean CE over the active block's masked tokens (no 1/p), then
+the mean over documents (a document with nothing masked counts as 0, as in the reference). Every
+draw of a document (p and its per-token uniforms) comes from a generator keyed by (one seed drawn
+from the micro-batch's generator, the example), so an example's blocks and masks do not depend on
+its batch-mates or on how far the batch is padded.
 
 All blocks in one pass (`all_blocks`, BD3-LM's training layout): the noisy copy of every response
 token is concatenated with the clean row; a noisy token of block b sees the noisy tokens of block
@@ -45,10 +49,15 @@ def blocks_per_doc(batch: Batch, block_size: int) -> Tensor:
     return (resp_len + block_size - 1) // block_size
 
 
+def answer_blocks(batch: Batch, block_size: int) -> Tensor:
+    """ceil(answer length / block_size) per document: the reference's blocks, padding never counted. (num_docs,)"""
+    return (batch.answer_lengths() + block_size - 1) // block_size
+
+
 def active_blocks(batch: Batch, block_size: int, seed: int) -> Tensor:
-    """The active block of every document: a permutation of its blocks, consumed one per visit
-    (epoch) and redrawn when used up, seeded by (seed, example, cycle). (num_docs,)"""
-    n_blocks = blocks_per_doc(batch, block_size).tolist()
+    """The active block of every document: a permutation of its answer's blocks, consumed one per
+    visit (epoch) and redrawn when used up, seeded by (seed, example, cycle). (num_docs,)"""
+    n_blocks = answer_blocks(batch, block_size).tolist()
     out = []
     for key, n in zip(batch.example_ids.tolist(), n_blocks):
         cycle, visit = divmod(batch.epoch, max(n, 1))
@@ -58,22 +67,44 @@ def active_blocks(batch: Batch, block_size: int, seed: int) -> Tensor:
     return torch.tensor(out, device=batch.input_ids.device)
 
 
+def example_draws(batch: Batch, generator: torch.Generator, n: int) -> tuple[Tensor, Tensor]:
+    """Each document's rate p ~ U(1e-3, 1) (num_docs,) and n uniforms per token (n, B, L), drawn from
+    a generator keyed by (a seed drawn from `generator`, the example). A document's own tokens
+    (prompt and answer) take the first draws and its trained padding the ones after, so an
+    example's draws do not depend on its batch-mates, its row, or the padding."""
+    dev = batch.input_ids.device
+    base = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device))
+    own = (batch.prompt_len.cpu() + batch.answer_lengths().cpu()).tolist()
+    seg, pos = batch.seg.cpu(), batch.positions.cpu()
+    p = torch.empty(batch.num_docs)
+    u = torch.zeros(n, *seg.shape)
+    for d, key in enumerate(batch.example_ids.tolist()):
+        g = torch.Generator().manual_seed((base * 1_000_003 + key) % (1 << 62))
+        p[d] = P_MIN + (1 - P_MIN) * torch.rand(1, generator=g)
+        sel = seg == d
+        length = int(pos[sel].max()) + 1
+        draws = torch.rand(n, own[d], generator=g)
+        if length > own[d]:
+            draws = torch.cat([draws, torch.rand(n, length - own[d], generator=g)], 1)
+        u[:, sel] = draws[:, pos[sel]]
+    return p.to(dev), u.to(dev)
+
+
 def blockwise_masks(batch: Batch, generator: torch.Generator, *, block_size: int, seed: int,
                     prefix_mask_rate: float = 0.0, suffix_mask_prob: float = 1.0) -> dict:
-    """Card 5's masks. Returns dict of (B, L) booleans: active (masked, in the loss), prefix_noise,
-    suffix (masked, out of the loss), and the active block per document."""
-    resp = batch.loss_mask
+    """The reference's masks. Returns dict of (B, L) booleans: active (masked, in the loss),
+    prefix_noise, suffix (masked, out of the loss), in_active, and the active block per document."""
+    resp, answer = batch.loss_mask, batch.answer
     seg = batch.seg.clamp(min=0)
-    block = torch.where(resp, response_index(batch) // block_size, torch.full_like(seg, -1))
+    block = torch.where(answer, response_index(batch) // block_size, torch.full_like(seg, -1))
     act_doc = active_blocks(batch, block_size, seed)
     act = act_doc[seg]
-    p = P_MIN + (1 - P_MIN) * torch.rand(batch.num_docs, generator=generator, device=seg.device)
-    u = doc_uniform(batch, generator, n=3)
-    in_active = resp & (block == act)
+    p, u = example_draws(batch, generator, n=3)
+    in_active = answer & (block == act)
     masked_active = in_active & (u[0] < p[seg])
-    prefix = resp & (block < act)
+    prefix = answer & (block < act)
     prefix_noise = prefix & (u[1] < prefix_mask_rate) if prefix_mask_rate > 0 else torch.zeros_like(prefix)
-    after = resp & (block > act)
+    after = (answer & (block > act)) | (resp & ~answer)  # later blocks, then the trained padding
     if suffix_mask_prob >= 1 - 1e-12:
         suffix = after
     elif suffix_mask_prob <= 1e-12:

@@ -1,15 +1,23 @@
-"""GIFT: entropy-guided per-token masking rates (card 4; arXiv 2509.20863, first titled WeFT).
+"""GIFT: entropy-guided per-token masking rates (arXiv 2509.20863, first titled WeFT; re-implemented
+in divelab/LIFT `SFT/sft_trainer.py`, gift_loss).
 
-1. Probe, without gradient: the whole response masked; per response token H_i = entropy of the
-   predicted distribution, beta_i = sqrt(H_i).
-2. beta_ref = mean of beta_i over the micro-batch's response tokens (clamped away from 0).
-3. t ~ U(0, 1) per document (with card 2's eps); t_i = 1 - (1 - t)^(beta_i / beta_ref): beta_i =
+1. Probe, without gradient: the whole response masked; at each content token (the answer through
+   its first EOS) H_i = entropy of the predicted distribution, beta_i = sqrt(H_i).
+2. beta_ref = mean of beta_i over the micro-batch's content tokens (clamped away from 0).
+3. t ~ U(0, 1) per document (with LLaDA's eps); t_i = 1 - (1 - t)^(beta_i / beta_ref): beta_i =
    beta_ref gives t_i = t, uncertain tokens are masked more often.
 4. Mask token i with probability t_i; loss = sum over masked i of CE_i / t_i, divided by the
    normaliser (default: the number of masked tokens, as the re-implementation does). 1 / t_i is
-   taken only where masked (t_i can underflow to 0 elsewhere). If nothing got masked, card 2's
-   plain mask (rate t) is used instead, weighted by its own 1 / t (the re-implementation keeps the
+   taken only where masked (t_i can underflow to 0 elsewhere). If nothing got masked, the plain
+   mask (rate t) is used instead, weighted by its own 1 / t (the re-implementation keeps the
    entropy rates' weights there, which can be arbitrarily large).
+
+Padding (`eos_pad`): beta and beta_ref are read over content only, so trailing EOS padding, on which
+a fine-tuned LLaDA is confident (beta ~ 0), never lowers beta_ref and never sets a content token's
+rate. Under "train" the padding is masked at the document's plain rate t, weighted by 1 / t, and
+masked in the probe; under "exclude" it is hidden and out of the loss, which is the
+re-implementation's rule (it drops every token equal to the pad id from the response; with a pad
+id that is not EOS this is exactly our content).
 """
 
 from __future__ import annotations
@@ -37,9 +45,10 @@ def token_rates(t_doc: Tensor, beta: Tensor, beta_ref: Tensor) -> Tensor:
 
 @torch.no_grad()  # (not inference_mode: FSDP2's all-gathered parameters must stay ordinary tensors)
 def probe_betas(model, batch: Batch, mask_id: int) -> Tensor:
-    """beta_i = sqrt(entropy) at every response token, (K,) in the order of batch.loss_mask."""
+    """beta_i = sqrt(entropy) at every content token, (K,) in the order of batch.answer; the whole
+    response (trained padding included) is masked, as at t = 1."""
     all_masked = torch.where(batch.loss_mask, torch.full_like(batch.input_ids, mask_id), batch.input_ids)
-    logits = masked_forward(model, all_masked, batch, batch.loss_mask)
+    logits = masked_forward(model, all_masked, batch, batch.answer)
     return entropy_from_logits(logits).sqrt()
 
 
@@ -53,16 +62,17 @@ def run_probe(model, batch: Batch, mask_id: int) -> Tensor:
 
 def gift(model, batch: Batch, generator: torch.Generator, *, mask_id: int, normaliser: str = "masked",
          betas: Tensor | None = None) -> ObjectiveOutput:
-    """Card 4. `betas` (K,), if given, replace the probe (GIFTObjective's amortised probe)."""
+    """`betas` (K,) at the content tokens, if given, replace the probe (GIFTObjective's amortised probe)."""
     beta = run_probe(model, batch, mask_id) if betas is None else betas
     beta_ref = beta.mean().clamp_min(BETA_FLOOR)
     t = doc_times(batch, generator)
     p = (1 - EPS) * t + EPS
     u = doc_uniform(batch, generator, n=2)
-    resp = batch.loss_mask
-    seg = batch.seg[resp]
+    resp, content = batch.loss_mask, batch.answer
+    padding = resp & ~content  # trained EOS padding: the plain rate
     rates = torch.zeros(batch.input_ids.shape, device=beta.device)
-    rates[resp] = token_rates(p[seg], beta, beta_ref)
+    rates[content] = token_rates(p[batch.seg[content]], beta, beta_ref)
+    rates[padding] = p[batch.seg[padding]]
     masked = resp & (u[0] < rates)
     fallback = not bool(masked.any())
     if fallback:  # card 2's plain mask
@@ -80,14 +90,14 @@ def gift(model, batch: Batch, generator: torch.Generator, *, mask_id: int, norma
 
 
 class GIFTObjective:
-    """GIFT with an optional amortised probe (`probe_every`, an approximation; 1 = card 4 exactly).
+    """GIFT with an optional amortised probe (`probe_every`, an approximation; 1 = GIFT exactly).
 
     With probe_every = K > 1 each example's betas are probed at its visits in epochs 0, K, 2K, ...
     and reused, from a per-example cache, at its visits in between: the probe pass then costs 1/K
     of its price. The choice depends only on the epoch, the cache is merged across ranks after
     every step, and it is saved in checkpoints, so one and several processes, and a resumed run,
-    behave alike. A micro-batch with any example missing from the cache (or whose response length
-    changed, as EOS padding to the batch's length can) is probed whole.
+    behave alike. A micro-batch with any example missing from the cache (or whose cached betas do
+    not match its content length) is probed whole.
     """
 
     def __init__(self, mask_id: int, normaliser: str = "masked", probe_every: int = 1):
@@ -100,7 +110,7 @@ class GIFTObjective:
 
     def betas(self, model, batch: Batch) -> Tensor:
         keys = batch.example_ids.tolist()
-        counts = torch.bincount(batch.seg[batch.loss_mask], minlength=batch.num_docs).tolist()
+        counts = batch.answer_lengths().tolist()
         cached = batch.epoch % self.every != 0 and all(
             k in self.cache and self.cache[k].numel() == n for k, n in zip(keys, counts))
         self.calls += 1

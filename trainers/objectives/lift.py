@@ -11,8 +11,15 @@ a forward without gradient on the superset view; the other superset positions ar
 the ground truth; the loss is the sum over the kept tokens of CE / t, divided by all response
 positions of the batch.
 
-The reference picks one component per micro-batch from the batch's mean t; here each document's
-own t picks its component (the same rule, per sequence; identical with one sequence per batch).
+Which t picks the component (`component_from`):
+  "batch" (default, the reference): one component for the whole micro-batch, from the mean of its
+           documents' t (after eps), as the reference's `mixture_sft_loss` with `--loss_selection
+           time` does: argmax of (3 t (1 - t), t, 1 - t) for (random, top, bottom), i.e. the
+           thresholds above with H = mix_vanilla_coef = 3 (LIFT-2: argmax of (t, 1 - t)). With two
+           documents per micro-batch the mixture is 0.56 / 0.22 / 0.22 (random / top / bottom);
+           it depends on the micro-batch size.
+  "document": each document's own t picks its component; the mixture is 1/3 each whatever the
+           batch size (identical to "batch" with one document per micro-batch).
 """
 
 from __future__ import annotations
@@ -34,10 +41,14 @@ def sample_rho(t: Tensor, r: Tensor) -> Tensor:
     return lower + (upper - lower) * r
 
 
+COMPONENT_FROM = ("batch", "document")
+
+
 def components(t: Tensor, variant: str = "lift3", h: float = 3.0) -> Tensor:
-    """The component of each document from its t."""
+    """The component of each t (ties go where the reference's argmax sends them: LIFT-3's to random,
+    LIFT-2's t = 0.5 to top)."""
     if variant == "lift2":
-        return torch.where(t > 0.5, TOP, BOTTOM)
+        return torch.where(t >= 0.5, TOP, BOTTOM)
     if variant != "lift3":
         raise ValueError(f"unknown LIFT variant {variant!r} (lift3, lift2)")
     comp = torch.full_like(t, RANDOM, dtype=torch.long)
@@ -71,11 +82,21 @@ def rank_within_docs(select: Tensor, seg: Tensor, scores: Tensor, k: Tensor, num
     return out
 
 
+def doc_components(t: Tensor, variant: str = "lift3", h: float = 3.0, component_from: str = "batch") -> Tensor:
+    """The component of every document (num_docs,): from the micro-batch's mean t, or from its own t."""
+    if component_from == "batch":
+        return components(t.mean(), variant, h).expand(t.shape)
+    if component_from == "document":
+        return components(t, variant, h)
+    raise ValueError(f"component_from must be one of {COMPONENT_FROM}, found {component_from!r}")
+
+
 def lift_keep(superset: Tensor, seg: Tensor, num_docs: int, t: Tensor, rho: Tensor, confidence: Tensor | None,
-              random_scores: Tensor, variant: str = "lift3", h: float = 3.0) -> tuple[Tensor, Tensor, Tensor]:
+              random_scores: Tensor, variant: str = "lift3", h: float = 3.0,
+              component_from: str = "batch") -> tuple[Tensor, Tensor, Tensor]:
     """Which superset positions stay masked. confidence: log p(gold) (B, L) (may be None when every
     document is RANDOM). Returns (keep (B, L), component per document, k per document)."""
-    comp = components(t, variant, h)
+    comp = doc_components(t, variant, h, component_from)
     n_sup = per_doc(superset.flatten().long(), seg.flatten().clamp(min=0), num_docs)
     k = keep_counts(n_sup, t, rho, comp)
     c = comp[seg.clamp(min=0)]
@@ -97,14 +118,15 @@ def gold_confidence(model, batch: Batch, superset: Tensor, mask_id: int) -> Tens
     return conf
 
 
-def lift(model, batch: Batch, generator: torch.Generator, *, mask_id: int, variant: str = "lift3", h: float = 3.0) -> ObjectiveOutput:
+def lift(model, batch: Batch, generator: torch.Generator, *, mask_id: int, variant: str = "lift3", h: float = 3.0,
+         component_from: str = "batch") -> ObjectiveOutput:
     t_raw = doc_times(batch, generator)
     rho = sample_rho(t_raw, doc_times(batch, generator))
     t = (1 - EPS) * t_raw + EPS
     u = doc_uniform(batch, generator, n=2)
     seg = batch.seg.clamp(min=0)
     superset = batch.loss_mask & (u[0] < (t + rho)[seg])
-    comp = components(t, variant, h)
+    comp = doc_components(t, variant, h, component_from)
     confidence = None
     if bool((comp != RANDOM).any()):
         if bool(superset.any()):
@@ -114,7 +136,7 @@ def lift(model, batch: Batch, generator: torch.Generator, *, mask_id: int, varia
             model.train(was_training)
         else:  # nothing to rank
             confidence = torch.zeros(superset.shape, device=superset.device)
-    keep, comp, k = lift_keep(superset, batch.seg, batch.num_docs, t, rho, confidence, u[1], variant, h)
+    keep, comp, k = lift_keep(superset, batch.seg, batch.num_docs, t, rho, confidence, u[1], variant, h, component_from)
     noisy = torch.where(keep, torch.full_like(batch.input_ids, mask_id), batch.input_ids)
     logits = masked_forward(model, noisy, batch, keep)
     denom = float(batch.loss_mask.sum())

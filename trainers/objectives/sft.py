@@ -8,6 +8,12 @@ divided by a normaliser the references disagree on:
   "response":     all response (non-prompt) positions of the batch (d1, LIFT);
   "masked":       the number of masked tokens (the GIFT re-implementation).
 
+Weighting (`weighting`):
+  "inverse_t" (default): the 1 / p above, the masked-diffusion ELBO.
+  "classical":  the Blockwise SFT paper's "classical SFT" baseline (Bowen-Sun-0728/Blockwise-SFT
+                `train_fullseq.py`): no 1 / p; each document's mean CE over its masked tokens (0 when
+                none is masked), then the mean over documents. The normaliser does not apply.
+
 CART (option `cart_p`, the baseline shipped with LIFT): each masked token's term is further weighted
 by its closeness to unmasked tokens, w_j = sum over unmasked i of 0.5 p (1 - p)^(|i - j| - 1)
 (within the token's own document).
@@ -21,6 +27,7 @@ from ..data import Batch
 from .common import EPS, ObjectiveOutput, doc_times, doc_uniform, masked_forward, per_doc, token_ce, zero_loss
 
 NORMALISERS = ("answer_length", "response", "masked")
+WEIGHTINGS = ("inverse_t", "classical")
 
 
 def weighted_loss(logits, targets, weights, batch: Batch, masked, normaliser: str) -> tuple:
@@ -56,12 +63,18 @@ def cart_weights(batch: Batch, masked, cart_p: float):
 
 
 def sft(model, batch: Batch, generator: torch.Generator, *, mask_id: int, normaliser: str = "answer_length",
-        cart_p: float | None = None) -> ObjectiveOutput:
+        cart_p: float | None = None, weighting: str = "inverse_t") -> ObjectiveOutput:
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"unknown weighting {weighting!r}; expected one of {WEIGHTINGS}")
     t = doc_times(batch, generator)
     p = (1 - EPS) * t + EPS
     u = doc_uniform(batch, generator)[0]
     seg = batch.seg.clamp(min=0)
     masked = batch.loss_mask & (u < p[seg])
+    if weighting == "classical":
+        if cart_p:
+            raise ValueError("CART weights the 1 / p loss; it does not combine with the classical weighting")
+        return classical_loss(model, batch, masked, mask_id=mask_id, t_mean=float(t.mean()))
     extra = cart_weights(batch, masked, cart_p)[masked] if cart_p else None
     return sft_loss(model, batch, masked, p, mask_id=mask_id, normaliser=normaliser, t_mean=float(t.mean()),
                     extra_weights=extra)
@@ -84,6 +97,22 @@ def sft_loss(model, batch: Batch, masked, p, *, mask_id: int, normaliser: str, t
     if t_mean is not None:
         metrics["t"] = t_mean
     return ObjectiveOutput(loss_sum, denom, metrics)
+
+
+def classical_loss(model, batch: Batch, masked, *, mask_id: int, t_mean: float | None = None) -> ObjectiveOutput:
+    """Each document's mean CE over its masked tokens, no 1 / p; the loop divides the sum by num_docs."""
+    noisy = torch.where(masked, torch.full_like(batch.input_ids, mask_id), batch.input_ids)
+    logits = masked_forward(model, noisy, batch, masked)
+    if not bool(masked.any()):
+        return ObjectiveOutput(zero_loss(logits), float(batch.num_docs), {"masked_frac": 0.0})
+    ce = token_ce(logits, batch.input_ids[masked])
+    seg = batch.seg[masked]
+    doc_loss = per_doc(ce, seg, batch.num_docs) / per_doc(torch.ones_like(ce), seg, batch.num_docs).clamp(min=1)
+    metrics = {"masked_frac": float(masked.sum() / batch.loss_mask.sum()), "ce": float(ce.detach().mean()),
+               "supervised_tokens": float(masked.sum())}
+    if t_mean is not None:
+        metrics["t"] = t_mean
+    return ObjectiveOutput(doc_loss.sum(), float(batch.num_docs), metrics)
 
 
 def denom_without_masks(batch: Batch, normaliser: str) -> float:
