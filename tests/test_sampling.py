@@ -212,3 +212,62 @@ def test_sampler_warns_when_it_does_not_match_the_training(tmp_path):
     assert sampler_warnings(str(tmp_path), 32, True) == []
     (tmp_path / "training.json").write_text(json.dumps({"method": "sft"}))
     assert any("--block-causal decodes --all-blocks models" in x for x in sampler_warnings(str(tmp_path), 32, True))
+
+
+def _reference_generate(model, prompt, steps, gen_length, block_length, temperature=0.0, remasking="low_confidence",
+                        mask_id=150):
+    """ML-GSAI/LLaDA generate.py (commit b7e6c356), transcribed without guidance or the EOS flags: the
+    model runs on the whole canvas at every step and every step draws its noise, whether or not the
+    block still has masks."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    x = torch.full((prompt.shape[0], prompt.shape[1] + gen_length), mask_id, dtype=torch.long)
+    x[:, :prompt.shape[1]] = prompt.clone()
+    num_blocks = gen_length // block_length
+    steps = steps // num_blocks
+    for num_block in range(num_blocks):
+        lo, hi = prompt.shape[1] + num_block * block_length, prompt.shape[1] + (num_block + 1) * block_length
+        mask_num = (x[:, lo:hi] == mask_id).sum(dim=1, keepdim=True)
+        num_transfer_tokens = torch.zeros(mask_num.size(0), steps, dtype=torch.int64) + mask_num // steps
+        for i in range(mask_num.size(0)):
+            num_transfer_tokens[i, :(mask_num % steps)[i]] += 1
+        for i in range(steps):
+            mask_index = x == mask_id
+            logits = model(x).logits
+            if temperature == 0:
+                logits_with_noise = logits
+            else:
+                noise = torch.rand_like(logits.to(torch.float64), dtype=torch.float64)
+                logits_with_noise = logits.to(torch.float64).exp() / (-torch.log(noise)) ** temperature
+            x0 = torch.argmax(logits_with_noise, dim=-1)
+            if remasking == "low_confidence":
+                x0_p = torch.gather(F.softmax(logits, dim=-1), -1, x0[..., None]).squeeze(-1)
+            else:
+                x0_p = torch.rand((x0.shape[0], x0.shape[1]))
+            x0_p[:, hi:] = -np.inf
+            x0 = torch.where(mask_index, x0, x)
+            confidence = torch.where(mask_index, x0_p, -np.inf)
+            transfer_index = torch.zeros_like(x0, dtype=torch.bool)
+            for j in range(confidence.shape[0]):
+                _, select_index = torch.topk(confidence[j], k=num_transfer_tokens[j, i])
+                transfer_index[j, select_index] = True
+            x[transfer_index] = x0[transfer_index]
+    return x
+
+
+@pytest.mark.parametrize("remasking", ["low_confidence", "random"])
+def test_more_steps_than_masks_draws_what_the_reference_draws(model, remasking):
+    # steps = 2 x gen_length: each block is full halfway through its steps; the reference keeps
+    # stepping (and drawing noise) to the end of the block, and so must we for later blocks to agree.
+    # With 'random' the tiny model also commits the mask id itself (seed 11), which the reference
+    # keeps decoding in later blocks.
+    kw = dict(steps=32, gen_length=16, block_length=4, temperature=1.0, remasking=remasking)
+    with torch.no_grad():
+        torch.manual_seed(11)
+        want = _reference_generate(model, REF["prompt"], **kw)
+    torch.manual_seed(11)
+    got = generate(model, REF["prompt"], **kw)
+    assert torch.equal(got, want)
+    got = generate(model, REF["prompt"], generator=torch.Generator().manual_seed(11), **kw)
+    assert torch.equal(got, want)
