@@ -134,7 +134,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--cfg-scale", type=float, default=0.0)
     p.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random"])
-    p.add_argument("--kv-cache", action="store_true", help="prefix KV cache per block (approximation)")
+    p.add_argument("--kv-cache", nargs="?", const="prefix", default=False, choices=["prefix", "dual"],
+                   help="KV cache per block (approximation): prefix (the default when given bare) or dual "
+                        "(prefix and suffix, Fast-dLLM)")
+    p.add_argument("--stop-at-eos", action="store_true",
+                   help="stop after the block in which every row of the batch has emitted EOS/EoT")
     p.add_argument("--threshold", type=float, default=None, help="confidence-threshold parallel decoding")
     p.add_argument("--block-causal", action="store_true", help="the sampler of --all-blocks models")
     p.add_argument("--logits-eos-inf", action="store_true")
@@ -167,7 +171,8 @@ def main(argv: list[str] | None = None) -> int:
                          block_length=args.block_length, temperature=args.temperature, cfg_scale=args.cfg_scale,
                          remasking=args.remasking, logits_eos_inf=args.logits_eos_inf,
                          confidence_eos_eot_inf=args.confidence_eos_eot_inf, generator=gen, kv_cache=args.kv_cache,
-                         threshold=args.threshold, block_causal=args.block_causal, progress=True)
+                         threshold=args.threshold, block_causal=args.block_causal, stop_at_eos=args.stop_at_eos,
+                         progress=True)
             n_tokens += x.shape[0] * args.gen_length
             for row in x[:, ids.shape[1]:]:
                 outputs.append(decode(tok, row, eos_ids))
