@@ -24,9 +24,9 @@ Differences from the reference, on purpose:
   the values at those positions are the same.
 
 Faster variants (opt-in; approximations where noted):
-- `kv_cache=True` or "prefix" (Fast-dLLM's prefix cache, `generate_with_prefix_cache`): at the start of each block one full forward fills
-  the keys/values of every position before the block; the block's remaining steps run only the
-  block and what follows it against that cache. APPROXIMATION: LLaDA attends bidirectionally, so
+- `kv_cache=True` or "prefix" (Fast-dLLM's prefix cache, `generate_with_prefix_cache`): at the
+  start of each block one full forward fills the keys/values of every position before the block;
+  the block's remaining steps run only the block and what follows it against that cache. APPROXIMATION: LLaDA attends bidirectionally, so
   the true prefix keys/values change as the block is decoded; the cache keeps them as they were at
   the start of the block (refreshed at the next block).
 - `kv_cache="dual"` (Fast-dLLM's dual cache, NVlabs/Fast-dLLM `llada/generate.py`
