@@ -40,6 +40,17 @@ def forward_process(seq: Tensor, prompt_len: int, mask_id: int, generator: torch
     return noisy, (x / T)[:, None].repeat(1, l).to(seq.device)
 
 
+def guided_logits(model, x: Tensor, prompt_len: int, at: Tensor, cfg_scale: float, mask_id: int) -> Tensor:
+    """Logits (K, V), fp32, of the positions selected by `at` (b, l), in row-major order. With
+    cfg_scale > 0, guided by a copy whose prompt is masked: u + (cfg + 1)(c - u)."""
+    if cfg_scale <= 0:
+        return model(x, logits_at=at).logits.float()
+    uncond = x.clone()
+    uncond[:, :prompt_len] = mask_id
+    cond, un = model(torch.cat([x, uncond]), logits_at=at.repeat(2, 1)).logits.float().chunk(2)
+    return un + (cfg_scale + 1) * (cond - un)
+
+
 @torch.no_grad()
 def llada_log_likelihood(model, prompt: Tensor, answer: Tensor, mc_num: int = 128, batch_size: int = 16,
                          cfg_scale: float = 0.0, mask_id: int | None = None,
@@ -48,8 +59,7 @@ def llada_log_likelihood(model, prompt: Tensor, answer: Tensor, mc_num: int = 12
 
     The reference's keywords and defaults (mask_id defaults to the model's). `generator` (a CPU
     generator) drives the masks; None uses torch's global generator, as the reference does, so
-    that torch.manual_seed(s) then this gives the reference's value. With cfg_scale > 0 the logits
-    are guided by a copy whose prompt is masked: u + (cfg + 1)(c - u).
+    that torch.manual_seed(s) then this gives the reference's value.
     """
     if mc_num % batch_size:
         raise ValueError(f"mc_num ({mc_num}) must be a multiple of batch_size ({batch_size})")
@@ -57,24 +67,34 @@ def llada_log_likelihood(model, prompt: Tensor, answer: Tensor, mc_num: int = 12
         raise ValueError(f"prompt and answer must be 1-D token ids, answer non-empty (got {tuple(prompt.shape)}, "
                          f"{tuple(answer.shape)})")
     mask_id = model.config.mask_token_id if mask_id is None else mask_id
-    device = model.device
-    seq = torch.cat([prompt, answer])[None].repeat(batch_size, 1).to(device)
+    seq = torch.cat([prompt, answer])[None].repeat(batch_size, 1).to(model.device)
     P = prompt.numel()
     losses = []
     for _ in range(mc_num // batch_size):
         noisy, p_mask = forward_process(seq, P, mask_id, generator)
         masked = noisy == mask_id
-        if cfg_scale > 0:
-            uncond = noisy.clone()
-            uncond[:, :P] = mask_id
-            logits = model(torch.cat([noisy, uncond]), logits_at=masked.repeat(2, 1)).logits.float()
-            cond, un = logits.chunk(2)  # row-major selection: every conditional row first
-            logits = un + (cfg_scale + 1) * (cond - un)
-        else:
-            logits = model(noisy, logits_at=masked).logits.float()
+        logits = guided_logits(model, noisy, P, masked, cfg_scale, mask_id)
         loss = F.cross_entropy(logits, seq[masked], reduction="none") / p_mask[masked]
         losses.append((loss.sum() / batch_size).item())
     return -sum(losses) / len(losses)
+
+
+@torch.no_grad()
+def llada_suffix_greedy(model, prompt: Tensor, answer: Tensor, cfg_scale: float = 0.0, mask_id: int | None = None) -> bool:
+    """Whether greedy decoding from `prompt` gives `answer` (ML-GSAI/LLaDA eval_llada.py's
+    suffix_greedy_prediction): len(answer) masks after the prompt, one per step, the most confident
+    masked position committed to its argmax."""
+    mask_id = model.config.mask_token_id if mask_id is None else mask_id
+    P = prompt.numel()
+    x = torch.cat([prompt, torch.full_like(answer, mask_id)])[None].to(model.device)
+    for _ in range(answer.numel()):
+        masked = x == mask_id
+        logits = guided_logits(model, x, P, masked, cfg_scale, mask_id)
+        x0 = logits.argmax(-1)
+        confidence = logits.softmax(-1).gather(-1, x0[:, None]).squeeze(-1)
+        best = int(confidence.argmax())
+        x[0, masked[0].nonzero()[best, 0]] = x0[best]
+    return bool((x[0, P:] == answer.to(x.device)).all())
 
 
 @torch.no_grad()
@@ -100,4 +120,4 @@ def causal_log_likelihood(model, requests: list[tuple[list[int], list[int]]], ba
     return out
 
 
-__all__ = ["forward_process", "llada_log_likelihood", "causal_log_likelihood"]
+__all__ = ["forward_process", "guided_logits", "llada_log_likelihood", "llada_suffix_greedy", "causal_log_likelihood"]

@@ -75,6 +75,36 @@ def test_llada_monte_carlo_estimate_is_the_reference(llada, mc_num, batch_size, 
     assert llada_log_likelihood(llada, prompt, answer, mc_num, batch_size, cfg_scale) == pytest.approx(want, rel=1e-6, abs=1e-6)
 
 
+@torch.no_grad()
+def _ref_suffix_greedy_prediction(model, prefix, target, cfg, mask_id=150):
+    """eval_llada.py's suffix_greedy_prediction (is_check_greedy on), transcribed; also returns the
+    decoded sequence."""
+    seq = torch.full((1, len(prefix) + len(target)), mask_id)
+    prompt_index = torch.arange(seq.shape[1]) < len(prefix)
+    seq[0, :len(prefix)] = prefix
+    for _ in range(len(target)):
+        mask_index = seq == mask_id
+        logits = _ref_get_logits(model, seq, prompt_index, cfg, mask_id)[mask_index]
+        x0 = torch.argmax(logits, dim=-1)
+        p = torch.softmax(logits.to(torch.float32), dim=-1)
+        confidence = torch.gather(p, dim=-1, index=torch.unsqueeze(x0, -1)).squeeze(dim=-1)
+        _, index = torch.sort(confidence, descending=True)
+        x0[index[1:]] = mask_id
+        seq[mask_index] = x0.clone()
+    return bool(torch.all(target == seq[0, len(prefix):])), seq[0, len(prefix):]
+
+
+@pytest.mark.parametrize("cfg_scale", [0.0, 1.5])
+def test_llada_suffix_greedy_is_the_reference(llada, cfg_scale):
+    from dlmarch.likelihood import llada_suffix_greedy
+
+    prompt, other = torch.randint(0, 140, (9,), generator=torch.Generator().manual_seed(1)), torch.arange(5)
+    want, decoded = _ref_suffix_greedy_prediction(llada, prompt, other, cfg_scale)
+    assert not want and not llada_suffix_greedy(llada, prompt, other, cfg_scale)
+    assert _ref_suffix_greedy_prediction(llada, prompt, decoded, cfg_scale)[0]
+    assert llada_suffix_greedy(llada, prompt, decoded, cfg_scale)
+
+
 def _requests(*args):
     return [SimpleNamespace(args=a) for a in args]
 

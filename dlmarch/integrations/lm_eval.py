@@ -44,9 +44,9 @@ try:
 except ImportError as e:  # pragma: no cover - the message is the point
     raise ImportError('dlmarch.integrations.lm_eval needs lm-eval: pip install "dlmarch[lmeval]"') from e
 
-from ..likelihood import causal_log_likelihood, llada_log_likelihood
+from ..likelihood import causal_log_likelihood, llada_log_likelihood, llada_suffix_greedy
 from ..models.l2d import L2DModel
-from ..sampling.cli import decode, left_pad, load_for_generation
+from ..sampling.cli import DTYPES, decode, left_pad, load_for_generation
 from ..sampling.l2d import generate_l2d
 from ..sampling.llada import generate
 
@@ -73,6 +73,8 @@ class DlmarchLM(LM):
         super().__init__()
         if unused:
             raise ValueError(f"dlmarch lm-eval model: unknown model_args {sorted(unused)}")
+        if dtype is not None and dtype not in DTYPES:
+            raise ValueError(f"dlmarch lm-eval model: dtype must be one of {sorted(DTYPES)}, found {dtype!r}")
         if device and str(device).startswith("cuda") and not torch.cuda.is_available():
             device = "cpu"  # lm_eval's --device defaults to cuda; its hf model falls back the same way
         self.model, self.tokenizer = load_for_generation(str(pretrained), dtype, device, allow_l2d=True, allow_causal=True)
@@ -129,23 +131,10 @@ class DlmarchLM(LM):
             g = torch.Generator().manual_seed(self.seed)
             ll = llada_log_likelihood(self.model, torch.tensor(ctx, dtype=torch.long), torch.tensor(cont, dtype=torch.long),
                                       self.mc_num, self.mc_batch_size, self.sampling["cfg_scale"], generator=g)
-            out.append((ll, self.check_greedy and self.suffix_greedy(ctx, cont)))
+            greedy = self.check_greedy and llada_suffix_greedy(
+                self.model, torch.tensor(ctx, dtype=torch.long), torch.tensor(cont, dtype=torch.long), self.sampling["cfg_scale"])
+            out.append((ll, greedy))
         return out
-
-    @torch.no_grad()
-    def suffix_greedy(self, ctx: list[int], cont: list[int]) -> bool:
-        """eval_llada.py's suffix_greedy_prediction: decode the continuation's length from the context,
-        one most confident position per step; True when it gives the continuation."""
-        mask_id = self.model.config.mask_token_id
-        x = torch.tensor([ctx + [mask_id] * len(cont)], device=self.model.device)
-        for _ in cont:
-            masked = x == mask_id
-            logits = self.model(x, logits_at=masked).logits.float()
-            x0 = logits.argmax(-1)
-            conf = logits.softmax(-1).gather(-1, x0[:, None]).squeeze(-1)
-            best = int(conf.argmax())
-            x[0, masked[0].nonzero()[best, 0]] = x0[best]
-        return x[0, len(ctx):].tolist() == list(cont)
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
         raise NotImplementedError("dlmarch lm-eval model: loglikelihood_rolling is not provided")
