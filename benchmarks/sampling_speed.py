@@ -1,5 +1,6 @@
-"""Tokens/s of LLaDA sampling: reference mode, prefix KV cache, confidence-threshold decoding, both;
-and how many generated positions differ from reference mode.
+"""Tokens/s of LLaDA sampling: reference mode, prefix KV cache, confidence-threshold decoding, both,
+Fast-dLLM's dual (prefix + suffix) cache alone and with the threshold; and how many generated
+positions differ from reference mode.
 
     python benchmarks/sampling_speed.py --model runs/demo/sft/model     # a trained model (demo's)
     python benchmarks/sampling_speed.py --size 100m                    # random ~100M LLaDA
@@ -85,7 +86,8 @@ def main() -> None:
     steps = args.steps or args.gen_length
     kw = dict(steps=steps, gen_length=args.gen_length, block_length=args.block_length)
     variants = {"reference": {}, "kv cache": {"kv_cache": True}, f"threshold {args.threshold}": {"threshold": args.threshold},
-                "both": {"kv_cache": True, "threshold": args.threshold}}
+                "both": {"kv_cache": True, "threshold": args.threshold}, "dual cache": {"kv_cache": "dual"},
+                "dual + threshold": {"kv_cache": "dual", "threshold": args.threshold}}
     generate(model, prompt[:, :8], steps=2, gen_length=args.block_length, block_length=args.block_length)  # warm-up
     rows, ref = [], None
     for name, extra in variants.items():

@@ -201,6 +201,10 @@ def test_command_line(tmp_path):
     assert rows[0]["output"] == tok.decode(cut, skip_special_tokens=True)
     bad = subprocess.run(run + ["--prompts", str(tmp_path / "missing.jsonl")], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error: ")
+    from dlmarch.sampling.cli import main
+
+    for cache in (["--kv-cache"], ["--kv-cache", "dual"]):
+        assert main(run[3:] + ["--prompt", "hi", "--stop-at-eos"] + cache) == 0
 
 
 def test_sampler_warns_when_it_does_not_match_the_training(tmp_path):
@@ -212,3 +216,146 @@ def test_sampler_warns_when_it_does_not_match_the_training(tmp_path):
     assert sampler_warnings(str(tmp_path), 32, True) == []
     (tmp_path / "training.json").write_text(json.dumps({"method": "sft"}))
     assert any("--block-causal decodes --all-blocks models" in x for x in sampler_warnings(str(tmp_path), 32, True))
+
+
+def _reference_generate(model, prompt, steps, gen_length, block_length, temperature=0.0, remasking="low_confidence",
+                        mask_id=150):
+    """ML-GSAI/LLaDA generate.py (commit b7e6c356), transcribed without guidance or the EOS flags: the
+    model runs on the whole canvas at every step and every step draws its noise, whether or not the
+    block still has masks."""
+    import numpy as np
+    import torch.nn.functional as F
+
+    x = torch.full((prompt.shape[0], prompt.shape[1] + gen_length), mask_id, dtype=torch.long)
+    x[:, :prompt.shape[1]] = prompt.clone()
+    num_blocks = gen_length // block_length
+    steps = steps // num_blocks
+    for num_block in range(num_blocks):
+        lo, hi = prompt.shape[1] + num_block * block_length, prompt.shape[1] + (num_block + 1) * block_length
+        mask_num = (x[:, lo:hi] == mask_id).sum(dim=1, keepdim=True)
+        num_transfer_tokens = torch.zeros(mask_num.size(0), steps, dtype=torch.int64) + mask_num // steps
+        for i in range(mask_num.size(0)):
+            num_transfer_tokens[i, :(mask_num % steps)[i]] += 1
+        for i in range(steps):
+            mask_index = x == mask_id
+            logits = model(x).logits
+            if temperature == 0:
+                logits_with_noise = logits
+            else:
+                noise = torch.rand_like(logits.to(torch.float64), dtype=torch.float64)
+                logits_with_noise = logits.to(torch.float64).exp() / (-torch.log(noise)) ** temperature
+            x0 = torch.argmax(logits_with_noise, dim=-1)
+            if remasking == "low_confidence":
+                x0_p = torch.gather(F.softmax(logits, dim=-1), -1, x0[..., None]).squeeze(-1)
+            else:
+                x0_p = torch.rand((x0.shape[0], x0.shape[1]))
+            x0_p[:, hi:] = -np.inf
+            x0 = torch.where(mask_index, x0, x)
+            confidence = torch.where(mask_index, x0_p, -np.inf)
+            transfer_index = torch.zeros_like(x0, dtype=torch.bool)
+            for j in range(confidence.shape[0]):
+                _, select_index = torch.topk(confidence[j], k=num_transfer_tokens[j, i])
+                transfer_index[j, select_index] = True
+            x[transfer_index] = x0[transfer_index]
+    return x
+
+
+@pytest.mark.parametrize("remasking", ["low_confidence", "random"])
+def test_more_steps_than_masks_draws_what_the_reference_draws(model, remasking):
+    # steps = 2 x gen_length: each block is full halfway through its steps; the reference keeps
+    # stepping (and drawing noise) to the end of the block, and so must we for later blocks to agree.
+    # With 'random' the tiny model also commits the mask id itself (seed 11), which the reference
+    # keeps decoding in later blocks.
+    kw = dict(steps=32, gen_length=16, block_length=4, temperature=1.0, remasking=remasking)
+    with torch.no_grad():
+        torch.manual_seed(11)
+        want = _reference_generate(model, REF["prompt"], **kw)
+    torch.manual_seed(11)
+    got = generate(model, REF["prompt"], **kw)
+    assert torch.equal(got, want)
+    got = generate(model, REF["prompt"], generator=torch.Generator().manual_seed(11), **kw)
+    assert torch.equal(got, want)
+
+
+class _EosAt:
+    """Proxies a model and makes EOS overwhelmingly likely at one canvas position per row."""
+
+    def __init__(self, model, positions):
+        self.model, self.positions = model, positions
+        self.config, self.device = model.config, model.device
+
+    def __call__(self, x, **kw):
+        out = self.model(x, **kw)
+        at = kw.get("logits_at")
+        for row, pos in enumerate(self.positions):
+            if pos is not None and at.start <= pos < at.stop:
+                out.logits[row, pos - at.start, self.config.eos_token_id] += 100.0
+        return out
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_stop_at_eos_agrees_up_to_each_rows_first_eos(model, temperature):
+    P = REF["prompt"].shape[1]
+    eos = model.config.eos_token_id
+    kw = dict(steps=16, gen_length=32, block_length=8, temperature=temperature)
+    fake = _EosAt(model, [P + 2, P + 11])  # row 0 ends in block 0, row 1 in block 1: stop after block 1
+    full = generate(fake, REF["prompt"], generator=torch.Generator().manual_seed(1), **kw)
+    s = {}
+    short = generate(fake, REF["prompt"], generator=torch.Generator().manual_seed(1), stop_at_eos=True, stats=s, **kw)
+    for row in range(2):
+        first = P + int((full[row, P:] == eos).nonzero()[0])
+        assert first <= P + 11
+        assert torch.equal(short[row, : first + 1], full[row, : first + 1])
+    assert (short[:, P + 16:] == eos).all() and s["nfe"] == 2 * 4
+    # One row without an EOS: nothing stops.
+    fake = _EosAt(model, [P + 2, None])
+    full = generate(fake, REF["prompt"], generator=torch.Generator().manual_seed(1), **kw)
+    assert (full[1, P:] != eos).all()
+    short = generate(fake, REF["prompt"], generator=torch.Generator().manual_seed(1), stop_at_eos=True, **kw)
+    assert torch.equal(short, full)
+
+
+def test_dual_cache_holds_the_block_start_prefix_and_suffix(model):
+    rec = _Recorder(model)
+    generate(rec, REF["prompt"], steps=16, gen_length=32, block_length=8, kv_cache="dual")
+    P, L = REF["prompt"].shape[1], REF["prompt"].shape[1] + 32
+    s, recomputed, checked = P - 8, None, 0
+    for c in rec.calls:
+        if c["past_kv"] is None:  # a block start: the full canvas
+            s += 8
+            with torch.no_grad():
+                recomputed = model(c["x"], return_kv=True).kv
+            continue
+        assert c["x"].shape[1] == 8  # the block alone
+        for (k, v), (rk, rv) in zip(c["past_kv"], recomputed):
+            torch.testing.assert_close(k, torch.cat([rk[:, :, :s], rk[:, :, s + 8:]], 2), atol=1e-6, rtol=0)
+            torch.testing.assert_close(v, torch.cat([rv[:, :, :s], rv[:, :, s + 8:]], 2), atol=1e-6, rtol=0)
+        checked += 1
+    assert s == L - 8 and checked == 4 * 3  # 4 blocks, 3 cached steps each
+
+
+@pytest.mark.parametrize("cfg_scale", [0.0, 1.5])
+def test_dual_cache_of_the_current_canvas_gives_the_full_forward(model, cfg_scale):
+    # The cache's only approximation is its age: filled from the canvas being scored (left padding,
+    # guidance), the block's logits are the full forward's.
+    from dlmarch.sampling.llada import _Scorer
+
+    P = REF["prompt"].shape[1]
+    x = torch.cat([REF["prompt"], torch.randint(0, 140, (2, 24), generator=torch.Generator().manual_seed(0))], 1)
+    x[:, P + 9: P + 13] = 150
+    am = torch.ones_like(x)
+    am[1, :3] = 0
+    am[0, -3:] = 0  # hidden keys after the block too, so that the cache's key order matters
+    score = _Scorer(model, (torch.arange(x.shape[1]) < P).expand(2, -1), am, cfg_scale, 150, [151], False)
+    s, e = P + 8, P + 16
+    full, kv = score(x, s, e, return_kv=True)
+    dual = [(torch.cat([k[:, :, :s], k[:, :, e:]], 2), torch.cat([v[:, :, :s], v[:, :, e:]], 2)) for k, v in kv]
+    cached, _ = score(x, s, e, past_kv=dual, dual=True)
+    torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-5)
+
+
+def test_dual_cache_with_one_step_per_block_is_the_reference(model):
+    kw = dict(steps=4, gen_length=32, block_length=8)
+    assert torch.equal(generate(model, REF["prompt"], kv_cache="dual", **kw), generate(model, REF["prompt"], **kw))
+    with pytest.raises(ValueError, match="kv_cache must be one of"):
+        generate(model, REF["prompt"], kv_cache="suffix", **kw)

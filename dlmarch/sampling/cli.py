@@ -74,8 +74,10 @@ def decode(tokenizer, ids: torch.Tensor, eos_ids: list[int]) -> str:
     return tokenizer.decode(ids, skip_special_tokens=True)
 
 
-def load_for_generation(model_dir: str, dtype: str | None, device: str | None, allow_l2d: bool = False):
-    """(model, tokenizer) of a directory: a masked-diffusion model (or, with allow_l2d, an L2D model)."""
+def load_for_generation(model_dir: str, dtype: str | None, device: str | None, allow_l2d: bool = False,
+                        allow_causal: bool = False):
+    """(model, tokenizer) of a directory: a masked-diffusion model (or, with allow_l2d, an L2D model;
+    with allow_causal, a Llama/Qwen2 model)."""
     from transformers import AutoTokenizer
 
     from ..checkpoint import load_pretrained
@@ -86,7 +88,7 @@ def load_for_generation(model_dir: str, dtype: str | None, device: str | None, a
     if isinstance(model, L2DModel):
         if not allow_l2d:
             raise DlmarchError(f"{model_dir}: an L2D model; sample it with dlmarch.generate_l2d or trainers.evaluate")
-    elif not hasattr(model.config, "mask_token_id"):
+    elif not hasattr(model.config, "mask_token_id") and not allow_causal:
         raise DlmarchError(f"{model_dir}: a {model.config.family} model is not a masked-diffusion model")
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
@@ -94,7 +96,7 @@ def load_for_generation(model_dir: str, dtype: str | None, device: str | None, a
         raise DlmarchError(f"{model_dir}: cannot load its tokenizer ({str(e).splitlines()[0]})") from None
     tokenizer.padding_side = "left"
     # LLaDA's config.json has no EoT id; the tokenizer knows it.
-    if not isinstance(model, L2DModel) and getattr(model.config, "eot_token_id", None) is None:
+    if hasattr(model.config, "mask_token_id") and getattr(model.config, "eot_token_id", None) is None:
         eot = tokenizer.convert_tokens_to_ids("<|eot_id|>") if "<|eot_id|>" in tokenizer.get_vocab() else None
         if eot is None and "<|eot|>" in tokenizer.get_vocab():
             eot = tokenizer.convert_tokens_to_ids("<|eot|>")
@@ -134,7 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--cfg-scale", type=float, default=0.0)
     p.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random"])
-    p.add_argument("--kv-cache", action="store_true", help="prefix KV cache per block (approximation)")
+    p.add_argument("--kv-cache", nargs="?", const="prefix", default=False, choices=["prefix", "dual"],
+                   help="KV cache per block (approximation): prefix (the default when given bare) or dual "
+                        "(prefix and suffix, Fast-dLLM)")
+    p.add_argument("--stop-at-eos", action="store_true",
+                   help="stop after the block in which every row of the batch has emitted EOS/EoT")
     p.add_argument("--threshold", type=float, default=None, help="confidence-threshold parallel decoding")
     p.add_argument("--block-causal", action="store_true", help="the sampler of --all-blocks models")
     p.add_argument("--logits-eos-inf", action="store_true")
@@ -167,7 +173,8 @@ def main(argv: list[str] | None = None) -> int:
                          block_length=args.block_length, temperature=args.temperature, cfg_scale=args.cfg_scale,
                          remasking=args.remasking, logits_eos_inf=args.logits_eos_inf,
                          confidence_eos_eot_inf=args.confidence_eos_eot_inf, generator=gen, kv_cache=args.kv_cache,
-                         threshold=args.threshold, block_causal=args.block_causal, progress=True)
+                         threshold=args.threshold, block_causal=args.block_causal, stop_at_eos=args.stop_at_eos,
+                         progress=True)
             n_tokens += x.shape[0] * args.gen_length
             for row in x[:, ids.shape[1]:]:
                 outputs.append(decode(tok, row, eos_ids))

@@ -6,7 +6,12 @@ steps; each step scores the canvas, takes x0 = argmax of (Gumbel-perturbed, floa
 scores each masked position of the current block by softmax(logits)[x0] ('low_confidence') or a
 uniform draw ('random'), and commits the top-k, k following `num_transfer_tokens`. Nothing is
 re-masked. Random draws are taken with the reference's shapes, so that with the same generator
-state the same tokens come out at temperature > 0 too.
+state the same tokens come out at temperature > 0 too. With more steps than masks a block is full
+before its steps run out; the reference keeps stepping (k = 0) and so keeps drawing. We skip those
+model calls but still make their draws, so the random stream of later blocks stays the reference's.
+At temperature > 0 the committed token can be the mask id itself; the reference then counts that
+position as masked in every later step and block (it only rules out positions after the current
+block), and so do we.
 
 Differences from the reference, on purpose:
 - classifier-free guidance works without an attention mask (the reference crashes);
@@ -14,15 +19,23 @@ Differences from the reference, on purpose:
 - `confidence_eos_eot_inf` sets the logits of both EOS and EoT to -inf before the confidence
   softmax, at every temperature. (The reference's line only reaches EoT, except at temperature 0
   where its `logits_with_noise` aliases `logits` and both are hit; at temperature 0 we agree.)
-- logits are computed only for the current block's positions (the reference computes them for the
-  whole canvas and then discards all but the block); the values at those positions are the same.
+- logits are computed only for the current block's positions, and any earlier position still
+  holding the mask id (the reference computes them for the whole canvas and then discards the rest);
+  the values at those positions are the same.
 
 Faster variants (opt-in; approximations where noted):
-- `kv_cache=True` (Fast-dLLM's prefix cache): at the start of each block one full forward fills
-  the keys/values of every position before the block; the block's remaining steps run only the
-  block and what follows it against that cache. APPROXIMATION: LLaDA attends bidirectionally, so
+- `kv_cache=True` or "prefix" (Fast-dLLM's prefix cache, `generate_with_prefix_cache`): at the
+  start of each block one full forward fills the keys/values of every position before the block;
+  the block's remaining steps run only the block and what follows it against that cache. APPROXIMATION: LLaDA attends bidirectionally, so
   the true prefix keys/values change as the block is decoded; the cache keeps them as they were at
   the start of the block (refreshed at the next block).
+- `kv_cache="dual"` (Fast-dLLM's dual cache, NVlabs/Fast-dLLM `llada/generate.py`
+  `generate_with_dual_cache`): the block-start forward also keeps the keys/values of every position
+  after the block (the suffix, still mask tokens for the most part); the block's remaining steps run
+  the block alone (block_length tokens) against prefix + suffix. Same APPROXIMATION as the prefix
+  cache, now for the suffix too. Fast-dLLM writes the block's new keys into the cache at the block's
+  positions; here the block's keys are appended after the cached ones (keys carry their RoPE
+  position, and bidirectional attention does not depend on key order), which is the same attention.
 - `threshold=τ` (confidence-threshold parallel decoding): each step commits every masked position
   of the block whose confidence is at least τ, and at least the most confident one; the block ends
   when it is full, so `steps` no longer fixes the number of steps. APPROXIMATION of the schedule.
@@ -32,6 +45,12 @@ Faster variants (opt-in; approximations where noted):
   `kv_cache=True` their keys/values are computed once per block and cached; that cache is exact
   (a finished block's keys never change), so cached and uncached runs agree. This is a different
   model family's decoder, not an approximation of reference mode.
+
+Early stop (`stop_at_eos=True`, off by default): after each block, if every row has an EOS or EoT
+among its generated tokens so far, the remaining blocks are not decoded and their positions are set
+to the EOS id. Everything up to and including each row's first EOS/EoT is what the full run gives
+(it lies in a finished block, and later blocks never change earlier ones); what follows differs
+(the full run's later blocks, typically more EOS padding in LLaDA's instruct models).
 """
 
 from __future__ import annotations
@@ -43,6 +62,7 @@ from torch import Tensor
 from ..masks import AttentionMask
 
 REMASKING = ("low_confidence", "random")
+KV_CACHES = (False, True, "prefix", "dual")
 
 
 def add_gumbel_noise(logits: Tensor, temperature: float, generator: torch.Generator | None = None, noise: Tensor | None = None) -> Tensor:
@@ -65,7 +85,7 @@ def get_num_transfer_tokens(mask_index: Tensor, steps: int) -> Tensor:
 
 
 def check_arguments(prompt: Tensor, attention_mask, steps: int, gen_length: int, block_length: int, remasking: str,
-                    mask_id: int, threshold, temperature: float, cfg_scale: float) -> int:
+                    mask_id: int, threshold, temperature: float, cfg_scale: float, kv_cache=False) -> int:
     """ValueError naming the argument that cannot work. Returns the number of blocks."""
     if not isinstance(prompt, Tensor) or prompt.dim() != 2 or prompt.dtype not in (torch.int64, torch.int32):
         raise ValueError("prompt must be an integer tensor of shape (batch, length)")
@@ -82,6 +102,8 @@ def check_arguments(prompt: Tensor, attention_mask, steps: int, gen_length: int,
         raise ValueError(f"remasking must be one of {REMASKING}, found {remasking!r}")
     if threshold is not None and not 0 < threshold <= 1:
         raise ValueError(f"threshold must be in (0, 1], found {threshold}")
+    if not isinstance(kv_cache, bool) and kv_cache not in KV_CACHES:
+        raise ValueError(f"kv_cache must be one of {KV_CACHES}, found {kv_cache!r}")
     if temperature < 0 or cfg_scale < 0:
         raise ValueError(f"temperature and cfg_scale must be >= 0 (got {temperature}, {cfg_scale})")
     hits = (prompt == mask_id).nonzero()
@@ -117,11 +139,13 @@ class _Scorer:
         return torch.cat([x, un_x])
 
     def __call__(self, x: Tensor, start: int, stop: int, past_kv=None, return_kv: bool = False, kv_len: int | None = None,
-                 block_causal: tuple[int, int] | None = None):
+                 block_causal: tuple[int, int] | None = None, dual: bool = False):
         """Logits (B, stop - start, V) of canvas positions [start, stop).
 
         Without a cache the model runs on x[:, :kv_len] (default: all of x); with `past_kv` (the
-        keys/values of positions [0, start)) it runs on x[:, start:kv_len] only. `block_causal`
+        keys/values of positions [0, start)) it runs on x[:, start:kv_len] only; with `dual`,
+        `past_kv` holds positions [0, start) then [stop, kv_len) and the model runs on
+        x[:, start:stop] only, at its own positions. `block_causal`
         = (prompt length, block length): positions before `start` are clean, [start, stop) is the
         noisy block, under the block-causal rule (the uncached form of the block-causal sampler).
         """
@@ -134,6 +158,10 @@ class _Scorer:
             out = self.model(x_in, mask=mask, logits_at=slice(start, stop))
         elif past_kv is None:
             out = self.model(x_in, attention_mask=am, logits_at=slice(start, stop), return_kv=return_kv)
+        elif dual:  # keys in cache order: prefix, suffix, then the block's own
+            am = None if am is None else torch.cat([am[:, :start], am[:, stop:], am[:, start:stop]], 1)
+            pos = torch.arange(start, stop, device=x.device).expand(x_in.shape[0], -1)
+            out = self.model(x_in[:, start:stop], attention_mask=am, past_kv=past_kv, position_ids=pos)
         else:
             out = self.model(x_in[:, start:], attention_mask=am, past_kv=past_kv, logits_at=slice(0, stop - start),
                              return_kv=return_kv)
@@ -157,6 +185,15 @@ def block_causal_mask(rows: int, length: int, noisy_start: int, prompt_len: int,
     valid = None if attention_mask is None else attention_mask.bool()
     return AttentionMask.self_attention("block_causal", pos.expand(rows, -1), block_ids=block.expand(rows, -1),
                                         clean=clean.expand(rows, -1), valid=valid)
+
+
+def _reference_draws(B: int, L: int, V: int, temperature: float, remasking: str, generator, device) -> None:
+    """The random numbers one reference step draws, thrown away: Gumbel noise over the whole canvas's
+    logits (B, L, V) at temperature > 0, then a (B, L) uniform draw for 'random' remasking."""
+    if temperature > 0:
+        torch.rand((B, L, V), dtype=torch.float64, device=device, generator=generator)
+    if remasking == "random":
+        torch.rand((B, L), device=device, generator=generator)
 
 
 def _choose(logits: Tensor, x_block: Tensor, mask_block: Tensor, k: Tensor | None, threshold: float | None,
@@ -228,6 +265,7 @@ def generate(
     kv_cache: bool = False,
     threshold: float | None = None,
     block_causal: bool = False,
+    stop_at_eos: bool = False,
     progress: bool = False,
     stats: dict | None = None,
 ) -> Tensor:
@@ -235,7 +273,8 @@ def generate(
 
     The positional and keyword arguments up to `confidence_eos_eot_inf` are the reference's, with
     the same defaults except `mask_id`, which defaults to the model config's mask token. See the
-    module docstring for `kv_cache`, `threshold` and `block_causal`. `generator` drives every
+    module docstring for `kv_cache` (False, True = "prefix", or "dual"), `threshold`, `block_causal`
+    and `stop_at_eos`. `generator` drives every
     random draw (Gumbel noise, 'random' remasking); None uses torch's global generator, as the
     reference does. `stats`, if given, receives the number of model calls ('nfe').
     """
@@ -245,10 +284,14 @@ def generate(
                         "(L2D) or a causal sampler")
     mask_id = cfg.mask_token_id if mask_id is None else mask_id
     num_blocks = check_arguments(prompt, attention_mask, steps, gen_length, block_length, remasking, mask_id,
-                                 threshold, temperature, cfg_scale)
+                                 threshold, temperature, cfg_scale, kv_cache)
+    if block_causal and kv_cache == "dual":
+        raise ValueError("kv_cache='dual' caches the positions after the block, which block_causal cuts off; "
+                         "use kv_cache=True")
+    dual = kv_cache == "dual"
     eos_ids = [i for i in (cfg.eos_token_id, getattr(cfg, "eot_token_id", None)) if i is not None]
-    if (logits_eos_inf or confidence_eos_eot_inf) and not eos_ids:
-        raise ValueError("logits_eos_inf / confidence_eos_eot_inf need eos_token_id in the model config")
+    if (logits_eos_inf or confidence_eos_eot_inf or stop_at_eos) and not eos_ids:
+        raise ValueError("logits_eos_inf / confidence_eos_eot_inf / stop_at_eos need eos_token_id in the model config")
     device = model.device
     prompt = prompt.to(device)
     B, P = prompt.shape
@@ -273,28 +316,46 @@ def generate(
 
     for b in blocks:
         s, e = P + b * block_length, P + (b + 1) * block_length
-        block = x[:, s:e]  # a view: committing into it writes the canvas
-        k_schedule = get_num_transfer_tokens(block == mask_id, steps_per_block) if threshold is None else None
+        k_schedule = get_num_transfer_tokens(x[:, s:e] == mask_id, steps_per_block) if threshold is None else None
         max_steps = steps_per_block if threshold is None else block_length
         past = None
         for i in range(max_steps):
-            mask_block = block == mask_id
+            w = s
+            if reference_mode:
+                # A committed token can be the mask id itself (argmax of the noisy logits); the reference
+                # then treats it as masked, and as a candidate in every later block (it only rules out
+                # positions after the current block). Such leftovers widen the window to [w, e).
+                left = (x[:, P:s] == mask_id).any(0).nonzero()
+                w = P + int(left[0]) if left.numel() else s
+            window = x[:, w:e]  # a view: committing into it writes the canvas
+            mask_block = window == mask_id
             if not bool(mask_block.any()):
-                break
+                if not reference_mode:
+                    break
+                # The reference still runs its step here (k = 0, nothing committed) and draws: the
+                # model call can be skipped, the draws cannot.
+                _reference_draws(B, x.shape[1], V, temperature, remasking, generator, device)
+                continue
             if block_causal and kv_cache:
                 logits, _ = score(x, s, e, past_kv=prefix_kv, kv_len=e)
             elif block_causal:
                 logits, _ = score(x, s, e, kv_len=e, block_causal=(P, block_length))
             elif kv_cache and i > 0:
-                logits, _ = score(x, s, e, past_kv=past)
+                logits, _ = score(x, s, e, past_kv=past, dual=dual)
             elif kv_cache:
                 logits, kv = score(x, s, e, return_kv=True)
-                past = [(k[:, :, :s], v[:, :, :s]) for k, v in kv]
+                if dual:  # prefix and suffix, the block left out
+                    past = [(torch.cat([k[:, :, :s], k[:, :, e:]], 2), torch.cat([v[:, :, :s], v[:, :, e:]], 2)) for k, v in kv]
+                else:
+                    past = [(k[:, :, :s], v[:, :, :s]) for k, v in kv]
             else:
-                logits, _ = score(x, s, e)
+                logits, _ = score(x, w, e)
             full_shape = (B, x.shape[1], V) if reference_mode else None
             k = None if k_schedule is None else k_schedule[:, i]
-            _choose(logits, block, mask_block, k, threshold, temperature, remasking, generator, eos_eot, full_shape, s)
+            _choose(logits, window, mask_block, k, threshold, temperature, remasking, generator, eos_eot, full_shape, w)
+        if stop_at_eos and b + 1 < num_blocks and bool(torch.isin(x[:, P:e], torch.tensor(eos_ids, device=device)).any(1).all()):
+            x[:, e:] = cfg.eos_token_id
+            break
         if block_causal and kv_cache and b + 1 < num_blocks:  # the finished block joins the clean cache
             _, prefix_kv = score(x, s, e, past_kv=prefix_kv, return_kv=True, kv_len=e)
     if stats is not None:

@@ -1,0 +1,239 @@
+"""Likelihoods against their references, and lm-evaluation-harness end to end on a tiny model and
+local tasks (one process, no hub)."""
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dlmarch import LLaDAModel
+from dlmarch.likelihood import causal_log_likelihood, llada_log_likelihood
+from tests.helpers import LLADA_TINY, hf_llama, tiny_model_dir
+
+
+@pytest.fixture(scope="module")
+def llada():
+    return LLaDAModel.from_pretrained(LLADA_TINY)
+
+
+# --- ML-GSAI/LLaDA get_log_likelihood.py (commit b7e6c356), transcribed ------------------------------
+def _ref_forward_process(batch, prompt_index, mask_id):
+    b, l = batch.shape
+    target_len = (l - prompt_index.sum()).item()
+    k = torch.randint(1, target_len + 1, (), device=batch.device)
+    x = torch.round(torch.linspace(float(k), k + (b - 1) * (target_len / b), steps=b, device=batch.device)).long()
+    x = ((x - 1) % target_len) + 1
+    indices = torch.arange(target_len, device=batch.device).repeat(b, 1)
+    is_mask = indices < x.unsqueeze(1)
+    for i in range(b):
+        is_mask[i] = is_mask[i][torch.randperm(target_len)]
+    is_mask = torch.cat((torch.zeros(b, prompt_index.sum(), dtype=torch.bool, device=batch.device), is_mask), dim=1)
+    noisy_batch = torch.where(is_mask, mask_id, batch)
+    return noisy_batch, (x / target_len).unsqueeze(1).repeat(1, l)
+
+
+def _ref_get_logits(model, batch, prompt_index, cfg_scale, mask_id):
+    if cfg_scale > 0.0:
+        prompt_index = prompt_index.unsqueeze(0).repeat(batch.shape[0], 1)
+        un_batch = batch.clone()
+        un_batch[prompt_index] = mask_id
+        batch = torch.cat([batch, un_batch])
+    logits = model(batch).logits
+    if cfg_scale > 0.0:
+        logits, un_logits = torch.chunk(logits, 2, dim=0)
+        logits = un_logits + (cfg_scale + 1) * (logits - un_logits)
+    return logits
+
+
+@torch.no_grad()
+def _ref_get_log_likelihood(model, prompt, answer, mc_num=128, batch_size=16, cfg_scale=0.0, mask_id=150):
+    seq = torch.concatenate([prompt, answer])[None, :]
+    seq = seq.repeat((batch_size, 1))
+    prompt_index = torch.arange(seq.shape[1]) < len(prompt)
+    loss_ = []
+    for _ in range(mc_num // batch_size):
+        perturbed_seq, p_mask = _ref_forward_process(seq, prompt_index, mask_id)
+        mask_index = perturbed_seq == mask_id
+        logits = _ref_get_logits(model, perturbed_seq, prompt_index, cfg_scale, mask_id)
+        loss = F.cross_entropy(logits[mask_index], seq[mask_index], reduction="none") / p_mask[mask_index]
+        loss = loss.sum() / batch_size
+        loss_.append(loss.item())
+    return -sum(loss_) / len(loss_)
+
+
+@pytest.mark.parametrize("mc_num,batch_size,cfg_scale", [(32, 8, 0.0), (12, 6, 0.0), (8, 4, 1.5)])
+def test_llada_monte_carlo_estimate_is_the_reference(llada, mc_num, batch_size, cfg_scale):
+    g = torch.Generator().manual_seed(0)
+    prompt, answer = torch.randint(0, 140, (9,), generator=g), torch.randint(0, 140, (7,), generator=g)
+    torch.manual_seed(5)
+    want = _ref_get_log_likelihood(llada, prompt, answer, mc_num, batch_size, cfg_scale)
+    got = llada_log_likelihood(llada, prompt, answer, mc_num, batch_size, cfg_scale, generator=torch.Generator().manual_seed(5))
+    assert got == pytest.approx(want, rel=1e-6, abs=1e-6)
+    torch.manual_seed(5)  # no generator: torch's global one, as the reference
+    assert llada_log_likelihood(llada, prompt, answer, mc_num, batch_size, cfg_scale) == pytest.approx(want, rel=1e-6, abs=1e-6)
+
+
+@torch.no_grad()
+def _ref_suffix_greedy_prediction(model, prefix, target, cfg, mask_id=150):
+    """eval_llada.py's suffix_greedy_prediction (is_check_greedy on), transcribed; also returns the
+    decoded sequence."""
+    seq = torch.full((1, len(prefix) + len(target)), mask_id)
+    prompt_index = torch.arange(seq.shape[1]) < len(prefix)
+    seq[0, :len(prefix)] = prefix
+    for _ in range(len(target)):
+        mask_index = seq == mask_id
+        logits = _ref_get_logits(model, seq, prompt_index, cfg, mask_id)[mask_index]
+        x0 = torch.argmax(logits, dim=-1)
+        p = torch.softmax(logits.to(torch.float32), dim=-1)
+        confidence = torch.gather(p, dim=-1, index=torch.unsqueeze(x0, -1)).squeeze(dim=-1)
+        _, index = torch.sort(confidence, descending=True)
+        x0[index[1:]] = mask_id
+        seq[mask_index] = x0.clone()
+    return bool(torch.all(target == seq[0, len(prefix):])), seq[0, len(prefix):]
+
+
+@pytest.mark.parametrize("cfg_scale", [0.0, 1.5])
+def test_llada_suffix_greedy_is_the_reference(llada, cfg_scale):
+    from dlmarch.likelihood import llada_suffix_greedy
+
+    prompt, other = torch.randint(0, 140, (9,), generator=torch.Generator().manual_seed(1)), torch.arange(5)
+    want, decoded = _ref_suffix_greedy_prediction(llada, prompt, other, cfg_scale)
+    assert not want and not llada_suffix_greedy(llada, prompt, other, cfg_scale)
+    assert _ref_suffix_greedy_prediction(llada, prompt, decoded, cfg_scale)[0]
+    assert llada_suffix_greedy(llada, prompt, decoded, cfg_scale)
+
+
+def _requests(*args):
+    return [SimpleNamespace(args=a) for a in args]
+
+
+def _char_tokenizer(path):
+    from trainers.tokenizer import build_char_tokenizer
+
+    tok = build_char_tokenizer("abcdefgh ", pad_to=8)
+    tok.save_pretrained(path)
+    return tok
+
+
+def test_causal_and_l2d_likelihood_are_the_autoregressive_one(tmp_path):
+    from dlmarch import L2DConfig, L2DModel, generate_l2d
+    from dlmarch.integrations.lm_eval import DlmarchLM
+
+    hf, main_dir = hf_llama(tmp_path / "llama")
+    tok = _char_tokenizer(main_dir)
+    pairs = [("abc", " def"), ("h", "gg"), ("bad cafe ", "ace")]
+    want = []
+    for ctx, cont in pairs:  # transformers' Llama on the same token split
+        c = tok(ctx.rstrip()).input_ids
+        whole = tok(ctx + cont).input_ids
+        with torch.no_grad():
+            logp = hf(torch.tensor([whole])).logits.float().log_softmax(-1)[0]
+        want.append(sum(float(logp[i - 1, whole[i]]) for i in range(len(c), len(whole))))
+    lm = DlmarchLM(pretrained=str(main_dir), batch_size=2)
+    got = lm.loglikelihood(_requests(*pairs))
+    assert [g for g, _ in got] == pytest.approx(want, abs=1e-4)
+    l2d = L2DModel.from_main(str(main_dir), L2DConfig(flow_dim=16, time_hidden=32, flow_in_hidden=32), seed=0)
+    l2d.save_pretrained(tmp_path / "l2d", main_path=main_dir)
+    _char_tokenizer(tmp_path / "l2d")
+    lm = DlmarchLM(pretrained=str(tmp_path / "l2d"), gen_length=6, ode_steps=2, solver="euler")
+    assert [g for g, _ in lm.loglikelihood(_requests(*pairs))] == pytest.approx(want, abs=1e-4)
+    # generate_until: generate_l2d's tokens, decoded and cut at the first `until`.
+    text = lm.generate_until(_requests(("abc", {"until": ["zz"]})))[0]
+    ids = torch.tensor([tok("abc").input_ids])
+    out = generate_l2d(lm.model, ids, torch.ones_like(ids), max_new_tokens=6, ode_steps=2, solver="euler",
+                       eos_token_id=lm.eos_ids[0], generator=torch.Generator().manual_seed(1234))
+    assert text == tok.decode(out[0, 3:].tolist(), skip_special_tokens=True).split("zz")[0]
+
+
+def test_causal_log_likelihood_batches_like_single_rows():
+    from tests.helpers import tiny_llada  # any model: batching must not change the values
+
+    model = tiny_llada()
+    model.config.causal = True  # the rule the model reads when building its mask
+    reqs = [([1, 2, 3], [4, 5]), ([7], [8, 9, 10, 11])]
+    one = causal_log_likelihood(model, reqs, batch_size=1)
+    two = causal_log_likelihood(model, reqs, batch_size=2)
+    assert [a for a, _ in one] == pytest.approx([a for a, _ in two], abs=1e-5)
+
+
+GEN_TASK = """task: dlmarch_gen
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+  cache_dir: {cache}
+test_split: test
+output_type: generate_until
+doc_to_text: "{{{{question}}}}"
+doc_to_target: "{{{{answer}}}}"
+generation_kwargs:
+  until: ["h"]
+metric_list:
+  - metric: exact_match
+"""
+
+MC_TASK = """task: dlmarch_mc
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+  cache_dir: {cache}
+test_split: test
+output_type: multiple_choice
+doc_to_text: "{{{{question}}}}"
+doc_to_choice: "{{{{choices}}}}"
+doc_to_target: "{{{{label}}}}"
+metric_list:
+  - metric: acc
+"""
+
+
+def test_lm_eval_end_to_end_on_local_tasks(tmp_path, monkeypatch):
+    from dlmarch.integrations.lm_eval import main
+
+    import functools
+
+    import lm_eval.tasks
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # Speed only: the command line indexes lm-eval's ~26k built-in task files (20 s) before it
+    # reads --include_path; the local tasks alone are enough here.
+    monkeypatch.setattr(lm_eval.tasks, "TaskManager", functools.partial(lm_eval.tasks.TaskManager, include_defaults=False))
+    model, tok = tiny_model_dir(tmp_path / "m")
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    gen_rows = [{"question": q, "answer": a} for q, a in [("abc", "d"), ("ba", "ab"), ("cab", "bac")]]
+    mc_rows = [{"question": q, "choices": c, "label": y} for q, c, y in
+               [("ab", ["a", "bb"], 0), ("ca", ["c", "d", "e"], 2), ("h", ["g", "hh"], 1)]]
+    for name, rows, yaml in [("gen", gen_rows, GEN_TASK), ("mc", mc_rows, MC_TASK)]:
+        (tasks / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (tasks / f"{name}.yaml").write_text(yaml.format(data=tasks / f"{name}.jsonl", cache=tmp_path / "cache"))
+    args = "pretrained={},gen_length=8,block_length=4,steps=8,mc_num=4,mc_batch_size=2,kv_cache=dual".format(tmp_path / "m")
+    main(["--model", "dlmarch", "--model_args", args, "--tasks", "dlmarch_gen,dlmarch_mc", "--include_path", str(tasks),
+          "--output_path", str(tmp_path / "out"), "--log_samples", "--batch_size", "2"])
+    results = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())["results"]
+    assert "exact_match,none" in results["dlmarch_gen"] and "acc,none" in results["dlmarch_mc"]
+
+    # The harness's numbers are the library's: each generation is dlmarch.generate's (alone equals
+    # batched at temperature 0), cut at EOS and "h"; each choice's value is llada_log_likelihood's
+    # with the generator reseeded per request.
+    from dlmarch import generate
+    from dlmarch.integrations.lm_eval import DlmarchLM
+
+    samples = {p.name.split("_")[2]: [json.loads(x) for x in p.read_text().splitlines()]
+               for p in (tmp_path / "out").rglob("samples_*.jsonl")}
+    lm = DlmarchLM(pretrained=str(tmp_path / "m"), mc_num=4, mc_batch_size=2)
+    for s in samples["gen"]:
+        ids = torch.tensor([tok(s["doc"]["question"]).input_ids])
+        out = generate(lm.model, ids, steps=8, gen_length=8, block_length=4, kv_cache="dual")
+        text = tok.decode(out[0, ids.shape[1]:].tolist(), skip_special_tokens=True).split("h")[0]
+        assert s["resps"] == [[text]]
+    for s in samples["mc"]:
+        for i, choice in enumerate(s["doc"]["choices"]):
+            ctx, cont = lm.encode_pair(s["doc"]["question"], " " + choice)
+            want = llada_log_likelihood(lm.model, torch.tensor(ctx), torch.tensor(cont), 4, 2,
+                                        generator=torch.Generator().manual_seed(1234))
+            assert float(s["resps"][i][0][0]) == pytest.approx(want, abs=1e-6)
