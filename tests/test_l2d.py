@@ -223,7 +223,7 @@ class _Counter:
         return self.orig(*a, **k)
 
 
-@pytest.mark.parametrize("solver,steps,evals", [("euler", 2, 1), ("midpoint", 8, 14), ("adaptive", 8, None)])
+@pytest.mark.parametrize("solver,steps,evals", [("euler", 2, 1), ("midpoint", 8, 14), ("heun2", 8, 13)])
 def test_main_path_runs_once_per_generated_token(imported, solver, steps, evals):
     model = L2DModel.from_pretrained(imported)
     counter = _Counter(model.main)
