@@ -66,6 +66,11 @@ def test_reference_solver_names():
         cfg = L2DConfig.from_reference({**base, "ode_kwargs": {"atol": 1e-4, "rtol": 1e-3, "method": method,
                                                                "options": {"first_step": 0.05}}}, 64)
         assert (cfg.solver, cfg.ode_atol, cfg.ode_rtol, cfg.ode_options) == (ours, 1e-4, 1e-3, {"first_step": 0.05})
+    # The benchmark's own names (benchmark.py --ode_solver ...), as its build_ode_solver reads them.
+    cfg = L2DConfig.from_reference({**base, "ode_solver": "bosh3", "ode_solver_atol": 1e-3, "ode_solver_rtol": 1e-4}, 64)
+    assert (cfg.solver, cfg.ode_atol, cfg.ode_rtol, cfg.ode_options) == ("bosh3", 1e-3, 1e-4, {"first_step": 0.05})
+    with pytest.raises(ConfigError, match="ode_solver='dopri5' is not supported"):
+        L2DConfig.from_reference({**base, "ode_solver": "dopri5"}, 64)
     with pytest.raises(ConfigError, match="method='leapfrog' is not supported"):
         L2DConfig.from_reference({**base, "ode_kwargs": {"method": "leapfrog"}}, 64)
     with pytest.raises(ConfigError, match="'cosine_2' is not supported"):

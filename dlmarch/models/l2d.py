@@ -136,6 +136,14 @@ class L2DConfig:
         alpha = opts.get("flow_lora_alpha")
         alpha = 2.0 * lora_rank if alpha in (None, -1) else float(alpha)
         ode = dict(opts.get("ode_kwargs") or {"atol": 1e-5, "rtol": 1e-5, "method": "midpoint"})
+        if "ode_solver" in opts:  # the benchmark's names, turned into ode_kwargs as its build_ode_solver does
+            solver = opts["ode_solver"]
+            fixed, adaptive = ("euler", "midpoint", "heun", "heun2", "heun3", "rk4"), ("adaptive_heun", "fehlberg2", "bosh3")
+            if solver not in fixed + adaptive:
+                raise ConfigError(f"L2D option ode_solver={solver!r} is not supported (supported: {fixed + adaptive})")
+            ode = {"atol": opts.get("ode_solver_atol", 1e-5), "rtol": opts.get("ode_solver_rtol", 1e-5), "method": solver}
+            if solver in adaptive:
+                ode["options"] = {"first_step": 0.05}
         method = ode.pop("method", None)
         if method is None:  # the reference indexes ode_kwargs["method"] unconditionally
             raise ConfigError("L2D option ode_kwargs has no 'method'")

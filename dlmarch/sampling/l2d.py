@@ -218,6 +218,7 @@ def generate_l2d(model, prompt: Tensor, attention_mask: Tensor | None = None, ma
     tokens = [prompt]
     done = torch.zeros(B, dtype=torch.bool, device=device)
     cond_cache: dict = {}
+    token_cache: dict = {}  # the token's conditional pass under guidance: its own labels
     steps = range(max_new_tokens)
     if progress:
         from tqdm.auto import tqdm
@@ -256,7 +257,7 @@ def generate_l2d(model, prompt: Tensor, attention_mask: Tensor | None = None, ma
             fc, fu = path.logits(torch.cat([x, x]), grid[-1]).split(B)
             final = guidance * fc + (1 - guidance) * fu
         elif guided:
-            final = _Path(model, h_last, kv, q_index, step_pos, valid, labels, {}).logits(x, grid[-1])
+            final = _Path(model, h_last, kv, q_index, step_pos, valid, labels, token_cache).logits(x, grid[-1])
             path.evaluations += 1
         else:
             final = path.logits(x, grid[-1])
