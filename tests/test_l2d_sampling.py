@@ -128,3 +128,9 @@ def test_guide_final_logits_is_an_option(guided):
     a = generate_l2d(model, prompt, **kw)
     b = generate_l2d(model, prompt, guide_final_logits=True, **kw)
     assert a.shape == b.shape == (1, 13) and not torch.equal(a, b)
+
+
+def test_torchdiffeq_solver_without_torchdiffeq_is_refused(guided, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torchdiffeq", None)  # as if not installed
+    with pytest.raises(ImportError, match="L2D solver 'rk4' runs through torchdiffeq"):
+        generate_l2d(guided, torch.tensor([[5, 6, 7]]), max_new_tokens=1, solver="rk4")
