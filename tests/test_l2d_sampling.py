@@ -39,7 +39,12 @@ def test_reference_sampler_call(guided, call, monkeypatch):
     a = call["arguments"]
     seen = []  # the logits each token was decoded from
     decode = l2d_sampling._decode_token
-    monkeypatch.setattr(l2d_sampling, "_decode_token", lambda logits, *rest: (seen.append(logits), decode(logits, *rest))[1])
+
+    def recording(logits, *rest):
+        seen.append(logits)
+        return decode(logits, *rest)
+
+    monkeypatch.setattr(l2d_sampling, "_decode_token", recording)
     ids = torch.tensor(call["padded_input_ids"])
     am = (ids != PAD).long()  # the reference's attention mask
     assert am.tolist() == call["attention_mask"]
@@ -67,7 +72,8 @@ def test_reference_solver_names():
                                                                "options": {"first_step": 0.05}}}, 64)
         assert (cfg.solver, cfg.ode_atol, cfg.ode_rtol, cfg.ode_options) == (ours, 1e-4, 1e-3, {"first_step": 0.05})
     # The benchmark's own names (benchmark.py --ode_solver ...), as its build_ode_solver reads them.
-    cfg = L2DConfig.from_reference({**base, "ode_solver": "bosh3", "ode_solver_atol": 1e-3, "ode_solver_rtol": 1e-4}, 64)
+    bench = {"ode_solver": "bosh3", "ode_solver_atol": 1e-3, "ode_solver_rtol": 1e-4}
+    cfg = L2DConfig.from_reference({**base, **bench}, 64)
     assert (cfg.solver, cfg.ode_atol, cfg.ode_rtol, cfg.ode_options) == ("bosh3", 1e-3, 1e-4, {"first_step": 0.05})
     with pytest.raises(ConfigError, match="ode_solver='dopri5' is not supported"):
         L2DConfig.from_reference({**base, "ode_solver": "dopri5"}, 64)

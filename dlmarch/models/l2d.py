@@ -138,10 +138,12 @@ class L2DConfig:
         ode = dict(opts.get("ode_kwargs") or {"atol": 1e-5, "rtol": 1e-5, "method": "midpoint"})
         if "ode_solver" in opts:  # the benchmark's names, turned into ode_kwargs as its build_ode_solver does
             solver = opts["ode_solver"]
-            fixed, adaptive = ("euler", "midpoint", "heun", "heun2", "heun3", "rk4"), ("adaptive_heun", "fehlberg2", "bosh3")
+            fixed = ("euler", "midpoint", "heun", "heun2", "heun3", "rk4")
+            adaptive = ("adaptive_heun", "fehlberg2", "bosh3")
             if solver not in fixed + adaptive:
                 raise ConfigError(f"L2D option ode_solver={solver!r} is not supported (supported: {fixed + adaptive})")
-            ode = {"atol": opts.get("ode_solver_atol", 1e-5), "rtol": opts.get("ode_solver_rtol", 1e-5), "method": solver}
+            ode = {"atol": opts.get("ode_solver_atol", 1e-5), "rtol": opts.get("ode_solver_rtol", 1e-5),
+                   "method": solver}
             if solver in adaptive:
                 ode["options"] = {"first_step": 0.05}
         method = ode.pop("method", None)
