@@ -81,14 +81,16 @@ def child_decode(args) -> None:
         # one diffusion evaluation
         from dlmarch.sampling.l2d import _Path
 
-        path = _Path(model, h, kv, torch.full((B, 1), ctx - 1, device=device), None, None, None, {})
+        q = torch.full((B, 1), ctx - 1, device=device)  # the query's cache index and position
+        path = _Path(model, h, kv, q, q, None, None, {})
         x = torch.randn(B, model.config.flow_dim, dtype=torch.float64, device=device)
+        t_mid = torch.tensor(0.5, dtype=torch.float64)  # the ODE's time is a float64 0-dim tensor
         for _ in range(3):
-            path.logits(x, 0.5)
+            path.logits(x, t_mid)
         sync(device)
         t0 = time.perf_counter()
         for _ in range(reps):
-            path.logits(x, 0.5)
+            path.logits(x, t_mid)
         sync(device)
         evaluation = (time.perf_counter() - t0) / reps
         # the prompt's prefill, paid once per call, subtracted from the per-token figures below

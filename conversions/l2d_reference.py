@@ -80,11 +80,14 @@ def import_l2d_reference(src: str | Path, dst: str | Path, *, base: str | Path, 
             found[mapped] = (tuple(tensor.shape), weights.name)
             continue
         native = table.native_name(mapped)
-        if native is None:
+        tied_head = main.config.tie_word_embeddings and mapped == table.tied_head
+        if native is None and not tied_head:
             if table.is_ignorable(mapped, main.config.tie_word_embeddings):
                 continue
             raise CheckpointError(f"{weights}: unknown tensor {name!r}")
-        want = main_state.get(native)
+        # A tied base (Llama-3.2-1B/3B, Qwen2.5-0.5B..3B): the reference's pickle repeats the shared
+        # tensor under the head's name; it must be the embedding.
+        want = main.wte.weight.detach() if tied_head else main_state.get(native)
         if want is None or tuple(want.shape) != tuple(tensor.shape) or not torch.equal(want, tensor.to(want.dtype)):
             raise CheckpointError(f"{weights}: tensor {name!r} differs from the main path at {base} "
                                   f"(is --base the model this L2D checkpoint was trained on?)")

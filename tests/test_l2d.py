@@ -127,6 +127,45 @@ def test_reference_full_variant_imports(tmp_path, family):
         assert not torch.allclose(a, main(ids).logits)
 
 
+def test_reference_import_of_a_tied_base(tmp_path):
+    """Llama-3.2-1B/3B and Qwen2.5-0.5B..3B tie the head to the embedding; the reference's pickle (a
+    torch.save of the whole state dict) holds the shared tensor under both of its names."""
+    torch.manual_seed(1)
+    main = CausalLM(LlamaConfig(vocab_size=50, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                                intermediate_size=48, tie_word_embeddings=True)).init_weights(std=0.1)
+    main.save_pretrained(tmp_path / "base")
+    opts = {"base_params_to_freeze": "all", "flow_representation_dim": 8, "flow_representation_num_layers": 1,
+            "flow_representation_rescaling": "mult", "noise_rescaling": 64.0, "flow_to_lm_hidden_size": 16,
+            "flow_to_lm_timestep_rescaling": 1.0, "timestep_modulation_hidden_size": 16, "full_dit_modulation": True,
+            "separate_flow_params": True, "separate_flow_params_with_lora": True, "flow_lora_rank": 4}
+    model = L2DModel.from_main(main, L2DConfig.from_reference(opts, 32))
+    with torch.no_grad():
+        for p in model.diffusion_state_dict().values():
+            p.add_(torch.randn_like(p) * 0.05)
+    sd = reference_state_dict(model)
+    sd["lm_head.weight"] = sd["model.embed_tokens.weight"]  # one storage, two names
+    (tmp_path / "ref").mkdir()
+    torch.save(sd, tmp_path / "ref" / "pytorch_model.bin")
+    (tmp_path / "opts.json").write_text(json.dumps(opts))
+    r = subprocess.run([sys.executable, "-m", "conversions", "import", str(tmp_path / "ref"), str(tmp_path / "native"),
+                        "--base", str(tmp_path / "base"), "--l2d-options", str(tmp_path / "opts.json")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    again = L2DModel.from_pretrained(tmp_path / "native")
+    ids, x = torch.randint(0, 50, (2, 7)), torch.randn(2, 7, 8) * 10
+    with torch.no_grad():
+        assert torch.equal(again(ids, x_t=x, t=torch.tensor([0.3, 0.8])).logits,
+                           model(ids, x_t=x, t=torch.tensor([0.3, 0.8])).logits)
+    # A head that is not the embedding is not this tied base's.
+    sd["lm_head.weight"] = sd["model.embed_tokens.weight"] + 1e-3
+    torch.save(sd, tmp_path / "ref" / "pytorch_model.bin")
+    r = subprocess.run([sys.executable, "-m", "conversions", "import", str(tmp_path / "ref"), str(tmp_path / "bad"),
+                        "--base", str(tmp_path / "base"), "--l2d-options", str(tmp_path / "opts.json")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "'lm_head.weight' differs from the main path" in r.stderr
+    assert not (tmp_path / "bad").exists()
+
+
 # --- a fresh diffusion path -------------------------------------------------------------------------------
 
 
@@ -184,7 +223,7 @@ class _Counter:
         return self.orig(*a, **k)
 
 
-@pytest.mark.parametrize("solver,steps,evals", [("euler", 2, 1), ("midpoint", 8, 14), ("adaptive", 8, None)])
+@pytest.mark.parametrize("solver,steps,evals", [("euler", 2, 1), ("midpoint", 8, 14), ("heun2", 8, 13)])
 def test_main_path_runs_once_per_generated_token(imported, solver, steps, evals):
     model = L2DModel.from_pretrained(imported)
     counter = _Counter(model.main)

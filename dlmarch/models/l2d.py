@@ -65,12 +65,17 @@ class L2DConfig:
     class_dropout: float = 0.2  # guidance_modulation_training_dropout
     noise_schedule: str = "identity"  # identity | cosmap (training t)
     min_training_noise: float = 0.0
-    # Sampling defaults.
+    # Sampling defaults (the reference keeps them on the model too: ode_kwargs, nstep_*).
     ode_steps: int = 8  # grid points (midpoint: 2 evaluations per interval)
-    solver: str = "midpoint"
+    solver: str = "midpoint"  # ode_kwargs["method"]: euler, midpoint built in; the others through torchdiffeq
+    ode_atol: float = 1e-5  # ode_kwargs["atol"] (adaptive solvers)
+    ode_rtol: float = 1e-5  # ode_kwargs["rtol"]
+    ode_options: dict | None = None  # ode_kwargs["options"], e.g. {"first_step": 0.05}
     final_timestep: float = 1.0
     x1_estimation: str = "sample"  # sample: table row of the argmax/sampled token; average: expectation
-    temperature: float = 0.0  # of the x1 estimate inside the ODE
+    temperature: float | str = 0.0  # nstep_temperature_schedule: x1 temperature, or "polynomial_<p>_<end>"
+    normalize_x1: bool = False  # nstep_normalize_x1_predictions (temperature > 0, not with clamp_x1)
+    clamp_x1: bool = False  # nstep_clamp_predictions ("average": the table row nearest the expectation)
     guidance: float | None = None  # nstep_guidance_parameter (w); None: 1.0 when classes exist
 
     def __post_init__(self):
@@ -82,6 +87,9 @@ class L2DConfig:
             raise ConfigError(f"L2D noise_schedule must be identity or cosmap, found {self.noise_schedule!r}")
         if self.solver not in SOLVERS:
             raise ConfigError(f"L2D solver must be one of {SOLVERS}, found {self.solver!r}")
+        if self.x1_estimation not in ("sample", "average"):
+            raise ConfigError(f"L2D x1_estimation must be sample or average, found {self.x1_estimation!r}")
+        x1_temperature_schedule(self.temperature)  # refuses an unknown schedule by name
         if self.freeze_modulation_at_flow_start and not self.preserve_behavior_at_flow_start:
             raise ConfigError("freeze_modulation_at_flow_start needs preserve_behavior_at_flow_start")
 
@@ -127,7 +135,26 @@ class L2DConfig:
         lora_rank = int(opts.get("flow_lora_rank", 8))
         alpha = opts.get("flow_lora_alpha")
         alpha = 2.0 * lora_rank if alpha in (None, -1) else float(alpha)
-        ode = opts.get("ode_kwargs") or {}
+        ode = dict(opts.get("ode_kwargs") or {"atol": 1e-5, "rtol": 1e-5, "method": "midpoint"})
+        if "ode_solver" in opts:  # the benchmark's names, turned into ode_kwargs as its build_ode_solver does
+            solver = opts["ode_solver"]
+            fixed = ("euler", "midpoint", "heun", "heun2", "heun3", "rk4")
+            adaptive = ("adaptive_heun", "fehlberg2", "bosh3")
+            if solver not in fixed + adaptive:
+                raise ConfigError(f"L2D option ode_solver={solver!r} is not supported (supported: {fixed + adaptive})")
+            ode = {"atol": opts.get("ode_solver_atol", 1e-5), "rtol": opts.get("ode_solver_rtol", 1e-5),
+                   "method": solver}
+            if solver in adaptive:
+                ode["options"] = {"first_step": 0.05}
+        method = ode.pop("method", None)
+        if method is None:  # the reference indexes ode_kwargs["method"] unconditionally
+            raise ConfigError("L2D option ode_kwargs has no 'method'")
+        method = "heun2" if method == "heun" else method  # as the reference's nstep_inference renames it
+        if method not in SOLVERS:
+            raise ConfigError(f"L2D option ode_kwargs method={method!r} is not supported (supported: {SOLVERS})")
+        atol, rtol, ode_options = ode.pop("atol", 1e-5), ode.pop("rtol", 1e-5), ode.pop("options", None)
+        if ode:
+            raise ConfigError(f"L2D option ode_kwargs: {sorted(ode)} not supported (method, atol, rtol, options)")
         trs = opts.get("flow_to_lm_timestep_rescaling")
         return cls(
             flow_dim=int(opts.get("flow_representation_dim") or main_hidden),
@@ -152,15 +179,57 @@ class L2DConfig:
             class_dropout=float(opts.get("guidance_modulation_training_dropout", 0.2)),
             noise_schedule=need("noise_schedule", ("identity", "cosmap"), "identity"),
             min_training_noise=float(opts.get("minimum_training_noise") or 0.0),
-            solver=ode.get("method", "midpoint") if ode.get("method", "midpoint") in SOLVERS else "midpoint",
+            solver=method,
+            ode_atol=float(atol),
+            ode_rtol=float(rtol),
+            ode_options=ode_options,
             final_timestep=float(opts.get("nstep_final_timestep", 1.0)),
             x1_estimation=str(opts.get("nstep_x1_estimation", "average")).lower(),
-            temperature=float(opts.get("nstep_temperature_schedule") or 0.0),
+            temperature=_reference_temperature(opts.get("nstep_temperature_schedule")),
+            normalize_x1=bool(opts.get("nstep_normalize_x1_predictions", False)),
+            clamp_x1=bool(opts.get("nstep_clamp_predictions", False)),
             guidance=opts.get("nstep_guidance_parameter"),
         )
 
 
-SOLVERS = ("euler", "midpoint", "adaptive")
+# euler and midpoint are built in (the same arithmetic as torchdiffeq's); the others are torchdiffeq's
+# own (the optional extra `l2d`), under its names, as the reference passes them to odeint.
+BUILTIN_SOLVERS = ("euler", "midpoint")
+SOLVERS = BUILTIN_SOLVERS + ("heun2", "heun3", "rk4", "explicit_adams", "implicit_adams", "fixed_adams",
+                             "adaptive_heun", "fehlberg2", "bosh3", "dopri5", "dopri8")
+
+
+def _reference_temperature(value) -> float | str:
+    """nstep_temperature_schedule as the reference reads it: None -> 0.0, a number, or a schedule name."""
+    if value is None:
+        return 0.0
+    if isinstance(value, str):
+        return value.lower()
+    return float(value)
+
+
+def x1_temperature_schedule(spec: float | str):
+    """The x1 temperature as a function of the (float64 tensor) time t, as SakanaAI/L2D's
+    get_nstep_temperature: a constant, or "polynomial_<p>_<end>": (1 - t / end)^p, 0 from t = end on
+    (flow_llms/utils.polynomial_temperature; the paper's code tasks use polynomial_1_1.0)."""
+    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+        value = float(spec)
+        return lambda t: value
+    if isinstance(spec, str) and spec.startswith("polynomial"):
+        parts = spec.split("_")
+        try:
+            _, p, end = parts
+            p, end = float(p), float(end)
+        except ValueError:
+            raise ConfigError(f"L2D x1 temperature schedule {spec!r}: expected polynomial_<p>_<end>") from None
+
+        def polynomial(t):
+            x = 1 - (1 / end) * t
+            return torch.where(t >= end, torch.zeros_like(t), torch.pow(x, p))
+
+        return polynomial
+    raise ConfigError(f"L2D x1 temperature (nstep_temperature_schedule) {spec!r} is not supported: "
+                      "a number or polynomial_<p>_<end>")
 
 
 def mlp(sizes: list[int]) -> nn.Sequential:
@@ -356,9 +425,9 @@ class L2DModel(nn.Module):
         if cfg.flow_in_time_rescaling > 0:
             dtype = x_t.dtype
             x = x_t.float() if cfg.flow_in_fp32 else x_t
-            tt = t[..., None].to(x.dtype)
+            tt = t[..., None]  # std in t's own dtype (float64 inside the sampler's ODE), as the reference
             std = torch.sqrt((1 - tt) ** 2 * cfg.noise_scale**2 + tt**2 * cfg.target_variance)
-            x_t = (x / std * cfg.flow_in_time_rescaling).to(dtype if cfg.flow_in_fp32 else x.dtype)
+            x_t = (x / std.to(x.dtype) * cfg.flow_in_time_rescaling).to(dtype if cfg.flow_in_fp32 else x.dtype)
         return self.flow_in(x_t.to(self.dtype))
 
     def condition(self, t: Tensor, class_labels: Tensor | None = None) -> tuple[list[Modulation], Tensor]:

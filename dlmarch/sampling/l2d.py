@@ -1,51 +1,66 @@
-"""L2D's sampler (card 7): per generated token, the main path once (with a KV cache), then an ODE
-in the flow space with only the diffusion path evaluated.
+"""L2D's sampler (arXiv 2501.15781; SakanaAI/L2D `pipeline/decoding_util.autoregressive_decode` with
+lad=True and `FlowLlamaForCausalLM.nstep_inference`): per generated token, the main path once (with a
+KV cache), then an ODE in the flow space with only the diffusion path evaluated.
 
-For each new token: x starts at noise_scale * N(0, I); the velocity is v = (x1_hat - x) / (1 - t),
-where x1_hat is the flow embedding of the token the path predicts at (x, t) (argmax, a sample at
-the x1 temperature, or the probability-weighted average); the ODE is integrated from t = 0 to
-`final_timestep` (Euler or midpoint on a uniform grid of `ode_steps` points, or an adaptive
-Heun-Euler solver with error control, which spends evaluations where the prediction changes); a
-final pass at t = final_timestep gives the logits of the token, chosen greedily or sampled.
+For each new token:
+  1. x0 = noise_scale * N(0, I), drawn per token as (B, 1, F) in float32 (the first RNG draw of the
+     token), then held in float64, the ODE's dtype.
+  2. The ODE dx/dt = (x1_hat - x) / (1 - t) is integrated over torch.linspace(0, final_timestep,
+     ode_steps) (float32 grid points; ode_steps - 1 intervals). x1_hat is the flow embedding of the
+     token the diffusion path predicts at (x, t): argmax at x1 temperature 0, else a sample (or the
+     probability-weighted average) at the x1 temperature of t + delta (delta: one grid step for
+     euler/heun/rk, half of one for midpoint, 0 for the adaptive solvers). euler and midpoint are
+     built in with torchdiffeq's arithmetic; the other solvers are torchdiffeq's own, and for those the
+     velocity at t >= 1 is 0 without a model call, as the reference's.
+  3. Classifier-free guidance (a model with classes and a class label): the velocity only is guided,
+     v = w v_cond + (1 - w) v_null, the null class being `num_classes`; with a positive x1 temperature
+     the conditional branch draws first.
+  4. The token: one more conditional pass at t = final_timestep on the final x, then the reference's
+     step_decode: logits / temperature (0 -> 1e-8), its top-p filter (which runs at top_p = 1.0 too),
+     softmax, torch.multinomial. "Greedy" (temperature 0) is thus a draw from the RNG as well;
+     do_sample=False takes the argmax instead and draws nothing.
+Under the same torch seed and generator=None (the global RNG, as the reference uses), this is the
+reference's sampler draw for draw.
 
-Work done once, not per evaluation: the vocabulary's flow table (V x F), and for the fixed grids
-every layer's t-dependent modulation (it depends on t and the class alone). Classifier-free
-guidance on a class label: v = w v_cond + (1 - w) v_uncond, the unconditional branch using the null
-class, both branches in one batched evaluation. The ODE state is float64, as in the reference.
+Work done once, not per evaluation: the vocabulary's flow table (V x F), and every layer's
+t-dependent modulation per ODE time (it depends on t and the class alone). Both guidance branches
+run as one batched evaluation.
 """
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from ..masks import AttentionMask, Tokens
 from ..layers import rope_tables
+from ..masks import AttentionMask, Tokens
+from ..models.l2d import BUILTIN_SOLVERS, SOLVERS, x1_temperature_schedule
 
 
 class _Path:
-    """The diffusion path at the current position: everything but x and t is fixed."""
+    """The diffusion path at the current position: everything but x and t is fixed.
 
-    def __init__(self, model, h_last: Tensor, kv: list, q_pos: Tensor, kv_valid: Tensor | None, class_labels: Tensor | None,
-                 guidance: float | None, cond_cache: dict):
-        self.model, self.guidance, self.cache = model, guidance, cond_cache
-        if guidance is not None:  # [conditional; unconditional (null class)]
-            null = torch.full_like(class_labels, model.config.num_classes)
-            class_labels = torch.cat([class_labels, null])
-            h_last = torch.cat([h_last, h_last])
-            kv = [(torch.cat([k, k]), torch.cat([v, v])) for k, v in kv]
-            q_pos = torch.cat([q_pos, q_pos])
-            kv_valid = None if kv_valid is None else torch.cat([kv_valid, kv_valid])
-        self.h, self.kv, self.q_pos, self.labels = h_last, kv, q_pos, class_labels
-        n, T = q_pos.shape[0], kv[0][0].shape[2]
-        kv_tok = Tokens(pos=torch.arange(T, device=q_pos.device).expand(n, T), valid=kv_valid)
-        self.mask = AttentionMask("causal", Tokens(pos=q_pos), kv_tok)
+    q_index (n, 1): the query's index in the cache (for the causal mask); q_pos (n, 1): its position
+    (for RoPE; left-padded rows count from their first token)."""
+
+    def __init__(self, model, h_last: Tensor, kv: list, q_index: Tensor, q_pos: Tensor, kv_valid: Tensor | None,
+                 class_labels: Tensor | None, cond_cache: dict):
+        self.model, self.cache = model, cond_cache
+        self.h, self.kv, self.labels = h_last, kv, class_labels
+        n, T = q_index.shape[0], kv[0][0].shape[2]
+        kv_tok = Tokens(pos=torch.arange(T, device=q_index.device).expand(n, T), valid=kv_valid)
+        self.mask = AttentionMask("causal", Tokens(pos=q_index), kv_tok)
+        self.q_pos = q_pos
         self.rope = rope_tables(model.main.config, q_pos)
         self.evaluations = 0
 
-    def logits(self, x: Tensor, t: float) -> Tensor:
-        """Logits (n, V) at flow state x (n, F) and time t."""
-        tt = torch.full((self.q_pos.shape[0], 1), float(t), device=x.device)
+    def logits(self, x: Tensor, t: Tensor) -> Tensor:
+        """Logits (n, V) at flow state x (n, F) and time t (a 0-dim tensor; the model sees its dtype)."""
+        n = self.q_pos.shape[0]
+        tt = t.reshape(1, 1).expand(n, 1).to(x.device)
         key = round(float(t), 12)
         if key not in self.cache:  # the modulations depend on t (and the class) only
             self.cache[key] = self.model.condition(tt, self.labels)
@@ -55,138 +70,211 @@ class _Path:
         return out[:, 0]
 
 
-def estimate_x1(logits: Tensor, table: Tensor, how: str, temperature: float, generator) -> Tensor:
-    """x1_hat (n, F) float64 from logits (n, V) and the flow table (V, F)."""
+def _twice(t: Tensor | None) -> Tensor | None:
+    return None if t is None else torch.cat([t, t])
+
+
+def estimate_x1(logits: Tensor, table: Tensor, how: str, temperature, generator, normalize: bool = False,
+                clamp: bool = False, flow_scale: float = 1.0) -> Tensor:
+    """x1_hat (n, F) float64 from logits (n, V) and the float32 flow table (V, F), as the reference's
+    get_weighted_flow_representation_for_logits. temperature: a float or a 0-dim tensor (schedules)."""
     if temperature <= 0:
-        return table[logits.argmax(-1)]
+        return table[logits.argmax(-1)].double()
     probs = torch.softmax(logits.float() / temperature, dim=-1)
     if how == "sample":
-        return table[torch.multinomial(probs, 1, generator=generator).squeeze(-1)]
-    return probs.double() @ table
+        x1 = table[torch.multinomial(probs, 1, replacement=True, generator=generator).view(-1)]
+    elif clamp:  # the table row with the largest inner product with the expectation
+        x1 = table[(probs @ table @ table.T).argmax(-1)]
+    else:
+        x1 = probs @ table
+    if normalize and not clamp:
+        x1 = F.normalize(x1, dim=-1) * flow_scale
+    return x1.double()
 
 
-def integrate(velocity, x: Tensor, t_end: float, steps: int, solver: str, rtol: float = 1e-3, atol: float = 1e-2,
-              max_evaluations: int = 64) -> Tensor:
-    """Integrate dx/dt = velocity(x, t) from t = 0 to t_end."""
-    if solver in ("euler", "midpoint"):
-        if steps < 2:
-            raise ValueError(f"ode_steps must be at least 2 (grid points), found {steps}")
-        grid = torch.linspace(0.0, t_end, steps).tolist()
-        for t0, t1 in zip(grid[:-1], grid[1:]):
-            dt = t1 - t0
-            if solver == "euler":
-                x = x + dt * velocity(x, t0)
-            else:
-                k1 = velocity(x, t0)
-                x = x + dt * velocity(x + 0.5 * dt * k1, t0 + 0.5 * dt)
-        return x
-    if solver != "adaptive":
-        raise ValueError(f"unknown solver {solver!r} (euler, midpoint, adaptive)")
-    # With a fixed predicted token the flow is a straight line that Euler and Heun both follow
-    # exactly, so steps grow while the prediction is stable; where it flips, the velocity jumps and
-    # the step shrinks, down to a quarter of the uniform grid's step.
-    h_min = t_end / (4 * max(steps - 1, 1))
-    t, h, used = 0.0, t_end / max(steps - 1, 1), 0
-    while t < t_end - 1e-12 and used < max_evaluations:
-        h = min(h, t_end - t)
-        k1 = velocity(x, t)
-        x_euler = x + h * k1
-        k2 = velocity(x_euler, t + h)
-        used += 2
-        x_heun = x + 0.5 * h * (k1 + k2)
-        scale = atol + rtol * torch.maximum(x.abs(), x_heun.abs())
-        err = float(((x_heun - x_euler) / scale).pow(2).mean().sqrt())
-        if err <= 1.0 or h <= h_min * (1 + 1e-9):
-            x, t = x_heun, t + h
-        h = max(h_min, h * min(5.0, max(0.2, 0.9 * (err + 1e-12) ** -0.5)))
+def _integrate_builtin(velocity, x: Tensor, grid: Tensor, solver: str) -> Tensor:
+    """euler / midpoint over the float32 grid, step for step as torchdiffeq's fixed-grid solvers (times
+    formed in float32, handed to the velocity in float64)."""
+    for t0, t1 in zip(grid[:-1], grid[1:]):
+        dt = t1 - t0
+        if solver == "euler":
+            x = x + dt * velocity(t0.double(), x)
+        else:
+            half = 0.5 * dt
+            k1 = velocity(t0.double(), x)
+            x = x + dt * velocity((t0 + half).double(), x + k1 * half)
     return x
+
+
+def _integrate_torchdiffeq(velocity, x: Tensor, grid: Tensor, solver: str, atol: float, rtol: float,
+                           options: dict | None) -> Tensor:
+    try:
+        from torchdiffeq import odeint
+    except ImportError:
+        raise ImportError(f"L2D solver {solver!r} runs through torchdiffeq: pip install 'dlmarch[l2d]' "
+                          f"(or use euler / midpoint, built in)") from None
+    return odeint(velocity, x, grid, method=solver, atol=atol, rtol=rtol, options=options)[-1]
+
+
+def _decode_token(logits: Tensor, temperature: float, top_p: float, do_sample: bool, generator) -> Tensor:
+    """The reference's step_decode (top_k = 0, no penalties): (B, V) -> (B,)."""
+    if not do_sample:
+        return logits.argmax(-1)
+    logits = logits / (temperature if temperature != 0.0 else 1e-8)
+    if top_p > 0.0:  # the reference's top_p_processor; at top_p = 1.0 float rounding can still cut the tail
+        sorted_logits, order = torch.sort(logits, descending=True)
+        drop = torch.cumsum(sorted_logits.softmax(dim=-1), dim=-1) > top_p
+        drop[..., 0] = False
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), -float("inf"))
+    return torch.multinomial(logits.softmax(dim=-1), num_samples=1, generator=generator).squeeze(-1)
+
+
+def _class_labels(class_label, B: int, device) -> Tensor | None:
+    """One label for the batch or one per row; None (or the reference's [None, ...]) = no class."""
+    if class_label is None:
+        return None
+    if isinstance(class_label, Sequence) and not isinstance(class_label, str):
+        if len(class_label) != B:
+            raise ValueError(f"class_label: one per row ({B}), found {len(class_label)}")
+        if any(c is None for c in class_label):
+            if not all(c is None for c in class_label):
+                raise ValueError("class_label: every row needs a class, or none does")
+            return None
+    labels = torch.as_tensor(class_label, device=device).long()
+    return labels.expand(B).clone() if labels.dim() == 0 else labels.view(B)
 
 
 @torch.no_grad()
 def generate_l2d(model, prompt: Tensor, attention_mask: Tensor | None = None, max_new_tokens: int = 64, *,
                  ode_steps: int | None = None, solver: str | None = None, temperature: float = 0.0,
-                 x1_temperature: float | None = None, x1_estimation: str | None = None, final_timestep: float | None = None,
-                 class_label: int | Tensor | None = None, guidance: float | None = None, eos_token_id: int | None = None,
-                 generator: torch.Generator | None = None, rtol: float = 1e-3, atol: float = 1e-2,
-                 progress: bool = False, stats: dict | None = None) -> Tensor:
-    """Prompt (B, P) [+ left-padding attention_mask] -> prompt + up to max_new_tokens tokens.
+                 do_sample: bool = True, top_p: float = 1.0, x1_temperature: float | str | None = None,
+                 x1_estimation: str | None = None, final_timestep: float | None = None,
+                 class_label: int | Sequence[int] | Tensor | None = None, guidance: float | None = None,
+                 guide_final_logits: bool = False, eos_token_id: int | None = None,
+                 generator: torch.Generator | None = None, atol: float | None = None, rtol: float | None = None,
+                 ode_options: dict | None = None, progress: bool = False, stats: dict | None = None) -> Tensor:
+    """Prompt (B, P) [+ left-padding attention_mask] -> prompt + up to max_new_tokens tokens (B, P + n).
 
-    ode_steps / solver / x1_* / final_timestep default to the model's L2DConfig. `temperature`
-    samples the final token (0: greedy). `class_label` and `guidance` (w) select classifier-free
-    guidance on a task class. Rows that emit `eos_token_id` are padded with it afterwards; decoding
-    stops when every row has. `stats` receives 'main_calls' and 'diffusion_evaluations'.
+    ode_steps (grid points), solver (euler, midpoint, or a torchdiffeq method: heun2, rk4,
+    adaptive_heun, bosh3, dopri5, ...), atol / rtol / ode_options, x1_temperature (a number or
+    "polynomial_<p>_<end>"), x1_estimation and final_timestep default to the model's L2DConfig, which
+    holds them under the reference's names when imported. temperature / top_p / do_sample: the token's
+    decoding (see the module docstring). class_label (one, or one per row) and guidance (w; default the
+    config's, else 1.0) select classifier-free guidance of the velocity; guide_final_logits=True also
+    guides the token's logits (w cond + (1 - w) null; the reference reads the token from the
+    conditional logits alone). generator=None draws from torch's global RNG, as the reference. Rows
+    that emit eos_token_id are padded with it afterwards (the sampled tokens are still fed, as the
+    reference does); decoding stops when every row has. `stats` receives 'main_calls',
+    'diffusion_evaluations' (batched passes of the diffusion path) and 'tokens'.
     """
     cfg = model.config
     ode_steps = ode_steps or cfg.ode_steps
     solver = solver or cfg.solver
-    x1_temperature = cfg.temperature if x1_temperature is None else x1_temperature
+    solver = "heun2" if solver == "heun" else solver
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown L2D solver {solver!r} (supported: {', '.join(SOLVERS)})")
+    atol = cfg.ode_atol if atol is None else atol
+    rtol = cfg.ode_rtol if rtol is None else rtol
+    ode_options = cfg.ode_options if ode_options is None else ode_options
+    x1_temp_at = x1_temperature_schedule(cfg.temperature if x1_temperature is None else x1_temperature)
     x1_estimation = x1_estimation or cfg.x1_estimation
     final_timestep = cfg.final_timestep if final_timestep is None else final_timestep
     if prompt.dim() != 2 or prompt.shape[1] == 0:
         raise ValueError(f"prompt must be (batch, length) with at least one token, found {tuple(prompt.shape)}")
     if max_new_tokens <= 0:
         raise ValueError(f"max_new_tokens must be positive, found {max_new_tokens}")
+    if ode_steps < 2:
+        raise ValueError(f"ode_steps must be at least 2 (grid points), found {ode_steps}")
     device = model.device
     prompt = prompt.to(device)
     B = prompt.shape[0]
-    labels = None
-    if class_label is not None or guidance is not None:
-        if not cfg.num_classes:
-            raise ValueError("class_label / guidance need a model trained with num_classes")
-        if class_label is None:
-            raise ValueError("guidance needs a class_label")
-        labels = torch.as_tensor(class_label, device=device).long().expand(B).clone()
-        if guidance is None:
-            guidance = cfg.guidance if cfg.guidance is not None else 1.0
-    table = model.flow_table().double()
+    labels = _class_labels(class_label, B, device)
+    if labels is not None and not cfg.num_classes:
+        raise ValueError("class_label / guidance need a model trained with num_classes")
+    if labels is None and guidance is not None:
+        raise ValueError("guidance needs a class_label")
+    guided = labels is not None  # the reference guides whenever a class is given, w = 1 included
+    if guided and guidance is None:
+        guidance = cfg.guidance if cfg.guidance is not None else 1.0
+    branch_labels = torch.cat([labels, torch.full_like(labels, cfg.num_classes)]) if guided else None
+
+    table = model.flow_table().float()
+    grid = torch.linspace(0.0, final_timestep, ode_steps, device=device)  # float32, as the reference's
+    # The time at which the x1 temperature is read: t + delta (the reference's timesteps_delta).
+    delta = {"euler": grid[-1] - grid[-2], "midpoint": (grid[-1] - grid[-2]) / 2}.get(solver, 0.0)
+    if solver in ("heun2", "heun3", "rk4"):
+        delta = grid[-1] - grid[-2]
+    boundary = solver not in BUILTIN_SOLVERS  # these evaluate at t = 1: the velocity there is 0
+
     main = model.main
     calls = evaluations = 0
     am = None if attention_mask is None else attention_mask.to(device).long()
-    out = main(prompt, am, return_kv=True, output_hidden=True, compute_logits=False)
+    # Positions count from each row's first token (0 on its left padding), as the reference's.
+    pos = None if am is None else (am.cumsum(-1) - 1).clamp(min=0)
+    out = main(prompt, am, position_ids=pos, return_kv=True, output_hidden=True, compute_logits=False)
     calls += 1
     kv, h_last = out.kv, out.hidden[:, -1:]
+    step_pos = (torch.arange(prompt.shape[1], device=device).expand(B, -1) if pos is None else pos)[:, -1:]
     tokens = [prompt]
     done = torch.zeros(B, dtype=torch.bool, device=device)
     cond_cache: dict = {}
+    token_cache: dict = {}  # the token's conditional pass under guidance: its own labels
     steps = range(max_new_tokens)
     if progress:
         from tqdm.auto import tqdm
 
         steps = tqdm(steps, desc="tokens", leave=False)
     for i in steps:
-        cur = kv[0][0].shape[2]
-        q_pos = torch.full((B, 1), cur - 1, device=device)
-        path = _Path(model, h_last, kv, q_pos, None if am is None else am.bool(), labels, guidance, cond_cache)
+        q_index = torch.full((B, 1), kv[0][0].shape[2] - 1, device=device)
+        valid = None if am is None else am.bool()
+        if guided:  # rows [conditional; null class], one batched pass
+            path = _Path(model, _twice(h_last), [(_twice(k), _twice(v)) for k, v in kv], _twice(q_index),
+                         _twice(step_pos), _twice(valid), branch_labels, cond_cache)
+        else:
+            path = _Path(model, h_last, kv, q_index, step_pos, valid, None, cond_cache)
 
-        def velocity(x, t):
-            xs = torch.cat([x, x]) if guidance is not None else x
-            x1 = estimate_x1(path.logits(xs, t), table, x1_estimation, x1_temperature, generator)
-            v = (x1 - xs) / (1.0 - t) if t < 1.0 else torch.zeros_like(xs)
-            if guidance is not None:
-                vc, vu = v.chunk(2)
+        def velocity(t: Tensor, x: Tensor) -> Tensor:
+            if boundary and t >= 1:
+                return torch.zeros_like(x)
+            x1_temp = x1_temp_at(t + delta)
+            logits = path.logits(torch.cat([x, x]) if guided else x, t)
+            # Conditional branch first: with a positive x1 temperature each branch draws in turn.
+            x1 = torch.cat([estimate_x1(part, table, x1_estimation, x1_temp, generator, cfg.normalize_x1,
+                                        cfg.clamp_x1, cfg.flow_scale) for part in logits.split(B)])
+            v = (x1 - (torch.cat([x, x]) if guided else x)) / (1 - t)
+            if guided:
+                vc, vu = v.split(B)
                 v = guidance * vc + (1 - guidance) * vu
             return v
 
-        x = torch.randn(B, cfg.flow_dim, dtype=torch.float64, device=device, generator=generator) * cfg.noise_scale
-        x = integrate(velocity, x, final_timestep, ode_steps, solver, rtol, atol)
-        final = path.logits(torch.cat([x, x]) if guidance is not None else x, final_timestep)
-        if guidance is not None:  # the final logits: guided the same way
-            fc, fu = final.chunk(2)
-            final = guidance * fc + (1 - guidance) * fu
-        evaluations += path.evaluations
-        if temperature > 0:
-            nxt = torch.multinomial(torch.softmax(final / temperature, -1), 1, generator=generator).squeeze(-1)
+        x = (torch.randn(B, 1, cfg.flow_dim, device=device, generator=generator) * cfg.noise_scale)[:, 0].double()
+        if solver in BUILTIN_SOLVERS:
+            x = _integrate_builtin(velocity, x, grid, solver)
         else:
-            nxt = final.argmax(-1)
+            x = _integrate_torchdiffeq(velocity, x, grid, solver, atol, rtol, ode_options)
+        # The token's logits: one more pass at the final time, conditional only (the reference's).
+        if guided and guide_final_logits:
+            fc, fu = path.logits(torch.cat([x, x]), grid[-1]).split(B)
+            final = guidance * fc + (1 - guidance) * fu
+        elif guided:
+            final = _Path(model, h_last, kv, q_index, step_pos, valid, labels, token_cache).logits(x, grid[-1])
+            path.evaluations += 1
+        else:
+            final = path.logits(x, grid[-1])
+        evaluations += path.evaluations
+        nxt = _decode_token(final, temperature, top_p, do_sample, generator)
+        shown = nxt
         if eos_token_id is not None:
-            nxt = torch.where(done, torch.full_like(nxt, eos_token_id), nxt)
+            shown = torch.where(done, torch.full_like(nxt, eos_token_id), nxt)
             done = done | (nxt == eos_token_id)
-        tokens.append(nxt[:, None])
+        tokens.append(shown[:, None])
         if i + 1 == max_new_tokens or bool(done.all()):
             break
         if am is not None:
             am = torch.cat([am, torch.ones(B, 1, dtype=am.dtype, device=device)], 1)
-        out = main(nxt[:, None], am, past_kv=kv, return_kv=True, output_hidden=True, compute_logits=False)
+        step_pos = step_pos + 1
+        out = main(nxt[:, None], am, position_ids=step_pos, past_kv=kv, return_kv=True, output_hidden=True,
+                   compute_logits=False)
         calls += 1
         kv, h_last = out.kv, out.hidden
     if stats is not None:
