@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from ..errors import DlmarchError
+from .dream import add_dream_arguments, dream_cli_sampler
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -145,11 +146,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", choices=list(DTYPES), default=None)
     p.add_argument("--device", default=None)
     p.add_argument("--output", help="also write {prompt, output} rows to this JSONL file")
+    add_dream_arguments(p)
     args = p.parse_args(argv)
     try:
         from .llada import generate
 
         model, tok = load_for_generation(args.model, args.dtype, args.device)
+        if model.config.family == "dream":  # Dream's own sampler, same call
+            generate = dream_cli_sampler(args, model, tok)
         for w in sampler_warnings(args.model, args.block_length, args.block_causal):
             print(w, file=sys.stderr)
         prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts)

@@ -182,4 +182,49 @@ def generate_dream(
     return x
 
 
-__all__ = ["generate_dream", "sample_tokens", "top_p_filter", "top_k_filter", "ALGORITHMS"]
+# --- command line (dlmarch.sampling.cli dispatches Dream directories here) ------------------------------
+
+
+def add_dream_arguments(parser) -> None:
+    """The Dream sampler's flags of `python -m dlmarch.generate` (with --gen-length = max_new_tokens,
+    --steps, --temperature and --seed shared with LLaDA's sampler)."""
+    g = parser.add_argument_group(
+        "Dream models (model_type Dream)",
+        "Dream directories are sampled with Dream's diffusion_generate (dlmarch.generate_dream): "
+        "--gen-length new tokens in --steps steps (default: one per token). The block, CFG, cache and "
+        "remasking flags are LLaDA's and are refused. Dream's chat examples use --alg entropy "
+        "--alg-temp 0 --temperature 0.2 --top-p 0.95.")
+    g.add_argument("--alg", choices=ALGORITHMS, default="origin",
+                   help="which masked positions are revealed each step (default: origin)")
+    g.add_argument("--alg-temp", type=float, default=None,
+                   help="confidence algorithms: draw the positions from softmax(confidence / T) instead of top-k")
+    g.add_argument("--top-p", type=float, default=None, help="nucleus filter on each position's logits")
+    g.add_argument("--top-k", type=int, default=None, help="top-k filter on each position's logits")
+    g.add_argument("--eps", type=float, default=1e-3, help="the last timestep of linspace(1, eps, steps + 1)")
+
+
+def dream_cli_sampler(args, model, tokenizer):
+    """A function with the LLaDA sampler's call signature (as the command line calls it) that runs
+    `generate_dream` with the Dream flags of `args`. Refuses LLaDA-only flags; makes the chat
+    template's end-of-turn token (<|im_end|>, Qwen2's) end the decoded text."""
+    from ..errors import DlmarchError
+
+    llada_only = {"--block-length": args.block_length != 32, "--cfg-scale": args.cfg_scale != 0,
+                  "--remasking": args.remasking != "low_confidence", "--kv-cache": args.kv_cache,
+                  "--threshold": args.threshold is not None, "--block-causal": args.block_causal,
+                  "--logits-eos-inf": args.logits_eos_inf, "--confidence-eos-eot-inf": args.confidence_eos_eot_inf}
+    used = [flag for flag, on in llada_only.items() if on]
+    if used:
+        raise DlmarchError(f"{used[0]} is a LLaDA sampler flag; a Dream model takes --alg, --alg-temp, --top-p, --top-k, --eps")
+    if getattr(model.config, "eot_token_id", None) is None and "<|im_end|>" in tokenizer.get_vocab():
+        model.config.eot_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+    def sample(model, ids, *, attention_mask, steps, gen_length, temperature, generator, **_llada_kwargs):
+        return generate_dream(model, ids, attention_mask, max_new_tokens=gen_length, steps=steps,
+                              temperature=temperature, top_p=args.top_p, top_k=args.top_k, alg=args.alg,
+                              alg_temp=args.alg_temp, eps=args.eps, generator=generator)
+
+    return sample
+
+
+__all__ = ["generate_dream", "sample_tokens", "top_p_filter", "top_k_filter", "ALGORITHMS", "add_dream_arguments", "dream_cli_sampler"]
