@@ -2,8 +2,6 @@
 generation_utils.py as vendored in ZHZisZZ/dllm), with the logits and generations it gave."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -15,6 +13,15 @@ from tests.helpers import FIXTURES
 DREAM_TINY = FIXTURES / "dream-tiny"
 REF = st.load_file(DREAM_TINY / "reference.safetensors")
 CALLS = json.loads((DREAM_TINY / "generate.json").read_text())["calls"]
+
+
+def _conversions(capsys, *args):
+    """`python -m conversions ARGS` in this process: (exit status, stderr)."""
+    from conversions.__main__ import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    return code, capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -62,11 +69,10 @@ def test_generate_matches_reference(model, call):
     assert torch.equal(again, out)
 
 
-def test_import_export_bit_exact(tmp_path):
-    run = [sys.executable, "-m", "conversions"]
+def test_import_export_bit_exact(tmp_path, capsys):
     for cmd, src, dst in (("import", DREAM_TINY, tmp_path / "native"), ("export", tmp_path / "native", tmp_path / "hf")):
-        r = subprocess.run(run + [cmd, str(src), str(dst)], capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr
+        code, err = _conversions(capsys, cmd, src, dst)
+        assert code == 0, err
     native = json.loads((tmp_path / "native" / "config.json").read_text())
     assert native["model"] == "DreamModel" and native["config"]["family"] == "dream"
     assert json.loads((tmp_path / "hf" / "config.json").read_text()) == json.loads((DREAM_TINY / "config.json").read_text())
@@ -106,12 +112,11 @@ def test_tied_head_reads_the_embedding(tmp_path):
     (dict(mask_token_id=None), "mask_token_id"),
     (dict(num_key_value_heads=3), "num_kv_heads"),
 ])
-def test_bad_config_exits_2_and_writes_nothing(tmp_path, changes, needle):
+def test_bad_config_exits_2_and_writes_nothing(tmp_path, capsys, changes, needle):
     path = _edited_copy(tmp_path / "src", **changes)
-    r = subprocess.run([sys.executable, "-m", "conversions", "import", str(path), str(tmp_path / "out")],
-                       capture_output=True, text=True)
-    assert r.returncode == 2 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
-    assert needle in r.stderr
+    code, err = _conversions(capsys, "import", path, tmp_path / "out")
+    assert code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert needle in err
     assert not (tmp_path / "out").exists()
 
 
@@ -136,7 +141,7 @@ def test_generate_refuses_bad_arguments(model):
         generate_dream(causal, ids)
 
 
-def test_command_line_dream(tmp_path):
+def test_command_line_dream(tmp_path, capsys):
     from trainers.tokenizer import build_char_tokenizer
 
     tok = build_char_tokenizer(pad_to=8)
@@ -147,11 +152,11 @@ def test_command_line_dream(tmp_path):
     model = DreamModel(cfg).init_weights(std=0.2).eval()
     model.save_pretrained(tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
-    run = [sys.executable, "-m", "dlmarch.generate", "--model", str(tmp_path / "m"), "--gen-length", "12",
-           "--steps", "6", "--alg", "entropy", "--alg-temp", "0", "--temperature", "0.5", "--top-p", "0.9",
-           "--seed", "3", "--no-chat-template"]
-    r = subprocess.run(run + ["--prompt", "abc", "--output", str(tmp_path / "o.jsonl")], capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
+    from dlmarch.sampling.cli import main
+
+    run = ["--model", str(tmp_path / "m"), "--gen-length", "12", "--steps", "6", "--alg", "entropy", "--alg-temp", "0",
+           "--temperature", "0.5", "--top-p", "0.9", "--seed", "3", "--no-chat-template", "--prompt", "abc"]
+    assert main(run + ["--output", str(tmp_path / "o.jsonl")]) == 0, capsys.readouterr().err
     got = json.loads((tmp_path / "o.jsonl").read_text())["output"]
     ids = torch.tensor([tok("abc").input_ids])
     want = generate_dream(model, ids, max_new_tokens=12, steps=6, temperature=0.5, top_p=0.9, top_k=None,
@@ -160,7 +165,59 @@ def test_command_line_dream(tmp_path):
     stop = {tok.eos_token_id, tok.convert_tokens_to_ids("<|eot|>")}
     cut = cut[: next((i for i, t in enumerate(cut) if t in stop), len(cut))]
     assert got == tok.decode(cut, skip_special_tokens=True)
-    bad = subprocess.run(run + ["--prompt", "abc", "--kv-cache"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "--kv-cache is a LLaDA sampler flag" in bad.stderr
-    helped = subprocess.run([sys.executable, "-m", "dlmarch.generate", "--help"], capture_output=True, text=True)
-    assert "--alg-temp" in helped.stdout and "Dream" in helped.stdout
+    capsys.readouterr()
+    assert main(run + ["--kv-cache"]) == 2
+    assert "--kv-cache is a LLaDA sampler flag" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    helped = capsys.readouterr().out
+    assert "--alg-temp" in helped and "Dream" in helped
+
+
+# --- python -m conversions to-diffusion ---------------------------------------------------------------------
+
+
+
+
+@pytest.mark.parametrize("source,style", [("qwen2-untied", "dream"), ("llama-tied", "dream"), ("qwen2-untied", "llada")])
+def test_to_diffusion_keeps_the_causal_logits(tmp_path, capsys, source, style):
+    """Run with a causal mask, the converted model gives transformers' logits of the causal source on
+    the original vocabulary; the appended mask row is the mean row."""
+    from dlmarch import AttentionMask, LLaDAModel
+    from tests.helpers import hf_llama
+
+    hf, path = hf_llama(tmp_path / "hf", qwen2=source.startswith("qwen2"), tied=source.endswith("-tied"))
+    code, err = _conversions(capsys, "to-diffusion", path, tmp_path / "out", "--style", style)
+    assert code == 0, err
+    model = AutoModel.from_pretrained(tmp_path / "out")
+    V = hf.config.vocab_size
+    assert isinstance(model, DreamModel if style == "dream" else LLaDAModel)
+    assert model.config.mask_token_id == V and model.config.vocab_size == V + 1
+    emb = hf.get_input_embeddings().weight
+    torch.testing.assert_close(model.wte.weight[V], emb.mean(0), atol=1e-6, rtol=0)
+    ids = torch.randint(0, V, (2, 17), generator=torch.Generator().manual_seed(0))
+    causal = AttentionMask.self_attention("causal", torch.arange(17).expand(2, 17))
+    with torch.no_grad():
+        want = hf(ids).logits
+        got = model(ids, mask=causal).logits
+        bidirectional = model(ids).logits
+    torch.testing.assert_close(got[..., :V], want, atol=1e-5, rtol=0)
+    assert not torch.allclose(bidirectional[..., :V], want, atol=1e-3)  # it really is bidirectional now
+    if style == "dream":  # and it exports to Dream's HF layout
+        code, err = _conversions(capsys, "export", tmp_path / "out", tmp_path / "hf-dream")
+        assert code == 0, err
+        assert json.loads((tmp_path / "hf-dream" / "config.json").read_text())["model_type"] == "Dream"
+
+
+def test_to_diffusion_refuses_bad_input(tmp_path, capsys):
+    from tests.helpers import hf_llama
+
+    _, path = hf_llama(tmp_path / "hf", qwen2=True)
+    for args, needle in (((path, tmp_path / "o", "--style", "dream", "--mask-token-id", "96"), "outside the vocabulary"),
+                         ((DREAM_TINY, tmp_path / "o", "--style", "llada"), "causal Llama or Qwen2")):
+        code, err = _conversions(capsys, "to-diffusion", *args)
+        assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "o").exists()
+    code, err = _conversions(capsys, "to-diffusion", path, tmp_path / "o", "--style", "dream", "--mask-token-id", 95)
+    assert code == 0, err
+    assert AutoModel.from_pretrained(tmp_path / "o").config.vocab_size == 96  # an existing row: nothing appended
