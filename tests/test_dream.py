@@ -221,3 +221,42 @@ def test_to_diffusion_refuses_bad_input(tmp_path, capsys):
     code, err = _conversions(capsys, "to-diffusion", path, tmp_path / "o", "--style", "dream", "--mask-token-id", 95)
     assert code == 0, err
     assert AutoModel.from_pretrained(tmp_path / "o").config.vocab_size == 96  # an existing row: nothing appended
+
+
+def _dream_tokenizer_files(path):
+    """A tiny byte-level BPE in Dream's tokenizer layout: vocab.json, merges.txt and a tokenizer_config.json
+    that names the remote-code DreamTokenizer (as Dream-v0-Instruct-7B's does)."""
+    path.mkdir(parents=True, exist_ok=True)
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    codes = printable + [256 + n for n in range(256 - len(printable))]  # GPT-2's byte -> unicode table
+    vocab = {chr(c): i for i, c in enumerate(codes)}
+    vocab.update({"ab": 256, "Ġa": 257})
+    (path / "vocab.json").write_text(json.dumps(vocab))
+    (path / "merges.txt").write_text("#version: 0.2\na b\nĠ a\n")
+    special = {"special": True, "lstrip": False, "rstrip": False, "normalized": False, "single_word": False}
+    (path / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "DreamTokenizer", "auto_map": {"AutoTokenizer": ["tokenization_dream.DreamTokenizer", None]},
+        "added_tokens_decoder": {"258": {"content": "<|endoftext|>", **special}, "259": {"content": "<|im_end|>", **special},
+                                 "260": {"content": "<|mask|>", **special}},
+        "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "bos_token": None, "unk_token": None,
+        "chat_template": "{% for m in messages %}<|im_start|>{{ m.role }}\\n{{ m.content }}<|im_end|>\\n{% endfor %}"
+                         "{% if add_generation_prompt %}<|im_start|>assistant\\n{% endif %}"}))
+
+
+def test_dream_tokenizer_is_read_without_remote_code(tmp_path, capsys):
+    from dlmarch.sampling.cli import main
+    from dlmarch.sampling.dream import dream_tokenizer
+
+    _dream_tokenizer_files(tmp_path / "m")
+    tok = dream_tokenizer(tmp_path / "m")
+    assert tok("ab a<|im_end|>").input_ids == [256, 257, 259]  # BPE merges, then the special token whole
+    assert tok.convert_tokens_to_ids("<|mask|>") == 260 and tok.pad_token_id == 258
+    assert dream_tokenizer(DREAM_TINY) is None  # no tokenizer_config.json: not Dream's
+    cfg = DreamConfig(vocab_size=261, hidden_size=32, num_layers=1, num_heads=4, num_kv_heads=2, intermediate_size=48,
+                      mask_token_id=260, eos_token_id=258, pad_token_id=258, max_position_embeddings=256)
+    torch.manual_seed(0)
+    DreamModel(cfg).init_weights(std=0.2).save_pretrained(tmp_path / "m-model")
+    for f in (tmp_path / "m").iterdir():
+        (tmp_path / "m-model" / f.name).write_bytes(f.read_bytes())
+    code = main(["--model", str(tmp_path / "m-model"), "--prompt", "ab", "--gen-length", "4", "--steps", "2"])
+    assert code == 0, capsys.readouterr().err

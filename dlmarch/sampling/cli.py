@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..errors import DlmarchError
-from .dream import add_dream_arguments, dream_cli_sampler
+from .dream import add_dream_arguments, dream_cli_sampler, dream_tokenizer
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -90,7 +90,9 @@ def load_for_generation(model_dir: str, dtype: str | None, device: str | None, a
     elif not hasattr(model.config, "mask_token_id"):
         raise DlmarchError(f"{model_dir}: a {model.config.family} model is not a masked-diffusion model")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
+        tokenizer = dream_tokenizer(model_dir)  # Dream's remote-code tokenizer, read natively
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
     except Exception as e:
         raise DlmarchError(f"{model_dir}: cannot load its tokenizer ({str(e).splitlines()[0]})") from None
     tokenizer.padding_side = "left"

@@ -203,6 +203,26 @@ def add_dream_arguments(parser) -> None:
     g.add_argument("--eps", type=float, default=1e-3, help="the last timestep of linspace(1, eps, steps + 1)")
 
 
+def dream_tokenizer(model_dir):
+    """The tokenizer of a Dream directory without its remote code, or None when the directory does not
+    declare Dream's. Dream's `DreamTokenizer` (tokenization_dream.py, "based on Qwen's implementations")
+    is Qwen2's byte-level BPE over the same vocab.json / merges.txt and added tokens, so transformers'
+    Qwen2Tokenizer reads it; AutoTokenizer would demand trust_remote_code."""
+    import json
+    from pathlib import Path
+
+    path = Path(model_dir) / "tokenizer_config.json"
+    try:
+        declared = json.loads(path.read_text()).get("tokenizer_class")
+    except (OSError, ValueError):
+        return None
+    if declared != "DreamTokenizer":
+        return None
+    from transformers import Qwen2Tokenizer
+
+    return Qwen2Tokenizer.from_pretrained(model_dir, local_files_only=True)
+
+
 def dream_cli_sampler(args, model, tokenizer):
     """A function with the LLaDA sampler's call signature (as the command line calls it) that runs
     `generate_dream` with the Dream flags of `args`. Refuses LLaDA-only flags; makes the chat
@@ -227,4 +247,4 @@ def dream_cli_sampler(args, model, tokenizer):
     return sample
 
 
-__all__ = ["generate_dream", "sample_tokens", "top_p_filter", "top_k_filter", "ALGORITHMS", "add_dream_arguments", "dream_cli_sampler"]
+__all__ = ["generate_dream", "sample_tokens", "top_p_filter", "top_k_filter", "ALGORITHMS", "add_dream_arguments", "dream_cli_sampler", "dream_tokenizer"]
