@@ -141,7 +141,8 @@ def test_generate_refuses_bad_arguments(model):
         generate_dream(causal, ids)
 
 
-def test_command_line_dream(tmp_path, capsys):
+def _tiny_dream_dir(path):
+    """A tiny random Dream with the character tokenizer, saved natively as the command lines expect."""
     from trainers.tokenizer import build_char_tokenizer
 
     tok = build_char_tokenizer(pad_to=8)
@@ -150,8 +151,13 @@ def test_command_line_dream(tmp_path, capsys):
                       pad_token_id=tok.pad_token_id, max_position_embeddings=512)
     torch.manual_seed(0)
     model = DreamModel(cfg).init_weights(std=0.2).eval()
-    model.save_pretrained(tmp_path / "m")
-    tok.save_pretrained(tmp_path / "m")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return model, tok
+
+
+def test_command_line_dream(tmp_path, capsys):
+    model, tok = _tiny_dream_dir(tmp_path / "m")
     from dlmarch.sampling.cli import main
 
     run = ["--model", str(tmp_path / "m"), "--gen-length", "12", "--steps", "6", "--alg", "entropy", "--alg-temp", "0",
@@ -260,3 +266,18 @@ def test_dream_tokenizer_is_read_without_remote_code(tmp_path, capsys):
         (tmp_path / "m-model" / f.name).write_bytes(f.read_bytes())
     code = main(["--model", str(tmp_path / "m-model"), "--prompt", "ab", "--gen-length", "4", "--steps", "2"])
     assert code == 0, capsys.readouterr().err
+
+
+def test_llada_sampler_and_trainers_refuse_dream(tmp_path, capsys):
+    """Both read logits[:, i] as the prediction of token i; Dream's predict token i+1."""
+    from dlmarch import generate
+    from trainers.sft import main as sft
+
+    model, _ = _tiny_dream_dir(tmp_path / "m")
+    with pytest.raises(ValueError, match="generate_dream"):
+        generate(model, torch.tensor([[5, 6, 7]]), steps=4, gen_length=4, block_length=4)
+    (tmp_path / "d.jsonl").write_text('{"prompt": "ab", "response": "ba"}\n' * 4)
+    capsys.readouterr()
+    code = sft(["--model", str(tmp_path / "m"), "--data", str(tmp_path / "d.jsonl"), "--output", str(tmp_path / "r"),
+                "--max-steps", "1", "--no-progress"])
+    assert code == 2 and "shifted head" in capsys.readouterr().err
