@@ -1,12 +1,12 @@
 """`python -m conversions import|export SRC DST`
 
-import: an HF checkpoint (LLaDA, Llama, Qwen2; the family is read from config.json) -> native.
+import: an HF checkpoint (LLaDA, Llama, Qwen2, Dream; the family is read from config.json) -> native.
         With --base MAIN_DIR --l2d-options OPTIONS.json, SRC is a reference L2D checkpoint
         (SakanaAI/L2D's pytorch_model.bin) and DST a native L2D directory.
 to-diffusion: a causal Llama/Qwen2 checkpoint -> a native bidirectional Dream (--style dream) or LLaDA
         (--style llada) model with the same weights and a mask token (conversions/to_diffusion.py).
 export: a native checkpoint -> its family's HF layout, loadable by transformers (Llama, Qwen2) or
-        the LLaDA reference modeling code.
+        the LLaDA and Dream reference modeling code.
 
 Bad input (unreadable JSON, missing/unknown/mis-shaped tensors, a config that disagrees with the
 weights, a truncated file) gives one line on stderr, exit status 2, and nothing at DST.

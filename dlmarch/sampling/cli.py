@@ -3,6 +3,7 @@
 Loads the model (HF LLaDA or native) and the tokenizer from the same directory (local files only),
 applies the tokenizer's chat template when it has one, generates with LLaDA's sampler (a progress
 bar per block), and prints the decoded text. JSONL rows are {"prompt": ...} or {"messages": [...]}.
+Dream directories are sampled with Dream's own sampler (dlmarch.sampling.dream; its flags under --help).
 """
 
 from __future__ import annotations
