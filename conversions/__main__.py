@@ -1,10 +1,12 @@
 """`python -m conversions import|export SRC DST`
 
-import: an HF checkpoint (LLaDA, Llama, Qwen2; the family is read from config.json) -> native.
+import: an HF checkpoint (LLaDA, Llama, Qwen2, Dream; the family is read from config.json) -> native.
         With --base MAIN_DIR --l2d-options OPTIONS.json, SRC is a reference L2D checkpoint
         (SakanaAI/L2D's pytorch_model.bin) and DST a native L2D directory.
+to-diffusion: a causal Llama/Qwen2 checkpoint -> a native bidirectional Dream (--style dream) or LLaDA
+        (--style llada) model with the same weights and a mask token (conversions/to_diffusion.py).
 export: a native checkpoint -> its family's HF layout, loadable by transformers (Llama, Qwen2) or
-        the LLaDA reference modeling code.
+        the LLaDA and Dream reference modeling code.
 
 Bad input (unreadable JSON, missing/unknown/mis-shaped tensors, a config that disagrees with the
 weights, a truncated file) gives one line on stderr, exit status 2, and nothing at DST.
@@ -41,6 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "import":
             s.add_argument("--base", help="L2D: the main-path checkpoint (HF or native Llama/Qwen2)")
             s.add_argument("--l2d-options", help="L2D: the reference's options (JSON, its option names)")
+    s = sub.add_parser("to-diffusion", help="causal Llama/Qwen2 -> native bidirectional Dream or LLaDA model (see "
+                                             "conversions/to_diffusion.py)")
+    s.add_argument("src")
+    s.add_argument("dst")
+    s.add_argument("--style", choices=["dream", "llada"], required=True,
+                   help="dream: keep the shifted (next-token) head; llada: LLaDA's layout")
+    s.add_argument("--mask-token-id", type=int, default=None,
+                   help="an existing id to use as the mask token (default: append one, mean embedding)")
+    s.add_argument("--overwrite", action="store_true", help="replace DST if it exists")
     return p
 
 
@@ -54,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
 
             report = import_l2d_reference(args.src, args.dst, base=args.base, options=args.l2d_options,
                                           dtype=args.dtype, overwrite=args.overwrite)
+        elif args.command == "to-diffusion":
+            from .to_diffusion import to_diffusion
+
+            report = to_diffusion(args.src, args.dst, args.style, args.mask_token_id, args.overwrite)
         elif args.command == "import":
             from .hf import import_hf
 
@@ -68,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             msg += " (pass --overwrite to replace it)"
         print(f"error: {msg}", file=sys.stderr)
         return 2
-    print(report.line("imported" if args.command == "import" else "exported", args.dst))
+    verb = {"import": "imported", "export": "exported", "to-diffusion": "converted to"}[args.command]
+    print(report.line(verb, args.dst))
     return 0
 
 

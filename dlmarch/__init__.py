@@ -4,7 +4,8 @@ from .config import LLaDAConfig, LlamaConfig, Qwen2Config, TransformerConfig
 from .masks import AttentionMask
 from .models import CausalLM, LLaDAModel, ModelOutput, TransformerLM
 from .models.l2d import L2DConfig, L2DModel
-from .sampling import generate, generate_l2d
+from .models.dream import DreamConfig, DreamModel
+from .sampling import generate, generate_dream, generate_l2d
 
 
 class AutoModel:
@@ -23,6 +24,8 @@ __all__ = [
     "AutoModel",
     "AttentionMask",
     "CausalLM",
+    "DreamConfig",
+    "DreamModel",
     "LLaDAConfig",
     "LLaDAModel",
     "LlamaConfig",
@@ -33,5 +36,6 @@ __all__ = [
     "L2DConfig",
     "L2DModel",
     "generate",
+    "generate_dream",
     "generate_l2d",
 ]

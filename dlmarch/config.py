@@ -472,9 +472,16 @@ __all__ = [
     "LLaDAConfig",
     "LlamaConfig",
     "Qwen2Config",
+    "DreamConfig",
     "CONFIG_CLASSES",
     "config_from_hf",
     "family_of_hf",
     "read_json",
 ]
 
+# Dream's config lives with its model (dlmarch/models/dream.py); it derives from Qwen2Config above,
+# imported last because that module imports this one.
+from .models.dream import DreamConfig  # noqa: E402
+
+CONFIG_CLASSES["dream"] = DreamConfig
+HF_MODEL_TYPES["Dream"] = "dream"

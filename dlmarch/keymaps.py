@@ -146,4 +146,7 @@ LLAMA = KeyTable(
 # Qwen2 uses Llama's names (its q/k/v biases are the `.bias` entries above).
 QWEN2 = KeyTable(family="qwen2", pairs=LLAMA.pairs, ignorable=LLAMA.ignorable, tied_head="lm_head.weight")
 
-KEY_TABLES = {"llada": LLADA, "llama": LLAMA, "qwen2": QWEN2}
+# Dream stores Qwen2's names (model.*, lm_head.weight) under model_type "Dream".
+DREAM = KeyTable(family="dream", pairs=LLAMA.pairs, ignorable=LLAMA.ignorable, tied_head="lm_head.weight")
+
+KEY_TABLES = {"llada": LLADA, "llama": LLAMA, "qwen2": QWEN2, "dream": DREAM}

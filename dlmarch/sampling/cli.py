@@ -3,6 +3,7 @@
 Loads the model (HF LLaDA or native) and the tokenizer from the same directory (local files only),
 applies the tokenizer's chat template when it has one, generates with LLaDA's sampler (a progress
 bar per block), and prints the decoded text. JSONL rows are {"prompt": ...} or {"messages": [...]}.
+Dream directories are sampled with Dream's own sampler (dlmarch.sampling.dream; its flags under --help).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..errors import DlmarchError
+from .dream import add_dream_arguments, dream_cli_sampler, dream_tokenizer
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -91,7 +93,9 @@ def load_for_generation(model_dir: str, dtype: str | None, device: str | None, a
     elif not hasattr(model.config, "mask_token_id") and not allow_causal:
         raise DlmarchError(f"{model_dir}: a {model.config.family} model is not a masked-diffusion model")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
+        tokenizer = dream_tokenizer(model_dir)  # Dream's remote-code tokenizer, read natively
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
     except Exception as e:
         raise DlmarchError(f"{model_dir}: cannot load its tokenizer ({str(e).splitlines()[0]})") from None
     tokenizer.padding_side = "left"
@@ -151,11 +155,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dtype", choices=list(DTYPES), default=None)
     p.add_argument("--device", default=None)
     p.add_argument("--output", help="also write {prompt, output} rows to this JSONL file")
+    add_dream_arguments(p)
     args = p.parse_args(argv)
     try:
         from .llada import generate
 
         model, tok = load_for_generation(args.model, args.dtype, args.device)
+        if model.config.family == "dream":  # Dream's own sampler, same call
+            generate = dream_cli_sampler(args, model, tok)
         for w in sampler_warnings(args.model, args.block_length, args.block_causal):
             print(w, file=sys.stderr)
         prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts)

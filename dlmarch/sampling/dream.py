@@ -1,0 +1,250 @@
+"""Dream's sampler: `diffusion_generate` of the Dream remote code (generation_utils.py of
+Dream-org/Dream-v0-Instruct-7B, vendored in ZHZisZZ/dllm under dllm/pipelines/dream/models/), token for
+token under the same torch random state.
+
+The canvas is the prompt followed by `max_new_tokens` mask ids; every position holding the mask id is
+generated (mask ids inside the prompt too: infilling), pad tokens are left alone. Timesteps
+t = linspace(1, eps, steps + 1). At step i the whole canvas is scored, the logits are shifted right by
+one (Dream's head predicts the next token, so position j is scored with logits[:, j - 1], position 0
+with logits[:, 0]) and each masked position, in row-major order, gets a token and a confidence
+(`sample_tokens`). Then:
+
+- `origin`: each masked position is revealed with probability 1 - t[i+1] / t[i] (1 at the last
+  step), one uniform draw per masked position of the whole batch; tokens are drawn for the revealed
+  positions only.
+- `maskgit_plus` (probability of the drawn token), `topk_margin` (top-1 minus top-2 probability),
+  `entropy` (negative entropy): every row reveals n = int(M / B * (1 - t[i+1] / t[i])) positions
+  (int(M / B) at the last step; M masked positions in the batch, B rows) with the highest confidence,
+  or, with alg_temp > 0, n positions drawn without replacement from softmax(confidence / alg_temp).
+
+Random draws (torch.rand, torch.multinomial) are taken with the reference's shapes and in its order,
+from `generator` (default: torch's global generator, as the reference). Differences, on purpose:
+- when a row holds fewer masked positions than n (rows of a batch with different numbers of masks),
+  the reference's top-k also picks unmasked slots and writes the mask id into them (prompt or pad
+  tokens become masks); here only masked slots are written. Where no row runs short the two agree.
+- nothing is computed for a step with no masked position left (the reference runs the model and
+  draws nothing; the output is the same).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+ALGORITHMS = ("origin", "maskgit_plus", "topk_margin", "entropy")
+
+
+def top_p_filter(logits: Tensor, top_p: float) -> Tensor:
+    """Nucleus filter (N, V): a token is dropped when the tokens ranked before it already hold more
+    than top_p of the probability; the most likely token is always kept. Dropped -> dtype's lowest."""
+    sorted_logits, order = torch.sort(logits, descending=True)
+    cumulative = torch.cumsum(F.softmax(sorted_logits, dim=-1), dim=-1)
+    drop_sorted = torch.zeros_like(cumulative, dtype=torch.bool)
+    drop_sorted[..., 1:] = cumulative[..., :-1] > top_p
+    drop = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, order, drop_sorted)
+    return logits.masked_fill(drop, torch.finfo(logits.dtype).min)
+
+
+def top_k_filter(logits: Tensor, top_k: int) -> Tensor:
+    """Keep the logits >= the k-th largest of each row (N, V); the rest -> dtype's lowest."""
+    kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[..., -1:]
+    return logits.masked_fill(logits < kth, torch.finfo(logits.dtype).min)
+
+
+def sample_tokens(logits: Tensor, temperature: float, top_p: float | None, top_k: int | None, alg: str,
+                  generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """Tokens and confidences (N,) of masked positions' logits (N, V), as the reference's `sample_tokens`.
+
+    The filters apply at temperature 0 too (they change the confidences). temperature > 0 draws one
+    token per row with torch.multinomial (what torch.distributions.Categorical.sample does);
+    temperature 0 takes the argmax. Confidence: the token's probability, or per `alg` the top-1
+    minus top-2 margin ('topk_margin') or sum p log(p + 1e-10) ('entropy').
+    """
+    if temperature > 0:
+        logits = logits / temperature
+    if top_p is not None and top_p < 1:
+        logits = top_p_filter(logits, top_p)
+    if top_k is not None:
+        logits = top_k_filter(logits, top_k)
+    probs = torch.softmax(logits, dim=-1)
+    if temperature > 0:
+        x0 = torch.multinomial(probs / probs.sum(-1, keepdim=True), 1, replacement=True, generator=generator)[:, 0]
+        confidence = probs.gather(-1, x0[:, None])[:, 0]
+    else:
+        confidence, x0 = probs.max(dim=-1)
+    if alg == "topk_margin":
+        top2 = torch.sort(probs, dim=-1, descending=True).values[:, :2]
+        confidence = top2[:, 0] - top2[:, 1]
+    elif alg == "entropy":
+        confidence = torch.sum(probs * torch.log(probs + 1e-10), dim=-1)
+    return confidence, x0
+
+
+def check_arguments(model, input_ids, attention_mask, max_new_tokens, steps, temperature, top_p, top_k, alg,
+                    alg_temp, eps) -> int:
+    """ValueError naming the argument that cannot work. Returns the mask id."""
+    mask_id = getattr(model.config, "mask_token_id", None)
+    if mask_id is None:
+        raise ValueError(f"a {model.config.family} model has no mask_token_id; generate_dream needs a Dream model")
+    if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.dtype not in (torch.int64, torch.int32):
+        raise ValueError("input_ids must be an integer tensor of shape (batch, length)")
+    if input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
+        raise ValueError(f"input_ids is empty: shape {tuple(input_ids.shape)}")
+    if attention_mask is not None and tuple(attention_mask.shape) != tuple(input_ids.shape):
+        raise ValueError(f"attention_mask must have the shape of input_ids {tuple(input_ids.shape)}, "
+                         f"found {tuple(attention_mask.shape)}")
+    if max_new_tokens < 0 or steps <= 0:
+        raise ValueError(f"max_new_tokens must be >= 0 and steps > 0 (got {max_new_tokens}, {steps})")
+    if alg not in ALGORITHMS:
+        raise ValueError(f"alg must be one of {ALGORITHMS}, found {alg!r}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, found {temperature}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], found {top_p}")
+    if top_k is not None and top_k <= 0:
+        raise ValueError(f"top_k must be positive, found {top_k}")
+    if alg_temp is not None and alg_temp < 0:
+        raise ValueError(f"alg_temp must be >= 0, found {alg_temp}")
+    if not 0 < eps < 1:
+        raise ValueError(f"eps must be in (0, 1), found {eps}")
+    return int(mask_id)
+
+
+@torch.no_grad()
+def generate_dream(
+    model,
+    input_ids: Tensor,
+    attention_mask: Tensor | None = None,
+    *,
+    max_new_tokens: int = 20,
+    steps: int = 512,
+    temperature: float = 1.0,
+    top_p: float | None = None,
+    top_k: int | None = 50,
+    alg: str = "origin",
+    alg_temp: float | None = None,
+    eps: float = 1e-3,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """input_ids (B, P) (left-padded, 1/0 `attention_mask`) -> (B, P + max_new_tokens), prompt included.
+
+    Defaults are what the reference's `diffusion_generate(input_ids)` resolves when an argument is left
+    out (it starts from the model config, where transformers' generation defaults apply: temperature
+    1.0, top_k 50, no top-p; max_length 20 + P; steps 512; alg 'origin'; eps 1e-3) — not the 0.0 /
+    None / None of DreamGenerationConfig. Pass every argument to get what Dream's examples use
+    (e.g. temperature=0.2, top_p=0.95, alg='entropy', alg_temp=0.0, steps=max_new_tokens).
+    """
+    mask_id = check_arguments(model, input_ids, attention_mask, max_new_tokens, steps, temperature, top_p, top_k,
+                              alg, alg_temp, eps)
+    device = model.device
+    x = F.pad(input_ids.to(device, torch.long), (0, max_new_tokens), value=mask_id)
+    if attention_mask is not None:
+        # The appended positions are tokens to generate, not padding.
+        attention_mask = F.pad(attention_mask.to(device, torch.long), (0, max_new_tokens), value=1)
+    B = x.shape[0]
+    rows = torch.arange(B, device=device)[:, None]
+    timesteps = torch.linspace(1, eps, steps + 1, device=device)
+    for i in range(steps):
+        masked = x == mask_id
+        n_masked = int(masked.sum())
+        if n_masked == 0:
+            continue
+        logits = model(x, attention_mask).logits
+        logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)  # position j scored by logits[:, j - 1]
+        mask_logits = logits[masked]  # (M, V), row-major (batch, position) order
+        t, s = timesteps[i], timesteps[i + 1]
+        last = i == steps - 1
+        if alg == "origin":
+            p_transfer = 1 if last else 1 - s / t
+            x0 = torch.full((n_masked,), mask_id, dtype=torch.long, device=device)
+            reveal = torch.rand(n_masked, device=device, generator=generator) < p_transfer
+            if bool(reveal.any()):
+                _, x0[reveal] = sample_tokens(mask_logits[reveal], temperature, top_p, top_k, alg, generator)
+            x[masked] = x0
+            continue
+        confidence, x0 = sample_tokens(mask_logits, temperature, top_p, top_k, alg, generator)
+        per_row = masked.sum() / B  # float32 tensor, as the reference computes it
+        n = int(per_row) if last else int(per_row * (1 - s / t))
+        if n <= 0:
+            continue
+        full_confidence = torch.full(x.shape, -torch.inf, dtype=logits.dtype, device=device)
+        full_confidence[masked] = confidence
+        if alg_temp is None or alg_temp == 0:
+            chosen = torch.topk(full_confidence, n).indices
+        else:
+            weights = F.softmax(full_confidence / alg_temp, dim=-1)
+            chosen = torch.multinomial(weights, n, generator=generator)
+        proposal = torch.full_like(x, mask_id)
+        proposal[masked] = x0
+        write = masked[rows, chosen]  # only masked slots (see the module docstring)
+        x[rows.expand_as(chosen)[write], chosen[write]] = proposal[rows.expand_as(chosen)[write], chosen[write]]
+    return x
+
+
+# --- command line (dlmarch.sampling.cli dispatches Dream directories here) ------------------------------
+
+
+def add_dream_arguments(parser) -> None:
+    """The Dream sampler's flags of `python -m dlmarch.generate` (with --gen-length = max_new_tokens,
+    --steps, --temperature and --seed shared with LLaDA's sampler)."""
+    g = parser.add_argument_group(
+        "Dream models (model_type Dream)",
+        "Dream directories are sampled with Dream's diffusion_generate (dlmarch.generate_dream): "
+        "--gen-length new tokens in --steps steps (default: one per token). The block, CFG, cache and "
+        "remasking flags are LLaDA's and are refused. Dream's chat examples use --alg entropy "
+        "--alg-temp 0 --temperature 0.2 --top-p 0.95.")
+    g.add_argument("--alg", choices=ALGORITHMS, default="origin",
+                   help="which masked positions are revealed each step (default: origin)")
+    g.add_argument("--alg-temp", type=float, default=None,
+                   help="confidence algorithms: draw the positions from softmax(confidence / T) instead of top-k")
+    g.add_argument("--top-p", type=float, default=None, help="nucleus filter on each position's logits")
+    g.add_argument("--top-k", type=int, default=None, help="top-k filter on each position's logits")
+    g.add_argument("--eps", type=float, default=1e-3, help="the last timestep of linspace(1, eps, steps + 1)")
+
+
+def dream_tokenizer(model_dir):
+    """The tokenizer of a Dream directory without its remote code, or None when the directory does not
+    declare Dream's. Dream's `DreamTokenizer` (tokenization_dream.py, "based on Qwen's implementations")
+    is Qwen2's byte-level BPE over the same vocab.json / merges.txt and added tokens, so transformers'
+    Qwen2Tokenizer reads it; AutoTokenizer would demand trust_remote_code."""
+    import json
+    from pathlib import Path
+
+    path = Path(model_dir) / "tokenizer_config.json"
+    try:
+        declared = json.loads(path.read_text()).get("tokenizer_class")
+    except (OSError, ValueError):
+        return None
+    if declared != "DreamTokenizer":
+        return None
+    from transformers import Qwen2Tokenizer
+
+    return Qwen2Tokenizer.from_pretrained(model_dir, local_files_only=True)
+
+
+def dream_cli_sampler(args, model, tokenizer):
+    """A function with the LLaDA sampler's call signature (as the command line calls it) that runs
+    `generate_dream` with the Dream flags of `args`. Refuses LLaDA-only flags; makes the chat
+    template's end-of-turn token (<|im_end|>, Qwen2's) end the decoded text."""
+    from ..errors import DlmarchError
+
+    llada_only = {"--block-length": args.block_length != 32, "--cfg-scale": args.cfg_scale != 0,
+                  "--remasking": args.remasking != "low_confidence", "--kv-cache": args.kv_cache,
+                  "--threshold": args.threshold is not None, "--block-causal": args.block_causal,
+                  "--logits-eos-inf": args.logits_eos_inf, "--confidence-eos-eot-inf": args.confidence_eos_eot_inf}
+    used = [flag for flag, on in llada_only.items() if on]
+    if used:
+        raise DlmarchError(f"{used[0]} is a LLaDA sampler flag; a Dream model takes --alg, --alg-temp, --top-p, --top-k, --eps")
+    if getattr(model.config, "eot_token_id", None) is None and "<|im_end|>" in tokenizer.get_vocab():
+        model.config.eot_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+    def sample(model, ids, *, attention_mask, steps, gen_length, temperature, generator, **_llada_kwargs):
+        return generate_dream(model, ids, attention_mask, max_new_tokens=gen_length, steps=steps,
+                              temperature=temperature, top_p=args.top_p, top_k=args.top_k, alg=args.alg,
+                              alg_temp=args.alg_temp, eps=args.eps, generator=generator)
+
+    return sample
+
+
+__all__ = ["generate_dream", "sample_tokens", "top_p_filter", "top_k_filter", "ALGORITHMS", "add_dream_arguments", "dream_cli_sampler", "dream_tokenizer"]
