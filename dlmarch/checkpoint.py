@@ -175,16 +175,17 @@ def make_temp_dir(parent: Path, name: str) -> Path:
             continue
 
 
-def clean_stale_temps(parent: str | Path, name: str = "*") -> list[Path]:
+def clean_stale_temps(parent: str | Path, name: str = "*", force: bool = False) -> list[Path]:
     """Remove the temporary directories that a killed writer left in `parent` (`.NAME.tmp-PID-*`
-    and `.NAME.old-PID-*` whose process no longer runs); say so on stderr. Returns them."""
+    and `.NAME.old-PID-*` whose process no longer runs, or all of them with force=True: the
+    caller owns `parent`); say so on stderr. Returns them."""
     parent = Path(parent)
     if not parent.is_dir():
         return []
     removed = []
     for p in sorted(parent.glob(f".{name}.tmp-*")) + sorted(parent.glob(f".{name}.old-*")):
         m = re.fullmatch(r"\.(.+)\.(?:tmp|old)-(\d+)(?:-[0-9a-f]+)?", p.name)
-        if m is None or not p.is_dir() or p.is_symlink() or pid_alive(int(m.group(2))):
+        if m is None or not p.is_dir() or p.is_symlink() or (not force and pid_alive(int(m.group(2)))):
             continue
         shutil.rmtree(p, ignore_errors=True)
         removed.append(p)
