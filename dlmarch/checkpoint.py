@@ -228,8 +228,8 @@ def atomic_update(dst: str | Path, stale=lambda name: False):
     files of those names and never deleting others (a model saved where its tokenizer lives keeps
     it). A `dst` that does not exist is made by one rename. Files of `dst` that `stale(name)` names
     and this write did not produce are removed (an old shard index that would shadow new weights).
-    config.json moves last, so a crash in between leaves the old config naming complete old files
-    or new ones, never a config without weights."""
+    Each file moves in one rename, config.json last: a directory showing the new config.json holds
+    every new file (a crash before that can leave new weights beside the old config)."""
     dst = Path(dst)
     if dst.exists() and not dst.is_dir():
         raise FileExistsError(f"{dst} exists and is not a directory")

@@ -179,7 +179,7 @@ def check_output(out: Path, args) -> None:
     --l2d-options or --config; with --overwrite, one that holds anything but a run's artefacts."""
     inputs = {f"--{k.replace('_', '-')}": getattr(args, k, None) for k in ("model", "data", "init", "l2d_options", "config")}
     check_disjoint(out, inputs, "--output")
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
+    if out.exists() and not out.is_dir():
         raise DlmarchError(f"--output {out} exists and is not a directory")
     entries = [p for p in out.iterdir() if p.name != LOCK_NAME and not _is_temp(p.name)] if out.exists() else []
     run_json = out / "run.json"
