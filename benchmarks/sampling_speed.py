@@ -41,7 +41,7 @@ def prompts_for(model, args):
         from dlmarch.sampling.cli import encode_prompts
         from trainers.tasks import REASONING_PREFIX, get_task
 
-        tok = AutoTokenizer.from_pretrained(args.model)
+        tok = AutoTokenizer.from_pretrained(args.model, trust_remote_code=False)
         task = get_task("sudoku", with_system_prompt=False)
         rows = task.generate(args.batch, 4242)
         ids = encode_prompts(tok, [task.messages(r) for r in rows], True, REASONING_PREFIX)

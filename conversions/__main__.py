@@ -9,7 +9,8 @@ export: a native checkpoint -> its family's HF layout, loadable by transformers 
         the LLaDA and Dream reference modeling code.
 
 Bad input (unreadable JSON, missing/unknown/mis-shaped tensors, a config that disagrees with the
-weights, a truncated file) gives one line on stderr, exit status 2, and nothing at DST.
+weights, a truncated file) gives one line on stderr, exit status 2, and nothing at DST. DST may not
+be, contain or lie inside an input; --overwrite replaces only a directory of checkpoint files.
 """
 
 from __future__ import annotations
@@ -61,8 +62,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "import" and (args.base or args.l2d_options):
             if not (args.base and args.l2d_options):
                 raise DlmarchError("an L2D import needs both --base MAIN_DIR and --l2d-options OPTIONS.json")
+            from pathlib import Path
+
+            from .hf import check_destination
             from .l2d_reference import import_l2d_reference
 
+            check_destination(Path(args.dst), {"source": args.src, "base": args.base, "options": args.l2d_options},
+                              args.overwrite, [Path(args.base)])
             report = import_l2d_reference(args.src, args.dst, base=args.base, options=args.l2d_options,
                                           dtype=args.dtype, overwrite=args.overwrite)
         elif args.command == "to-diffusion":

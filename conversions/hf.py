@@ -18,15 +18,19 @@ from dlmarch.checkpoint import (
     NATIVE_FORMAT,
     WeightFiles,
     atomic_directory,
+    aux_files,
     build_on_meta,
+    check_disjoint,
     copy_aux_files,
+    foreign_entries,
+    is_weight_file,
     model_class_for,
     read_native_config,
     write_json,
     write_shards,
 )
 from dlmarch.config import TransformerConfig, config_from_hf, family_of_hf, read_json
-from dlmarch.errors import ConfigError
+from dlmarch.errors import ConfigError, DlmarchError
 from dlmarch.keymaps import KEY_TABLES, expected_shapes, plan
 
 DTYPE_NAMES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
@@ -53,6 +57,28 @@ def parse_dtype(name: str | None) -> torch.dtype | None:
     if name not in DTYPE_NAMES:
         raise ConfigError(f"unknown --dtype {name!r} (choose from fp32, bf16, fp16)")
     return DTYPE_NAMES[name]
+
+
+def check_destination(dst: Path, inputs: dict[str, Path | str | None], overwrite: bool, sources: list[Path] = ()) -> None:
+    """Before anything is read or written: DST must not be, contain or lie inside an input, and
+    --overwrite replaces only a checkpoint directory, one whose every file a conversion writes
+    (config.json, weights, the auxiliary files of `sources`). Anything else in it is the user's:
+    refused, with its name."""
+    check_disjoint(dst, inputs, "DST")
+    if not (dst.exists() or dst.is_symlink()):
+        return
+    if not overwrite:
+        raise FileExistsError(f"{dst} already exists")
+    if dst.is_symlink() or not dst.is_dir():
+        raise DlmarchError(f"{dst} is not a checkpoint directory; not replaced")
+    ours = {"config.json", "generation_config.json"}
+    for src in sources:
+        if Path(src).is_dir():
+            ours.update(p.name for p in aux_files(src))
+    foreign = foreign_entries(dst, lambda p: p.is_file() and not p.is_symlink() and (p.name in ours or is_weight_file(p.name)))
+    if foreign:
+        raise DlmarchError(f"{dst} holds {foreign[0]!r}, which a conversion does not write; not replaced "
+                           f"(remove it or choose another DST)")
 
 
 def _groups(files: WeightFiles, mapping: dict[str, str], out_name, max_shard_size: int | None, sizes: dict[str, int]):
@@ -94,6 +120,7 @@ def import_hf(src: str | Path, dst: str | Path, dtype: str | None = None, overwr
     """HF checkpoint directory (LLaDA, Llama, Qwen2) -> native directory."""
     t0 = time.time()
     src, dst = Path(src), Path(dst)
+    check_destination(dst, {"source": src}, overwrite, [src])
     raw = read_json(src / "config.json")
     if raw.get("format") == NATIVE_FORMAT:
         raise ConfigError(f"{src}: already a dlmarch checkpoint; nothing to import")
@@ -120,6 +147,7 @@ def export_hf(src: str | Path, dst: str | Path, dtype: str | None = None, overwr
     """Native directory -> the original family's HF layout (config.json + safetensors)."""
     t0 = time.time()
     src, dst = Path(src), Path(dst)
+    check_destination(dst, {"source": src}, overwrite, [src])
     raw = read_native_config(src)
     if raw.get("model") == "L2DModel":
         raise ConfigError(f"{src}: an L2D checkpoint has no single HF layout; export its main path instead")

@@ -4,17 +4,22 @@ Native directory: `config.json` ({"format": "dlmarch", "model": class name, "con
 `model.safetensors` (or `model-0000N-of-0000M.safetensors` + `model.safetensors.index.json`) with our
 parameter names. Loading builds the model on the meta device and assigns each tensor as it is read,
 so a checkpoint never exists twice in memory. Every write goes to a temporary directory renamed at
-the end, so a failure leaves nothing behind.
+the end (or whose files are moved into an existing directory, never deleting the files they do not
+replace), so a failure leaves nothing behind; a killed writer's leftovers are removed by the next write.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
+import hashlib
 import json
 import math
 import os
+import re
+import secrets
 import shutil
-import tempfile
+import sys
 from pathlib import Path
 
 import torch
@@ -22,7 +27,7 @@ from torch import nn
 
 from . import safetensors_io as st
 from .config import TransformerConfig, config_from_hf, family_of_hf, read_json
-from .errors import CheckpointError, ConfigError
+from .errors import CheckpointError, ConfigError, DlmarchError
 from .keymaps import KEY_TABLES, expected_shapes, plan
 
 NATIVE_FORMAT = "dlmarch"
@@ -46,22 +51,26 @@ class WeightFiles:
 
     def _find(self) -> tuple[str, list[Path]]:
         d = self.dir
-        for index_name, kind in ((INDEX_NAME, "safetensors"), ("pytorch_model.bin.index.json", "bin")):
+        # safetensors before pickles: a native save beside an old pytorch_model.bin must win
+        for index_name, single, kind in ((INDEX_NAME, "model.safetensors", "safetensors"),
+                                         ("pytorch_model.bin.index.json", "pytorch_model.bin", "bin")):
             index = d / index_name
             if index.exists():
                 data = read_json(index)
                 weight_map = data.get("weight_map")
                 if not isinstance(weight_map, dict) or not weight_map:
                     raise CheckpointError(f"{index}: no weight_map")
+                for name, f in weight_map.items():
+                    # a shard is a file of this directory: never an absolute or escaping path
+                    if not isinstance(f, str) or Path(f).name != f or f in ("", ".", ".."):
+                        raise CheckpointError(f"{index}: weight_map[{name!r}] is {f!r}; expected a file name in {d}")
                 files = sorted({d / f for f in weight_map.values()})
                 for f in files:
                     if not f.exists():
                         raise CheckpointError(f"{index}: lists {f.name}, which is missing")
                 return kind, files
-        if (d / "model.safetensors").exists():
-            return "safetensors", [d / "model.safetensors"]
-        if (d / "pytorch_model.bin").exists():
-            return "bin", [d / "pytorch_model.bin"]
+            if (d / single).exists():
+                return kind, [d / single]
         raise CheckpointError(f"{d}: no weights (model.safetensors, an index, or pytorch_model.bin)")
 
     def _pickle(self, path: Path) -> dict:
@@ -141,18 +150,64 @@ def load_pickled_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
 # --- directories -----------------------------------------------------------------------------------------
 
 
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this id runs on this machine (one we may not signal still counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def make_temp_dir(parent: Path, name: str) -> Path:
+    """A new hidden directory `.NAME.tmp-PID-RANDOM` in `parent`. Made with os.mkdir so that it
+    gets the umask's mode (tempfile.mkdtemp would give 700); the pid lets a later run tell a
+    crashed writer's leftovers from a live one's."""
+    parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        tmp = parent / f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            os.mkdir(tmp, 0o777)
+            return tmp
+        except FileExistsError:
+            continue
+
+
+def clean_stale_temps(parent: str | Path, name: str = "*", force: bool = False) -> list[Path]:
+    """Remove the temporary directories that a killed writer left in `parent` (`.NAME.tmp-PID-*`
+    and `.NAME.old-PID-*` whose process no longer runs, or all of them with force=True: the
+    caller owns `parent`); say so on stderr. Returns them."""
+    parent = Path(parent)
+    if not parent.is_dir():
+        return []
+    removed = []
+    for p in sorted(parent.glob(f".{name}.tmp-*")) + sorted(parent.glob(f".{name}.old-*")):
+        m = re.fullmatch(r"\.(.+)\.(?:tmp|old)-(\d+)(?:-[0-9a-f]+)?", p.name)
+        if m is None or not p.is_dir() or p.is_symlink() or (not force and pid_alive(int(m.group(2)))):
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    if removed:
+        print(f"removed {len(removed)} temporary director{'y' if len(removed) == 1 else 'ies'} left by an interrupted "
+              f"write: {', '.join(str(p) for p in removed)}", file=sys.stderr)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_directory(dst: str | Path, overwrite: bool = False):
     """Yield a temporary sibling directory; on success it replaces `dst` in one rename.
 
     On an exception the temporary directory is removed and `dst` is untouched. An existing `dst` is
-    replaced only with overwrite=True.
+    replaced only with overwrite=True: the caller has checked that it holds only files it may
+    replace (see `foreign_entries`). Leftovers of a killed earlier write to `dst` are removed first.
     """
     dst = Path(dst)
     if dst.exists() and not overwrite:
         raise FileExistsError(f"{dst} already exists")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-", dir=dst.parent))
+    clean_stale_temps(dst.parent, glob.escape(dst.name))
+    tmp = make_temp_dir(dst.parent, dst.name)
     try:
         yield tmp
     except BaseException:
@@ -167,20 +222,149 @@ def atomic_directory(dst: str | Path, overwrite: bool = False):
         shutil.rmtree(old, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def atomic_update(dst: str | Path, stale=lambda name: False):
+    """Yield a temporary directory whose files are then moved into `dst`, adding or replacing
+    files of those names and never deleting others (a model saved where its tokenizer lives keeps
+    it). A `dst` that does not exist is made by one rename. Files of `dst` that `stale(name)` names
+    and this write did not produce are removed (an old shard index that would shadow new weights).
+    Each file moves in one rename, config.json last: a directory showing the new config.json holds
+    every new file (a crash before that can leave new weights beside the old config)."""
+    dst = Path(dst)
+    if dst.exists() and not dst.is_dir():
+        raise FileExistsError(f"{dst} exists and is not a directory")
+    clean_stale_temps(dst.parent, glob.escape(dst.name))
+    tmp = make_temp_dir(dst.parent, dst.name)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if not dst.exists():
+        os.replace(tmp, dst)
+        return
+    written = sorted(p.name for p in tmp.iterdir())
+    for name in written:
+        if (dst / name).is_dir() and not (dst / name).is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise FileExistsError(f"{dst / name} is a directory; not replaced by a file")
+    for name in written:
+        if name != "config.json":
+            os.replace(tmp / name, dst / name)
+    for p in dst.iterdir():
+        if p.name not in written and stale(p.name) and p.is_file():
+            p.unlink()
+    if "config.json" in written:
+        os.replace(tmp / "config.json", dst / "config.json")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def is_weight_file(name: str) -> bool:
+    """A weight file name of our (and HF's) safetensors layout: single, shard or index."""
+    return name in ("model.safetensors", INDEX_NAME) or re.fullmatch(r"model-\d{5}-of-\d{5}\.safetensors", name) is not None
+
+
+def foreign_entries(dst: str | Path, ours) -> list[str]:
+    """Names of the entries of `dst` that ours(path) does not claim: what an --overwrite must not
+    delete."""
+    dst = Path(dst)
+    if not dst.is_dir():
+        return []
+    return sorted(p.name for p in dst.iterdir() if not ours(p))
+
+
+def check_disjoint(output: str | Path, inputs: dict[str, str | Path | None], output_label: str = "output") -> None:
+    """Refuse an output that is, contains or lies inside one of the inputs (label -> path): writing
+    or replacing it would destroy the input."""
+    out = Path(output).resolve()
+    for label, path in inputs.items():
+        if path is None:
+            continue
+        p = Path(path).resolve()
+        if p == out:
+            raise DlmarchError(f"{output_label} {output} is the {label} {path}; choose another {output_label}")
+        if out in p.parents:
+            raise DlmarchError(f"{output_label} {output} contains the {label} {path}; choose another {output_label}")
+        if p in out.parents:
+            raise DlmarchError(f"{output_label} {output} lies inside the {label} {path}; choose another {output_label}")
+
+
 def write_json(path: str | Path, data) -> None:
-    Path(path).write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    """Write JSON through a temporary file renamed over `path`, so a reader never sees half of it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    os.replace(tmp, path)
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+MANIFEST = "manifest.json"
+
+
+def write_manifest(directory: Path) -> None:
+    """manifest.json: size and sha256 of every other file in `directory`, so that a reader can tell
+    a complete, unedited directory from a truncated or altered one."""
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": file_digest(p)}
+             for p in sorted(directory.iterdir()) if p.is_file() and p.name != MANIFEST}
+    write_json(directory / MANIFEST, {"files": files})
+
+
+def verify_manifest(directory: Path) -> str | None:
+    """None when every file of the manifest is there with its size and hash; else why not."""
+    try:
+        files = json.loads((directory / MANIFEST).read_text())["files"]
+    except FileNotFoundError:
+        return "no manifest.json"
+    except (ValueError, KeyError, TypeError, OSError):
+        return "unreadable manifest.json"
+    if not isinstance(files, dict):
+        return "unreadable manifest.json"
+    for name, want in files.items():
+        f = directory / name
+        if Path(name).name != name or not f.is_file() or f.is_symlink():
+            return f"{name} is missing"
+        if f.stat().st_size != want.get("bytes"):
+            return f"{name} has {f.stat().st_size} bytes, the manifest says {want.get('bytes')}"
+        if file_digest(f) != want.get("sha256"):
+            return f"{name} differs from its hash in the manifest"
+    return None
+
+
+def _allowed_roots(src: Path) -> list[Path]:
+    """Where the files of checkpoint directory `src` may live: inside it, and for a Hugging Face
+    cache snapshot (`models--X/snapshots/REV`, whose files link to `models--X/blobs`) that blobs folder."""
+    src = src.resolve()
+    roots = [src]
+    if src.parent.name == "snapshots" and (src.parent.parent / "blobs").is_dir():
+        roots.append((src.parent.parent / "blobs").resolve())
+    return roots
+
+
+def inside_source(src: Path, p: Path) -> bool:
+    target = p.resolve()
+    return any(target == r or r in target.parents for r in _allowed_roots(src))
 
 
 def aux_files(src: str | Path) -> list[Path]:
     """Files of a checkpoint directory that are neither config nor weights: tokenizer files,
-    generation config, chat template, modeling code. They travel with conversions unchanged."""
+    generation config, chat template, modeling code. They travel with conversions unchanged. A
+    symbolic link to a file outside the directory is refused: copying it would publish that file."""
+    src = Path(src)
     out = []
-    for p in sorted(Path(src).iterdir()):
-        if not p.is_file() or p.name.startswith("."):
+    for p in sorted(src.iterdir()):
+        if p.name.startswith(".") or p.name == "config.json" or p.name.endswith(WEIGHT_SUFFIXES) or p.name.endswith(".index.json"):
             continue
-        if p.name == "config.json" or p.name.endswith(WEIGHT_SUFFIXES) or p.name.endswith(".index.json"):
-            continue
-        out.append(p)
+        if p.is_symlink() and not inside_source(src, p):
+            raise CheckpointError(f"{p}: a symbolic link to {os.readlink(p)}, outside {src}; not copied")
+        if p.is_file():
+            out.append(p)
     return out
 
 
@@ -309,10 +493,13 @@ def write_weights(directory: Path, tensors: list[tuple[str, torch.Tensor]], max_
 
 
 def save_native(model, path: str | Path, max_shard_size: int = 5 * 2**30, extra: dict | None = None) -> None:
-    """Native checkpoint of a TransformerLM (see module docstring), written atomically."""
+    """Native checkpoint of a TransformerLM (see module docstring). Its files are written to a
+    temporary directory first, then added to `path`, replacing files of the same names (and the
+    weight files of an earlier checkpoint there) and keeping every other file: a model saved back
+    where it was loaded from keeps its tokenizer and chat template."""
     path = Path(path)
     state = [(k, v) for k, v in model.state_dict().items()]
-    with atomic_directory(path, overwrite=True) as tmp:
+    with atomic_update(path, stale=is_weight_file) as tmp:
         write_weights(tmp, state, max_shard_size, metadata={"format": "pt"})
         cfg = {"format": NATIVE_FORMAT, "format_version": 1, "model": type(model).__name__, "config": model.config.to_dict()}
         if extra:
@@ -328,6 +515,9 @@ __all__ = [
     "load_pretrained",
     "save_native",
     "atomic_directory",
+    "atomic_update",
+    "check_disjoint",
+    "clean_stale_temps",
     "copy_aux_files",
     "is_native",
     "read_native_config",

@@ -91,7 +91,7 @@ def max_length(task, init: Path) -> int:
 
     from dlmarch.sampling.cli import encode_prompts
 
-    (prompt,) = encode_prompts(AutoTokenizer.from_pretrained(init), [task.messages({"puzzle": "0" * 16})], True)
+    (prompt,) = encode_prompts(AutoTokenizer.from_pretrained(init, trust_remote_code=False), [task.messages({"puzzle": "0" * 16})], True)
     return len(prompt) + GEN_LENGTH
 
 

@@ -11,19 +11,24 @@ sum before clipping. The noise of micro-batch k of step s comes from a generator
 (seed, s, k) and its data from a schedule that is a pure function of (seed, step), so the same
 global batch gives the same update on 1 or N processes, and a resumed run continues exactly.
 
-What a run directory holds: run.json (the options), metrics.jsonl, loss.png, checkpoints/step-N
-(weights or adapter, optimizer, scheduler, RNG states, position), and at the end model/ (native,
-with the tokenizer), adapter/ (peft format, LoRA runs) and model-hf/ (--export-hf).
+What a run directory holds: run.json (the options, written once they are validated), .lock (the
+pid of the run that owns it), metrics.jsonl, loss.png, checkpoints/step-N (weights or adapter,
+optimizer, scheduler, RNG states, position, and manifest.json: every file's size and sha256), and at
+the end model/ (native, with the tokenizer), adapter/ (peft format, LoRA runs) and model-hf/
+(--export-hf).
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import math
 import os
 import random
+import re
 import shutil
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -35,7 +40,8 @@ import torch.distributed as dist
 from torch import nn
 
 from dlmarch import safetensors_io as st
-from dlmarch.checkpoint import atomic_directory, load_pretrained, write_json
+from dlmarch.checkpoint import (atomic_directory, check_disjoint, clean_stale_temps, foreign_entries, load_pretrained,
+                                write_json, write_manifest, verify_manifest)
 from dlmarch.errors import DlmarchError
 
 from .data import BatchSchedule, check_layout, load_examples
@@ -151,32 +157,165 @@ def lr_lambda(total: int, warmup: int, schedule: str, min_ratio: float) -> Calla
 # --- run directory ----------------------------------------------------------------------------------------
 
 
-def prepare_output(out: Path, args, rank: int) -> None:
+LOCK_NAME = ".lock"
+# What a run writes into its output directory; --overwrite replaces a directory holding only these.
+RUN_ARTEFACTS = {"run.json", "metrics.jsonl", "metrics.tmp", "loss.png", "summary.json", "checkpoints", "model",
+                 "adapter", "model-hf", "tensorboard", LOCK_NAME}
+# Options a resumed run may change: where and how often it reports and saves, not what it trains.
+RESUME_MAY_CHANGE = {"resume", "overwrite", "config", "no_progress", "log_every", "save_every", "keep", "device"}
+
+
+def _is_temp(name: str) -> bool:
+    return re.fullmatch(r"\..+\.(tmp|old)-\d+.*", name) is not None
+
+
+def _is_artefact(path: Path) -> bool:
+    return path.name in RUN_ARTEFACTS or _is_temp(path.name)
+
+
+def check_output(out: Path, args) -> None:
+    """Refuse, before anything is read or written, an --output that would destroy an input or
+    files this tool did not write: one that is, contains or lies inside --model, --data, --init,
+    --l2d-options or --config; with --overwrite, one that holds anything but a run's artefacts."""
+    inputs = {f"--{k.replace('_', '-')}": getattr(args, k, None) for k in ("model", "data", "init", "l2d_options", "config")}
+    check_disjoint(out, inputs, "--output")
+    if out.exists() and not out.is_dir():
+        raise DlmarchError(f"--output {out} exists and is not a directory")
+    entries = [p for p in out.iterdir() if p.name != LOCK_NAME and not _is_temp(p.name)] if out.exists() else []
     run_json = out / "run.json"
-    if out.exists() and any(out.iterdir()):
-        if args.resume:
-            if not run_json.exists():
-                raise DlmarchError(f"{out}: --resume found no run here (no run.json)")
-        elif args.overwrite:
-            if rank == 0:
-                shutil.rmtree(out)
-        else:
-            what = "another run (run.json)" if run_json.exists() else "files"
-            raise DlmarchError(f"{out} already holds {what}; pass --resume to continue it or --overwrite to replace it")
-    barrier()
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
+    if not entries:
+        return
+    if args.resume:
         if not run_json.exists():
-            write_json(run_json, {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()})
+            raise DlmarchError(f"{out}: --resume found no run here (no run.json)")
+    elif args.overwrite:
+        if not run_json.exists():
+            raise DlmarchError(f"{out} holds files but no run (run.json); --overwrite replaces only a run directory")
+        foreign = foreign_entries(out, _is_artefact)
+        if foreign:
+            raise DlmarchError(f"{out} holds {foreign[0]!r}, which a run does not write; not replaced by --overwrite "
+                               f"(move it or choose another --output)")
+    else:
+        what = "another run (run.json)" if run_json.exists() else "files"
+        raise DlmarchError(f"{out} already holds {what}; pass --resume to continue it or --overwrite to replace it")
+
+
+class OutputLock:
+    """One run owns an output directory: OUT/.lock holds its pid and is flock()ed while it runs.
+    The kernel drops the flock when the process dies, so a lock file left by a killed run is
+    detected as stale (its pid is named) and taken over. Creates OUT when missing; release()
+    removes it again when it is still empty (a run refused before it wrote anything)."""
+
+    def __init__(self, out: Path):
+        self.out, self.path = out, out / LOCK_NAME
+        self.created = not out.exists()
+        out.mkdir(parents=True, exist_ok=True)
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = os.pread(fd, 200, 0).decode(errors="replace").split() or ["?"]
+                os.close(fd)
+                raise DlmarchError(f"{out} is in use by another run (pid {owner[0]}, lock {self.path}); "
+                                   f"wait for it to end or choose another --output") from None
+            try:  # the owner may have released (unlinked) the file between our open and flock
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)
+        previous = os.pread(fd, 200, 0).decode(errors="replace").split()
+        if previous:
+            print(f"{out}: the lock of pid {previous[0]} is stale (that run ended without releasing it); taken over",
+                  file=sys.stderr)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+        self.fd = fd
+
+    def release(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path)
+        os.close(self.fd)
+        if self.created:
+            with contextlib.suppress(OSError):
+                self.out.rmdir()  # only when empty
+
+
+def _run_options(args) -> dict:
+    return json.loads(json.dumps({k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()}))
+
+
+def record_run(out: Path, args, rank: int) -> None:
+    """After the inputs are validated: a new run (or --overwrite) clears the old run's artefacts and
+    writes run.json; a resumed run must train with the options in run.json (those in
+    RESUME_MAY_CHANGE excepted; their changes are recorded under "resumed")."""
+    if rank == 0:
+        run_json = out / "run.json"
+        now = _run_options(args)
+        if args.resume and run_json.exists():
+            recorded = json.loads(run_json.read_text())
+            changed = {}
+            for k, v in now.items():
+                if k not in recorded or recorded[k] == v:
+                    continue
+                if k not in RESUME_MAY_CHANGE:
+                    raise DlmarchError(f"--resume: --{k.replace('_', '-')} is {v!r} here but {recorded[k]!r} in {run_json}; "
+                                       f"a resumed run trains with the options it started with")
+                changed[k] = [recorded[k], v]
+            if changed:
+                recorded.setdefault("resumed", []).append({"time": time.time(), "changed": changed})
+                write_json(run_json, recorded)
+        else:
+            if args.overwrite:
+                for p in out.iterdir():
+                    if p.name != LOCK_NAME and _is_artefact(p):
+                        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+            write_json(run_json, now)
     barrier()
+
+
+CHECKPOINT_NAME = re.compile(r"step-(\d{8})")
 
 
 def checkpoints(out: Path) -> list[Path]:
+    """The checkpoint directories a run wrote (`step-NNNNNNNN`), oldest first; copies under other
+    names (`step-3-backup`) are not ours and are left alone."""
     d = out / "checkpoints"
-    if not d.exists():
+    if not d.is_dir():
         return []
-    return sorted((p for p in d.iterdir() if p.name.startswith("step-") and (p / "state.json").exists()),
+    return sorted((p for p in d.iterdir() if CHECKPOINT_NAME.fullmatch(p.name) and p.is_dir() and not p.is_symlink()),
                   key=lambda p: int(p.name[5:]))
+
+
+def verify_checkpoint(path: Path) -> str | None:
+    """None for an intact checkpoint: its manifest's files with their sizes and hashes, a
+    state.json naming its own step, and finite weights. Else the reason it is not."""
+    why = verify_manifest(path)
+    if why is not None:
+        return why
+    try:
+        step = json.loads((path / "state.json").read_text())["step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "unreadable state.json"
+    if step != int(path.name[5:]):
+        return f"state.json names step {step}"
+    weights = st.load_file(path / "weights.safetensors")
+    bad = next((k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    return None if bad is None else f"non-finite weights in {bad}"
+
+
+def newest_intact_checkpoint(out: Path, say: bool = False) -> Path | None:
+    """The newest checkpoint that verify_checkpoint accepts; with say=True, name each newer one
+    skipped (and why) on stderr."""
+    for p in reversed(checkpoints(out)):
+        why = verify_checkpoint(p)
+        if why is None:
+            return p
+        if say:
+            print(f"skipped checkpoint {p}: {why}", file=sys.stderr)
+    return None
 
 
 def truncate_metrics(path: Path, last_step: int) -> None:
@@ -229,19 +368,36 @@ def train(objective_factory: Callable[[RunContext], Callable], args, *, name: st
           model_loader: Callable | None = None) -> dict:
     """Run training; returns the summary (also printed and written to OUTPUT/summary.json).
 
-    model_loader(args, device, dtype) -> model overrides how the model is built (L2D)."""
-    from transformers import AutoTokenizer
+    model_loader(args, device, dtype) -> model overrides how the model is built (L2D).
 
+    The output directory is checked before anything is read (check_output), owned for the whole
+    run (OutputLock), and written only once the model, tokenizer and data are validated."""
     check_layout(args.pack, args.eos_pad)  # before anything is written
     rank, world, device = setup_distributed(args.device)
     out = Path(args.output)
-    prepare_output(out, args, rank)
+    barrier()
+    check_output(out, args)
+    barrier()
+    lock = OutputLock(out) if rank == 0 else None
+    try:
+        return _train(objective_factory, args, name, needs_mask, model_loader, rank, world, device, out)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _train(objective_factory, args, name, needs_mask, model_loader, rank, world, device, out: Path) -> dict:
+    from transformers import AutoTokenizer
+
+    if rank == 0:  # we own the output: every temporary directory in it is a killed run's
+        clean_stale_temps(out, force=True)
+        clean_stale_temps(out / "checkpoints", force=True)
     torch.manual_seed(args.seed)
     random.seed(args.seed)
 
     # Tokenizer and special tokens.
     try:
-        tokenizer = AutoTokenizer.from_pretrained(args.model, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(args.model, local_files_only=True, trust_remote_code=False)
     except Exception as e:
         raise DlmarchError(f"{args.model}: cannot load its tokenizer ({str(e).strip().splitlines()[0]})") from None
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, None: None}[args.dtype]
@@ -308,14 +464,19 @@ def train(objective_factory: Callable[[RunContext], Callable], args, *, name: st
                                    {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=tuple(args.adam_betas))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, warmup, args.schedule, args.min_lr_ratio))
 
-    # Resume.
+    # Every input is valid: from here on the output directory is written.
+    record_run(out, args, rank)
+
+    # Resume: from the newest checkpoint that is complete, unedited and finite.
     start = 0
-    found = checkpoints(out)
-    if args.resume and found:
-        start = load_checkpoint(found[-1], model, optimizer, scheduler, device, objective)
+    if args.resume and checkpoints(out):
+        found = newest_intact_checkpoint(out, say=rank == 0)
+        if found is None:
+            raise DlmarchError(f"--resume: no intact checkpoint in {out / 'checkpoints'} (each was skipped, see above)")
+        start = load_checkpoint(found, model, optimizer, scheduler, device, objective)
         if rank == 0:
             truncate_metrics(out / "metrics.jsonl", start)
-            print(f"resumed from {found[-1]} at step {start}", file=sys.stderr)
+            print(f"resumed from {found} at step {start}", file=sys.stderr)
     elif args.resume and rank == 0:
         print(f"{out}: no checkpoint yet; starting from step 0", file=sys.stderr)
 
@@ -357,8 +518,8 @@ def train(objective_factory: Callable[[RunContext], Callable], args, *, name: st
         loss_sum, denom, tokens = all_sum([loss_sum, denom, float(tokens)], device)
         loss = loss_sum / denom if denom > 0 else 0.0
         if not math.isfinite(loss):
-            good = checkpoints(out)
-            where = f"the last good checkpoint is {good[-1]}" if good else "no checkpoint was written yet"
+            good = newest_intact_checkpoint(out)
+            where = f"the last good checkpoint is {good}" if good else "no intact checkpoint was written yet"
             raise TrainingError(f"non-finite loss ({loss}) at step {step + 1}; stopped before updating the weights; {where}")
         scale = (world if world > 1 else 1) / denom if denom > 0 else 0.0
         for p in params:
@@ -436,6 +597,11 @@ def _state_dicts(model, optimizer):
 
 def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, rank: int, keep: int, objective=None) -> None:
     msd, osd = _state_dicts(model, optimizer)  # collective under FSDP: every rank takes part
+    bad = next((k for k, v in msd.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+    if bad is not None:  # a checkpoint is a point to resume from: never one with non-finite weights
+        good = newest_intact_checkpoint(out)
+        where = f"the last good checkpoint is {good}" if good else "no intact checkpoint was written yet"
+        raise TrainingError(f"non-finite weights ({bad}) after step {step}; not saved; {where}")
     if rank == 0:
         target = out / "checkpoints" / f"step-{step:08d}"
         with atomic_directory(target, overwrite=True) as tmp:
@@ -446,6 +612,7 @@ def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, rank: int
             if hasattr(objective, "state_dict"):
                 st.save_file(objective.state_dict(), tmp / "objective.safetensors")
             write_json(tmp / "state.json", {"step": step, "time": time.time()})
+            write_manifest(tmp)  # sizes and hashes, checked before a resume trusts this checkpoint
         for old in checkpoints(out)[:-keep] if keep > 0 else []:
             shutil.rmtree(old, ignore_errors=True)
     barrier()

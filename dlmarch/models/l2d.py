@@ -232,6 +232,22 @@ def x1_temperature_schedule(spec: float | str):
                       "a number or polynomial_<p>_<end>")
 
 
+def main_fingerprint(main: nn.Module) -> str:
+    """sha256 over the main path's parameter names, shapes and values rounded to bfloat16: the
+    diffusion path is trained against these weights, so a checkpoint records it and loading checks
+    it. Rounding to bfloat16 makes it the same whether the main path was loaded in fp32 or bf16."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with torch.no_grad():
+        for name, t in sorted(main.state_dict().items()):
+            h.update(f"{name}:{tuple(t.shape)};".encode())
+            if t.is_floating_point():
+                t = t.to(torch.bfloat16)
+            h.update(memoryview(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()))
+    return h.hexdigest()
+
+
 def mlp(sizes: list[int]) -> nn.Sequential:
     """Linear layers with SiLU between them (indices 0, 2, 4, ... are the Linears, as the reference's)."""
     layers: list[nn.Module] = []
@@ -524,17 +540,18 @@ class L2DModel(nn.Module):
     def save_pretrained(self, path: str | Path, main_path: str | Path | None = None) -> None:
         """The diffusion path's weights and options, plus a reference to the main path (its path as
         given, resolved relative to this directory when it is relative). The main path is not copied."""
-        from ..checkpoint import NATIVE_FORMAT, atomic_directory, write_json, write_weights
+        from ..checkpoint import NATIVE_FORMAT, atomic_update, is_weight_file, write_json, write_weights
 
         main_path = main_path or getattr(self, "main_source", None)
         if main_path is None:
             raise ValueError("save_pretrained needs main_path: where the main path's checkpoint lives")
         path = Path(path)
         state = [(k, v.detach()) for k, v in self.diffusion_state_dict().items()]
-        with atomic_directory(path, overwrite=True) as tmp:
+        with atomic_update(path, stale=is_weight_file) as tmp:
             write_weights(tmp, state, 5 * 2**30, metadata={"format": "pt"})
             write_json(tmp / "config.json", {"format": NATIVE_FORMAT, "format_version": 1, "model": "L2DModel",
                                              "main": str(main_path), "main_config": self.main.config.to_dict(),
+                                             "main_fingerprint": main_fingerprint(self.main),
                                              "l2d": self.config.to_dict()})
 
     @classmethod
@@ -554,6 +571,10 @@ class L2DModel(nn.Module):
         want = TransformerConfig.from_dict(raw["main_config"])
         if want.replace(attn_backend=main.config.attn_backend) != main.config:
             raise ConfigError(f"{path}: its main path config differs from the one at {main_dir}")
+        recorded = raw.get("main_fingerprint")  # absent in checkpoints written before it was recorded
+        if recorded is not None and recorded != main_fingerprint(main):
+            raise ConfigError(f"{path}: the main path at {main_dir} has other weights than the one this L2D checkpoint "
+                              f"was trained on (fingerprint {main_fingerprint(main)[:12]}, expected {recorded[:12]})")
         model = cls(main, L2DConfig.from_dict(raw["l2d"]))
         files = WeightFiles(path)
         expected = {k: tuple(v.shape) for k, v in model.diffusion_state_dict().items()}
