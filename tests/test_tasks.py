@@ -177,6 +177,115 @@ def test_d1_generation_files_get_d1s_verdicts():
             assert (s["correct_cells"] if name == "sudoku" else s["correct"]) == item["d1_verdict"], item
 
 
+# d1's prompt construction (dllm-reasoning/d1 eval/gsm8k.py, math500.py, countdown.py, sudoku.py),
+# transcribed: its system prompts as it writes them, and `create_prompt` for zero-shot evaluation.
+D1_GSM_SYSTEM_PROMPT = """You are a math expert. You will be given a question to solve. Solve it step by step. Wrap the final answer in a \\boxed{}. 
+Respond in the following format:
+<reasoning>
+Your reasoning here
+</reasoning>
+<answer>
+\\boxed{...}
+</answer>"""  # noqa: W291 - d1's trailing space
+D1_MATH500_SYSTEM_PROMPT = """You are a math expert. You will be given a question to solve. Solve it step by step. Wrap the final answer in a \\boxed{}.
+Respond in the following format:
+<reasoning>
+Your reasoning here
+</reasoning>
+<answer>
+\\boxed{...}
+</answer>" 
+"""  # noqa: W291
+D1_CTD_SYSTEM_PROMPT = (
+    "Using only the provided numbers, create an arithmetic expression that evaluates to exactly the provided target number. You may use the operations +, -, *, and / as needed, but each number must be used exactly once. Think step-by-step. After reasoning, provide only your final expression inside \\boxed"
+    + "{}"
+    + " tags without including an equals sign or the target number. For example: \\boxed{a + b * c}"
+    + """Respond in the following format:
+<reasoning>
+Your reasoning here
+</reasoning>
+<answer>
+\\boxed{...}
+</answer>"""
+)
+D1_SUDOKU_SYSTEM_PROMPT = """
+Please solve the following 4x4 Sudoku puzzle. The puzzle is provided as a 16-character string reading left-to-right, top-to-bottom, where '0' represents empty cells.
+
+Rules:
+- Fill empty cells with digits 1-4
+- Each row must contain digits 1-4 exactly once
+- Each column must contain digits 1-4 exactly once
+- Each 2x2 box must contain digits 1-4 exactly once
+
+Important: Your solution must be a COMPLETE 16-character string with only the digits 1-4, representing your final solved grid.
+
+Respond in this exact format:
+<reasoning>
+Your step-by-step solving process
+</reasoning>
+<answer>
+[16-character solution string with no spaces or separators]
+</answer>
+"""
+# LLaDA-8B-Instruct's chat template (Llama 3's), which trims each message.
+LLADA_CHAT_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = '<|start_header_id|>' + "
+    "message['role'] + '<|end_header_id|>\n\n'+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+    "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+
+
+def _d1_create_prompt(tokenizer, system_prompt, input_text):
+    messages = [{"role": "user", "content": system_prompt + "\n\n" + input_text}]
+    user_input = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return user_input + "<reasoning>"
+
+
+def test_prompts_are_d1s(tmp_path):
+    from dlmarch.sampling.cli import encode_prompts
+    from trainers.tasks import REASONING_PREFIX
+    from trainers.tokenizer import build_char_tokenizer
+
+    csv_file = tmp_path / "4x4_test_sudoku.csv"  # d1's test sets, as they ship
+    csv_file.write_text("Puzzle,Solution\n3102200002100320,3142243142131324\n")
+    cd_file = tmp_path / "countdown_cd3_test.jsonl"
+    cd_file.write_text('{"input": "30,100,93", "output": "23"}\n')
+    gsm = {"question": "Janet has 3 apples. How many?", "answer": "3 apples\n#### 3"}
+    math500 = {"problem": "Compute $\\dfrac{1}{2}+\\dfrac{1}{2}$.", "answer": "1"}
+    cases = [  # (task, our row, d1's system prompt, d1's question text)
+        ("gsm8k", gsm, D1_GSM_SYSTEM_PROMPT, gsm["question"]),
+        ("math500", math500, D1_MATH500_SYSTEM_PROMPT, math500["problem"]),
+        ("countdown", get_task("countdown").load(cd_file)[0], D1_CTD_SYSTEM_PROMPT, "Numbers: [30, 100, 93]\nTarget: 23"),
+        ("sudoku", get_task("sudoku").load(csv_file)[0], D1_SUDOKU_SYSTEM_PROMPT,
+         "Solve the following Sudoku puzzle: 3102200002100320\n"),
+    ]
+    for template in (LLADA_CHAT_TEMPLATE, None):
+        tok = build_char_tokenizer()
+        if template:
+            tok.chat_template = template
+        for name, row, system_prompt, question in cases:
+            task = get_task(name)
+            d1 = _d1_create_prompt(tok, system_prompt, question)
+            assert task.prompt_text(tok, row) == d1, name
+            # what the evaluation feeds the model: the same string, tokenised without extra specials
+            (ids,) = encode_prompts(tok, [task.messages(row)], True, REASONING_PREFIX)
+            assert ids == tok(d1, add_special_tokens=False).input_ids, name
+
+
+def test_bad_rows_name_file_and_line(tmp_path):
+    from dlmarch.errors import DlmarchError
+
+    bad = tmp_path / "s.csv"
+    bad.write_text("Puzzle,Solution\n3102200002100320,3142243142131324\n31022000021003,3142243142131324\n")
+    with pytest.raises(DlmarchError, match="s.csv: line 3: puzzle must be 16 digits"):
+        get_task("sudoku").load(bad)
+    bad = tmp_path / "c.jsonl"
+    bad.write_text('{"input": "1,2", "output": "3"}\n{"numbers": [1]}\n')
+    with pytest.raises(DlmarchError, match="c.jsonl: line 2: a countdown row needs"):
+        get_task("countdown").load(bad)
+
+
 def test_evaluate_command_writes_every_generation(tmp_path):
     from tests.helpers import tiny_model_dir
 
