@@ -18,6 +18,7 @@ this command's JSONL. It prints the table and writes per-item verdicts.
 from __future__ import annotations
 
 import argparse
+import copy
 import inspect
 import json
 import os
@@ -220,6 +221,9 @@ def evaluate(model, tokenizer, task, rows: list[dict], *, gen_length: int = 128,
     encoded = encode_prompts(tokenizer, prompts, chat_template, prefix)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else cfg.eos_token_id
     eos_ids = [i for i in (cfg.eos_token_id, getattr(cfg, "eot_token_id", None)) if i is not None]
+    if hasattr(task, "end_markers"):  # d1's Sudoku patterns end an answer at LLaDA's end tokens; add this model's
+        task = copy.copy(task)
+        task.end_markers = tuple(dict.fromkeys([*task.end_markers, *tokenizer.convert_ids_to_tokens(eos_ids)]))
     # stop_at_eos: skip the blocks after every row's EOS (same text through each row's first EOS).
     early_stop = {"stop_at_eos": True} if "stop_at_eos" in inspect.signature(generate).parameters else {}
     units = [(i, s) for i in range(len(rows)) for s in range(samples)]

@@ -304,13 +304,20 @@ def countdown_correct(value, target) -> bool:
         return False
 
 
-SUDOKU_PATTERNS = (
-    r"<answer>.*?```\s*([\d\s]+)```",
-    r"<answer>(.*?)(?:<\|eot_id\|>|<\|endoftext\|>|</answer>)",
-    r"</answer>\s*(.*?)(?:<\|eot_id\|>|<\|endoftext\|>|$)",
-    r"(\d{16})\s*</answer>",  # d1 writes r".*?(\d{16})\s*</answer>": the same first match, in linear time
-    r"\b(\d{16})\b",
-)
+D1_END_MARKERS = ("<|eot_id|>", "<|endoftext|>")  # LLaDA's EoT and EOS, as d1's decode writes them
+
+
+def sudoku_patterns(end_markers: tuple[str, ...] = D1_END_MARKERS) -> tuple[str, ...]:
+    """d1's five Sudoku patterns. d1 writes LLaDA's end tokens into two of them; `end_markers` lets
+    a model with another tokenizer end its answer with its own (LLaDA's give d1's patterns exactly)."""
+    end = "|".join(re.escape(m) for m in end_markers)
+    return (
+        r"<answer>.*?```\s*([\d\s]+)```",
+        rf"<answer>(.*?)(?:{end}|</answer>)",
+        rf"</answer>\s*(.*?)(?:{end}|$)",
+        r"(\d{16})\s*</answer>",  # d1 writes r".*?(\d{16})\s*</answer>": the same first match, in linear time
+        r"\b(\d{16})\b",
+    )
 
 
 def sudoku_puzzle(question: str) -> str | None:
@@ -321,11 +328,11 @@ def sudoku_puzzle(question: str) -> str | None:
     return m.group(1) if m else None
 
 
-def sudoku_answer(text: str) -> str:
+def sudoku_answer(text: str, end_markers: tuple[str, ...] = D1_END_MARKERS) -> str:
     """d1's `parse_sudoku_answers` extraction: the first of its five patterns with non-blank content,
     whitespace removed, padded with '0' or cut to 16 characters ("" when none matches)."""
     found = ""
-    for pattern in SUDOKU_PATTERNS:
+    for pattern in sudoku_patterns(end_markers):
         m = re.search(pattern, text, re.DOTALL)
         if m and m.group(1).strip():
             found = m.group(1).strip()

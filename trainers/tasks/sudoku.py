@@ -16,7 +16,7 @@ from pathlib import Path
 from dlmarch.errors import DlmarchError
 
 from .common import Task, read_csv, read_jsonl
-from .d1 import SUDOKU_SYSTEM_PROMPT, sudoku_answer, sudoku_cells, sudoku_puzzle
+from .d1 import D1_END_MARKERS, SUDOKU_SYSTEM_PROMPT, sudoku_answer, sudoku_cells, sudoku_puzzle
 
 BOXES = [[(r, c) for r in range(br, br + 2) for c in range(bc, bc + 2)] for br in (0, 2) for bc in (0, 2)]
 
@@ -101,6 +101,7 @@ class Sudoku(Task):
     name = "sudoku"
     primary = "cell_accuracy"
     system_prompt = SUDOKU_SYSTEM_PROMPT
+    end_markers = D1_END_MARKERS  # the evaluation adds the model's own EOS/EoT text
 
     def __init__(self, min_empty: int = 6, max_empty: int = 10, with_system_prompt: bool = True):
         self.min_empty, self.max_empty = min_empty, max_empty
@@ -132,7 +133,7 @@ class Sudoku(Task):
         return f"Solve the following Sudoku puzzle: {row['puzzle']}\n"
 
     def score(self, generation: str, row: dict) -> dict:
-        answer = sudoku_answer(generation)
+        answer = sudoku_answer(generation, self.end_markers)
         right, empty = sudoku_cells(answer, row["puzzle"], row["solution"])
         return {"correct": answer == row["solution"], "correct_cells": right, "empty_cells": empty,
                 "cell_accuracy": right / empty if empty else 0.0, "answer": answer}
