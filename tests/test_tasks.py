@@ -47,6 +47,14 @@ def test_sudoku_scorer_is_d1s(generation, cells):
     assert get_task("sudoku").score(generation, SUDOKU_ROW)["correct_cells"] == cells
 
 
+def test_sudoku_answers_end_at_the_models_own_end_token_too():
+    task = get_task("sudoku")
+    generation = "</reasoning><answer>43122134342112431<|eos|>"  # no </answer>: 17 digits up to the EOS
+    assert task.score(generation, SUDOKU_ROW)["correct_cells"] == 0  # d1's patterns know LLaDA's tokens only
+    task.end_markers = task.end_markers + ("<|eos|>",)  # what the evaluation adds for this tokenizer
+    assert task.score(generation, SUDOKU_ROW)["correct_cells"] == 6
+
+
 def test_sudoku_summary_sums_cells_over_the_set():
     task = get_task("sudoku")
     row2 = {"puzzle": "0000000000000000", "solution": "4312213434211243"}

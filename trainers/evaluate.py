@@ -343,6 +343,8 @@ def main(argv=None) -> int:
             raise ValueError("--model is required (or --score FILE to re-score generations)")
         if args.samples < 1 or (ks and max(ks) > args.samples):
             raise ValueError(f"--pass-k {args.pass_k} needs --samples >= {max(ks or [1])}, found {args.samples}")
+        if args.samples > 1 and args.temperature == 0:
+            print("warning: --samples > 1 at temperature 0 draws the same generation every time", file=sys.stderr)
         rows = task.load(args.data) if args.data else task.generate(args.num or 256, args.seed)
         rows = rows[: args.num] if args.num else rows
         out = Path(args.output or Path(args.model) / f"eval-{args.task}.jsonl")

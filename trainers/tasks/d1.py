@@ -83,14 +83,12 @@ def last_boxed_only_string(text: str) -> str | None:
 def remove_boxed(s: str | None) -> str:
     """d1's `remove_boxed`; raises TypeError on None, as d1's does (its callers catch it)."""
     if "\\boxed " in s:
-        return s[len("\\boxed "):] if s.startswith("\\boxed ") else _raise(AssertionError())
+        if not s.startswith("\\boxed "):
+            raise AssertionError("\\boxed inside, not at the start")  # d1 asserts here
+        return s[len("\\boxed "):]
     if s.startswith("\\boxed{") and s.endswith("}"):
         return s[len("\\boxed{"):-1]
     return s
-
-
-def _raise(e: Exception):
-    raise e
 
 
 def boxed_answer(text: str) -> str | None:
