@@ -26,6 +26,18 @@ def test_rescore_a_d1_generation_file(tmp_path, capsys):
     assert f"{100 * expected:.2f}" in capsys.readouterr().out  # the table
 
 
+def test_rescore_d1s_per_process_files_together(tmp_path):
+    src = json.loads((D1 / "sudoku.json").read_text())["generations"]
+    files = []
+    for rank, items in enumerate((src[:10], src[10:])):  # d1 writes one file per process
+        files.append(tmp_path / f"sudoku_instruct_256_128_{rank}_generations.json")
+        files[-1].write_text(json.dumps({"generations": items}))
+    summary, records = ev.rescore(get_task("sudoku"), files)
+    assert [r["index"] for r in records] == list(range(len(src)))
+    assert [r["correct_cells"] for r in records] == [g["d1_verdict"] for g in src]
+    assert summary["cell_accuracy"] == sum(g["d1_verdict"] for g in src) / sum(r["empty_cells"] for r in records)
+
+
 def test_rescore_our_jsonl_and_refuse_a_bad_file(tmp_path):
     row = {"puzzle": "0312010400201243", "solution": "4312213434211243"}
     f = tmp_path / "ours.jsonl"

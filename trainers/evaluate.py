@@ -143,6 +143,7 @@ def rescore(task, paths: list[Path], extra=None, ks=None) -> tuple[dict, list[di
             idx = rec.get("index", 0) + (offset if "sample" not in rec else 0)
             verdict = score_record(task, rec["generation"], rec["reference"], extra)
             records.append({"index": idx, "sample": rec.get("sample", 0), "source": str(path),
+                            **({"question": rec["question"]} if "question" in rec else {}),
                             "generation": rec["generation"], "reference": rec["reference"], **verdict})
     return summarize(task, records, ks), records
 
