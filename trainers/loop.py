@@ -644,6 +644,8 @@ def finish(out: Path, model, base, tokenizer, args, rank: int, model_loader=None
     LoRA runs, model-hf/ with --export-hf."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
+    from .adapters import export_run_adapter
+
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))  # collective
     if rank != 0:
         return {}
@@ -671,4 +673,5 @@ def finish(out: Path, model, base, tokenizer, args, rank: int, model_loader=None
 
         export_hf(model_dir, out / "model-hf", overwrite=True)
         summary["model_hf"] = str(out / "model-hf")
+    summary.update(export_run_adapter(out, merged.config, args))  # adapter-hf/: the adapter under HF names
     return summary

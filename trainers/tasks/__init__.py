@@ -1,6 +1,6 @@
-"""Evaluation tasks (card 8): Sudoku 4x4 and Countdown (generated), GSM8K and MATH-500 (user data)."""
+"""Evaluation tasks on d1's protocol: Sudoku 4x4 and Countdown (d1's test sets or generated), GSM8K and MATH-500."""
 
-from .common import REASONING_PREFIX, Task
+from .common import REASONING_PREFIX, Task, pass_at_k
 from .countdown import Countdown
 from .math import GSM8K, Math500
 from .sudoku import Sudoku
@@ -14,4 +14,4 @@ def get_task(name: str, **kw) -> Task:
     return TASKS[name](**kw)
 
 
-__all__ = ["TASKS", "get_task", "Task", "REASONING_PREFIX", "Sudoku", "Countdown", "GSM8K", "Math500"]
+__all__ = ["TASKS", "get_task", "Task", "REASONING_PREFIX", "Sudoku", "Countdown", "GSM8K", "Math500", "pass_at_k"]

@@ -1,145 +1,103 @@
-"""What every task shares: the answer format, answer extraction, safe arithmetic, the task protocol."""
+"""What every task shares: d1's prompt layout, data loading, the task protocol, pass@k."""
 
 from __future__ import annotations
 
-import ast
-import operator
-import re
-from fractions import Fraction
+import csv
+import math
 from pathlib import Path
 
 from dlmarch.config import jsonl_rows
 from dlmarch.errors import DlmarchError
 
-REASONING_PREFIX = "<reasoning>"  # card 8: appended after the chat template's generation prompt
+from .d1 import user_message
 
-FORMAT_INSTRUCTIONS = (
-    "Respond in the following format:\n<reasoning>\nyour reasoning\n</reasoning>\n<answer>\nyour answer\n</answer>"
-)
+REASONING_PREFIX = "<reasoning>"  # d1: appended after the chat template's generation prompt
 
 
-def answer_tag(text: str) -> str | None:
-    """Content of the last <answer>...</answer> (or of an unclosed final <answer>), stripped."""
-    found = re.findall(r"<answer>(.*?)</answer>", text, re.DOTALL)
-    if found:
-        return found[-1].strip()
-    tail = text.rsplit("<answer>", 1)
-    return tail[1].strip() if len(tail) == 2 else None
-
-
-def boxed_all(text: str) -> list[str]:
-    """Contents of every \\boxed{...} (balanced braces) and \\boxed x, in order."""
-    out = []
-    i = 0
-    while True:
-        i = text.find("\\boxed", i)
-        if i < 0:
-            return out
-        j = i + len("\\boxed")
-        if j < len(text) and text[j] == "{":
-            depth, k = 0, j
-            while k < len(text):
-                if text[k] == "{":
-                    depth += 1
-                elif text[k] == "}":
-                    depth -= 1
-                    if depth == 0:
-                        break
-                k += 1
-            if depth == 0:
-                out.append(text[j + 1:k])
-            i = k + 1 if depth == 0 else j
-        elif text[j:j + 1] == " ":
-            m = re.match(r" ([^\s$]+)", text[j:])
-            if m:
-                out.append(m.group(1))
-            i = j + 1
-        else:
-            i = j
-
-
-_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv}
-
-
-def arithmetic(expr: str) -> tuple[Fraction | None, list[int]]:
-    """Exact value of an expression of integers, + - * / and parentheses (no names, no calls, no
-    powers), and the integers it uses in order. (None, numbers) if it is not such an expression or
-    divides by zero."""
-    expr = expr.replace("×", "*").replace("÷", "/").replace("\\times", "*").replace("\\div", "/").replace("\\cdot", "*")
-    try:
-        tree = ast.parse(expr.strip(), mode="eval")
-    except (SyntaxError, ValueError):
-        return None, []
-    numbers: list[int] = []
-
-    def ev(node):
-        if isinstance(node, ast.Expression):
-            return ev(node.body)
-        if isinstance(node, ast.Constant) and type(node.value) is int:
-            numbers.append(node.value)
-            return Fraction(node.value)
-        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
-            a, b = ev(node.left), ev(node.right)
-            if isinstance(node.op, ast.Div) and b == 0:
-                raise ZeroDivisionError
-            return _OPS[type(node.op)](a, b)
-        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-            return -ev(node.operand)
-        raise ValueError("not arithmetic")
-
-    try:
-        return ev(tree), numbers
-    except (ValueError, ZeroDivisionError, RecursionError):
-        return None, numbers
-
-
-def read_jsonl(path: str | Path, required: tuple[str, ...], task: str) -> list[dict]:
-    """Rows of a task's JSONL file; each row must have the `required` keys."""
+def read_jsonl(path: str | Path, task: str, formats: tuple[tuple[str, ...], ...]) -> list[dict]:
+    """Rows of a task's JSONL file; each row must have the keys of one of `formats`."""
     rows = []
     for n, row, error in jsonl_rows(path):
         if error:
             raise DlmarchError(error)
-        missing = [k for k in required if not isinstance(row, dict) or k not in row]
-        if missing:
-            raise DlmarchError(f"{path}: line {n}: a {task} row needs {list(required)}, missing {missing}")
+        if not isinstance(row, dict) or not any(all(k in row for k in keys) for keys in formats):
+            found = sorted(row) if isinstance(row, dict) else type(row).__name__
+            wanted = " or ".join(str(list(k)) for k in formats)
+            raise DlmarchError(f"{path}: line {n}: a {task} row needs {wanted}, found {found}")
         rows.append(row)
     if not rows:
         raise DlmarchError(f"{path}: no rows")
     return rows
 
 
+def read_csv(path: str | Path, task: str, columns: tuple[str, ...]) -> list[dict]:
+    """Rows of a CSV file with a header naming at least `columns`; every value kept as text."""
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in columns if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DlmarchError(f"{path}: line 1: a {task} CSV needs columns {list(columns)}, missing {missing}")
+        rows = list(reader)
+    if not rows:
+        raise DlmarchError(f"{path}: no rows")
+    return rows
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k of Chen et al. 2021 ("Evaluating Large Language Models Trained on Code", eq. 1):
+    1 - C(n-c, k) / C(n, k), the chance that k of the n samples, drawn without replacement, hold a
+    correct one; computed as a product to stay exact for large n."""
+    if k > n:
+        raise ValueError(f"pass@{k} needs at least {k} samples per item, found {n}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
 class Task:
     """A task: prompts, references, scoring. Subclasses define the pieces.
 
-    score(generation, row) -> dict with at least "correct" (bool); summarize(scores) -> the metrics
-    of a run, with `primary` naming the one reported in tables.
+    score(generation, row) -> dict with at least "correct" (bool), d1's verdict; summarize(records)
+    -> the metrics of a run, with `primary` naming the one reported in tables. `from_d1(item)` turns
+    an item of a d1 generation file into a row.
     """
 
     name = ""
     primary = "accuracy"
-    required: tuple[str, ...] = ()
     system_prompt: str | None = None
 
     def load(self, path: str | Path) -> list[dict]:
-        return read_jsonl(path, self.required, self.name)
+        raise NotImplementedError
 
     def generate(self, n: int, seed: int) -> list[dict]:
-        raise DlmarchError(f"the {self.name} task has no generator; pass --data FILE.jsonl")
+        raise DlmarchError(f"the {self.name} task has no generator; pass --data FILE")
 
     def question(self, row: dict) -> str:
         raise NotImplementedError
 
     def response(self, row: dict) -> str:
-        """The training target of a generated row: card 8's format around its "solution"."""
+        """The training target of a generated row: d1's answer format around its "solution"."""
         return f"<reasoning></reasoning><answer>{row['solution']}</answer>"
 
     def messages(self, row: dict) -> list[dict]:
-        msgs = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
-        return msgs + [{"role": "user", "content": self.question(row)}]
+        """d1's layout: one user message, the system prompt and the question joined by a blank line."""
+        return [{"role": "user", "content": user_message(self.system_prompt, self.question(row))}]
+
+    def prompt_text(self, tokenizer, row: dict, reasoning_prefix: bool = True) -> str:
+        """The prompt string d1 feeds the model: chat template with its generation prompt, then <reasoning>."""
+        text = tokenizer.apply_chat_template(self.messages(row), add_generation_prompt=True, tokenize=False)
+        return text + (REASONING_PREFIX if reasoning_prefix else "")
 
     def score(self, generation: str, row: dict) -> dict:
         raise NotImplementedError
 
-    def summarize(self, scores: list[dict]) -> dict:
-        n = len(scores)
-        return {"n": n, "accuracy": sum(s["correct"] for s in scores) / max(n, 1)}
+    def reference_text(self, row: dict) -> str | None:
+        """The gold answer as text, for math-verify; None where the task has none (Sudoku, Countdown)."""
+        return None
+
+    def from_d1(self, item: dict) -> dict:
+        raise NotImplementedError
+
+    def summarize(self, records: list[dict]) -> dict:
+        n = len(records)
+        return {"n": n, "accuracy": sum(bool(r["correct"]) for r in records) / max(n, 1)}

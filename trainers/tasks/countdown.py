@@ -1,18 +1,24 @@
-"""Countdown (card 8): reach the target with + - * / using exactly the given numbers, each once.
+"""Countdown on d1's protocol (dllm-reasoning/d1 `eval/countdown.py`, scored as its
+`eval/parse_and_get_acc.py` scores it): reach the target with + - * / using each given number once.
 
-The generator builds solvable instances from a random expression over the numbers (3 or 4 of
-them); the verifier accepts an expression (in <answer>, or the last \\boxed{}) that uses exactly the
-given numbers and evaluates within 1e-5 of the target. Expressions are evaluated exactly by our
-own arithmetic parser, never by Python's eval.
+Rows: d1's test set as it ships ({"input": "30,100,93", "output": "23"}) or the project's generated
+rows ({"numbers": [...], "target": n, "solution": expr}), from 3 or 4 numbers built by a random
+expression. The verdict is d1's: the last `\\boxed{}` (the whole generation when there is none), its
+integers exactly the given numbers, its value within 1e-5 of the target. Expressions are evaluated
+by walking their syntax tree, never by eval (see `d1.countdown_value`).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import random
+import re
 from fractions import Fraction
+from pathlib import Path
 
-from .common import FORMAT_INSTRUCTIONS, Task, answer_tag, arithmetic, boxed_all
+from .common import Task, read_jsonl
+from .d1 import COUNTDOWN_SYSTEM_PROMPT, countdown_correct, countdown_expression, countdown_value, uses_exactly
 
 _OPS = ("+", "-", "*", "/")
 
@@ -56,15 +62,18 @@ def solve(numbers: list[int], target: int) -> str | None:
 
 class Countdown(Task):
     name = "countdown"
-    required = ("numbers", "target")
-    system_prompt = ("Use each of the given numbers exactly once, with + - * / and parentheses, to write an "
-                     "expression equal to the target. The answer is the expression alone. " + FORMAT_INSTRUCTIONS)
+    system_prompt = COUNTDOWN_SYSTEM_PROMPT
 
     def __init__(self, sizes: tuple[int, ...] = (3, 4), max_number: int = 50, max_target: int = 200,
                  with_system_prompt: bool = True):
         self.sizes, self.max_number, self.max_target = sizes, max_number, max_target
         if not with_system_prompt:
             self.system_prompt = None
+
+    def load(self, path: str | Path) -> list[dict]:
+        rows = read_jsonl(path, self.name, (("numbers", "target"), ("input", "output")))
+        return [r if "numbers" in r else {"numbers": [int(x) for x in str(r["input"]).split(",")],
+                                          "target": int(r["output"])} for r in rows]
 
     def generate(self, n: int, seed: int) -> list[dict]:
         rng = random.Random(seed)
@@ -88,20 +97,28 @@ class Countdown(Task):
         return rows
 
     def question(self, row: dict) -> str:
-        return f"Numbers: {', '.join(map(str, row['numbers']))}. Target: {row['target']}."
+        return f"Numbers: {[int(x) for x in row['numbers']]}\nTarget: {int(row['target'])}"
+
+    def response(self, row: dict) -> str:
+        return f"<reasoning></reasoning><answer>\\boxed{{{row['solution']}}}</answer>"
 
     def score(self, generation: str, row: dict) -> dict:
-        expr = answer_tag(generation)
-        if expr is None:
-            boxed = boxed_all(generation)
-            expr = boxed[-1] if boxed else None
-        if expr is None:
-            return {"correct": False, "reason": "no answer", "answer": None}
-        expr = expr.split("=")[0]  # "1 + 2 = 3" names the expression on the left
-        value, used = arithmetic(expr)
-        if value is None:
-            return {"correct": False, "reason": "not an arithmetic expression", "answer": expr}
-        if sorted(used) != sorted(int(x) for x in row["numbers"]):
-            return {"correct": False, "reason": "numbers differ from the given ones", "answer": expr}
-        ok = abs(float(value) - float(row["target"])) < 1e-5
-        return {"correct": ok, "reason": "" if ok else "wrong value", "answer": expr}
+        numbers, target = row["numbers"], row["target"]
+        expr = countdown_expression(generation)
+        if not uses_exactly(expr, numbers):
+            return {"correct": False, "reason": "numbers differ from the given ones", "answer": expr, "value": None}
+        value = countdown_value(expr)
+        ok = countdown_correct(value, target)
+        reason = "" if ok else ("not an arithmetic expression" if value == math.inf else "wrong value")
+        finite = isinstance(value, (int, float)) and math.isfinite(value)
+        return {"correct": ok, "reason": reason, "answer": expr, "value": float(value) if finite else None}
+
+    def from_d1(self, item: dict) -> dict:
+        """d1's ground truth [numbers, target], else the numbers and target read from its question."""
+        gt, question = item.get("ground_truth"), item.get("question", "")
+        if isinstance(gt, list) and len(gt) == 2:
+            return {"numbers": gt[0], "target": gt[1]}
+        m = re.search(r"Numbers: \[([\d, ]+)\]", question, re.IGNORECASE)
+        t = re.search(r"Target: (\d+)", question, re.IGNORECASE)
+        return {"numbers": [int(x.strip()) for x in m.group(1).split(",")] if m else [],
+                "target": int(t.group(1)) if t else None}

@@ -1,16 +1,22 @@
-"""Sudoku 4x4 (card 8): a generator of puzzles with exactly one solution, and the cell-accuracy scorer.
+"""Sudoku 4x4 on d1's protocol (dllm-reasoning/d1 `eval/sudoku.py`, scored as its
+`eval/parse_and_get_acc.py` scores it), and a generator of puzzles with exactly one solution.
 
-A puzzle is a 16-character string, row by row, '0' for an empty cell. The answer is the solved
-16-digit grid inside <answer>...</answer>. The reported metric is the accuracy over the puzzle's
-empty cells (not solved puzzles); the solved rate is reported beside it.
+A puzzle is a 16-character string, row by row, '0' for an empty cell. Rows: d1's CSV as it ships
+(`Puzzle,Solution`) or JSONL {"puzzle", "solution"} (the project's generated sets). The answer is
+read with d1's five patterns; the reported metric is d1's: right empty cells over empty cells,
+summed over the set (not solved puzzles; the solved rate is reported beside it).
 """
 
 from __future__ import annotations
 
 import random
 from functools import lru_cache
+from pathlib import Path
 
-from .common import FORMAT_INSTRUCTIONS, Task, answer_tag
+from dlmarch.errors import DlmarchError
+
+from .common import Task, read_csv, read_jsonl
+from .d1 import D1_END_MARKERS, SUDOKU_SYSTEM_PROMPT, sudoku_answer, sudoku_cells, sudoku_puzzle
 
 BOXES = [[(r, c) for r in range(br, br + 2) for c in range(bc, bc + 2)] for br in (0, 2) for bc in (0, 2)]
 
@@ -94,15 +100,26 @@ def make_puzzle(rng: random.Random, empty: int) -> tuple[str, str]:
 class Sudoku(Task):
     name = "sudoku"
     primary = "cell_accuracy"
-    required = ("puzzle", "solution")
-    system_prompt = ("Solve the 4x4 Sudoku. The puzzle is 16 digits read row by row, 0 for an empty cell; fill the "
-                     "empty cells with 1-4 so that every row, column and 2x2 box holds 1-4 once. The answer is the "
-                     "complete 16-digit grid. " + FORMAT_INSTRUCTIONS)
+    system_prompt = SUDOKU_SYSTEM_PROMPT
+    end_markers = D1_END_MARKERS  # the evaluation adds the model's own EOS/EoT text
 
     def __init__(self, min_empty: int = 6, max_empty: int = 10, with_system_prompt: bool = True):
         self.min_empty, self.max_empty = min_empty, max_empty
         if not with_system_prompt:
             self.system_prompt = None
+
+    def load(self, path: str | Path) -> list[dict]:
+        if str(path).endswith(".csv"):
+            rows = [{"puzzle": r["Puzzle"], "solution": r["Solution"]}
+                    for r in read_csv(path, self.name, ("Puzzle", "Solution"))]
+            first = 2
+        else:
+            rows, first = read_jsonl(path, self.name, (("puzzle", "solution"),)), 1
+        for n, r in enumerate(rows, first):
+            for key in ("puzzle", "solution"):
+                if not (isinstance(r[key], str) and len(r[key]) == 16 and r[key].isdigit()):
+                    raise DlmarchError(f"{path}: line {n}: {key} must be 16 digits, found {r[key]!r}")
+        return rows
 
     def generate(self, n: int, seed: int) -> list[dict]:
         rng = random.Random(seed)
@@ -113,19 +130,21 @@ class Sudoku(Task):
         return rows
 
     def question(self, row: dict) -> str:
-        return f"Sudoku puzzle: {row['puzzle']}"
+        return f"Solve the following Sudoku puzzle: {row['puzzle']}\n"
 
     def score(self, generation: str, row: dict) -> dict:
-        puzzle, solution = row["puzzle"], row["solution"]
-        answer = answer_tag(generation)
-        digits = "".join(ch for ch in (answer or "") if not ch.isspace())
-        empty = [i for i, ch in enumerate(puzzle) if ch == "0"]
-        correct_cells = sum(1 for i in empty if i < len(digits) and digits[i] == solution[i])
-        solved = digits == solution
-        return {"correct": solved, "correct_cells": correct_cells, "empty_cells": len(empty),
-                "cell_accuracy": correct_cells / max(len(empty), 1), "answer": answer}
+        answer = sudoku_answer(generation, self.end_markers)
+        right, empty = sudoku_cells(answer, row["puzzle"], row["solution"])
+        return {"correct": answer == row["solution"], "correct_cells": right, "empty_cells": empty,
+                "cell_accuracy": right / empty if empty else 0.0, "answer": answer}
 
-    def summarize(self, scores: list[dict]) -> dict:
-        cells = sum(s["empty_cells"] for s in scores)
-        return {"n": len(scores), "cell_accuracy": sum(s["correct_cells"] for s in scores) / max(cells, 1),
-                "solved_rate": sum(s["correct"] for s in scores) / max(len(scores), 1)}
+    def from_d1(self, item: dict) -> dict:
+        puzzle = sudoku_puzzle(item.get("question", ""))
+        if puzzle is None:
+            raise DlmarchError(f"a d1 Sudoku item whose question holds no 16-digit puzzle: {item.get('question', '')[:60]!r}")
+        return {"puzzle": puzzle, "solution": item.get("ground_truth", "")}
+
+    def summarize(self, records: list[dict]) -> dict:
+        cells = sum(r["empty_cells"] for r in records)
+        return {"n": len(records), "cell_accuracy": sum(r["correct_cells"] for r in records) / max(cells, 1),
+                "solved_rate": sum(bool(r["correct"]) for r in records) / max(len(records), 1)}
