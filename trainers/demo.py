@@ -93,20 +93,20 @@ def new_llada(path: Path, tok, hidden: int, layers: int, seed: int) -> None:
     tok.save_pretrained(path)
 
 
-def prompt_length(task, model_dir: Path, row: dict) -> int:
-    """Tokens of a row's prompt as the sampler encodes it (chat template, generation prompt)."""
+def prompt_length(task, model_dir: Path, rows: list[dict]) -> int:
+    """The longest prompt of `rows` in tokens, as the sampler encodes them (chat template, generation prompt)."""
     from transformers import AutoTokenizer
 
     from dlmarch.sampling.cli import encode_prompts
 
-    (prompt,) = encode_prompts(AutoTokenizer.from_pretrained(model_dir), [task.messages(row)], True)
-    return len(prompt)
+    prompts = encode_prompts(AutoTokenizer.from_pretrained(model_dir), [task.messages(r) for r in rows], True)
+    return max(len(p) for p in prompts)
 
 
 def max_length(task, init: Path) -> int:
     """The prompt (all Sudoku prompts have one length) + the sampler's canvas: training rows padded
     (with trained EOS) to exactly what the sampler decodes, "<reasoning>" being the response's first token."""
-    return prompt_length(task, init, {"puzzle": "0" * 16}) + GEN_LENGTH
+    return prompt_length(task, init, [{"puzzle": "0" * 16}]) + GEN_LENGTH
 
 
 def train_stage(method: str, model: Path, out: Path, data: Path, steps: int, lr: float, batch: int, length: int,

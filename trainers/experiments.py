@@ -182,8 +182,7 @@ def prepare(root: Path, name: str, plan: Plan, causal: bool = False):
             new_llama(init, tok, plan.hidden, plan.layers, 0)
         else:
             new_llada(init, tok, plan.hidden, plan.layers, 0)
-    longest = max(prompt_length(task, init, r) for r in train + test)
-    return task, test, longest + GEN_LENGTH
+    return task, test, prompt_length(task, init, train + test) + GEN_LENGTH
 
 
 def new_llama(path: Path, tok, hidden: int, layers: int, seed: int) -> None:
