@@ -534,7 +534,12 @@ def main(argv=None) -> int:
     results_path = out / "results.json"
     t0 = time.time()
     try:
-        results = json.loads(results_path.read_text()) if results_path.exists() else {}
+        if out.exists() and not out.is_dir():
+            raise DlmarchError(f"--output {out}: not a directory")
+        try:
+            results = json.loads(results_path.read_text()) if results_path.exists() else {}
+        except json.JSONDecodeError as e:
+            raise DlmarchError(f"{results_path}: not JSON ({e}); move it away to start over") from None
         spent = results.get("config", {}).get("seconds", 0.0)  # earlier commands on this output (resumed, --only)
         if results and results.get("config", {}).get("quick") != args.quick:
             raise DlmarchError(f"{results_path} holds a {'quick' if results['config']['quick'] else 'full'} run; "
