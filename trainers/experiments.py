@@ -355,39 +355,60 @@ def pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
+# What differs from each paper's setting, said where its effect does not appear here.
+PAPER_SETTING = {  # the settings of configs/*.yaml, each sourced there
+    "gift": "GIFT fine-tunes the pretrained LLaDA-8B-Instruct in d1's setting (LoRA r 128, lr 1e-5)",
+    "lift": "LIFT fine-tunes the pretrained LLaDA-8B-Instruct (the LIFT repository's run script: lr 5e-6, 20 epochs)",
+    "blockwise": "Blockwise SFT fine-tunes the pretrained LLaDA-8B-Instruct (LoRA r 256, 200 steps of 32 rows) on "
+                 "reasoning responses that span many 32-token blocks; here a response spans two",
+    "l2d": "L2D adds a LoRA diffusion path to a pretrained Llama-3.2-1B-Instruct; here the main model is a small "
+           "Llama taught one task, and the diffusion path trains for the shared fine-tuning budget only",
+}
+
+
 def findings(r: dict) -> list[str]:
-    """What the numbers say about each claim, whichever way it points."""
+    """What the numbers say about each claim, whichever way it points; where a claimed effect does
+    not appear, what differs from the paper's setting."""
     out = []
     for task, methods in r.get("methods", {}).items():
         sft = methods["sft"]
         for m in ("gift", "lift3", "lift2", "blockwise"):
             x = methods[m]
             if x["ci95"][0] > sft["ci95"][1]:
-                verdict = "beats SFT (intervals disjoint)"
+                verdict = "beats SFT (intervals disjoint): the claimed effect appears"
             elif x["ci95"][1] < sft["ci95"][0]:
-                verdict = "falls below SFT (intervals disjoint)"
+                verdict = "falls below SFT (intervals disjoint): the claimed effect does not appear"
             else:
-                verdict = "is not distinguishable from SFT (intervals overlap)"
-            out.append(f"{task}: {m} {pct(x['mean'])} vs sft {pct(sft['mean'])}: {verdict}.")
+                verdict = "is not distinguishable from SFT (intervals overlap): the claimed effect does not appear"
+            line = f"{task}: {m} {pct(x['mean'])} vs sft {pct(sft['mean'])}: {verdict}"
+            if "does not" in verdict:
+                line += f". {PAPER_SETTING[m.rstrip('23')]}"
+            out.append(line + ".")
     if "block_size" in r:
         acc = r["block_size"]["accuracy"]
         best = [max(range(len(row)), key=row.__getitem__) for row in acc]
         diag = sum(b == i for i, b in enumerate(best))
-        out.append(f"block size: the decode block length matching the training block size is the best of its row "
-                   f"in {diag} of {len(acc)} rows.")
+        line = (f"block size: the decoding block length equal to the training block size is the best of its row in "
+                f"{diag} of {len(acc)} rows (ties go to the smallest block length)")
+        if diag < len(acc):
+            line += f". {PAPER_SETTING['blockwise']}"
+        out.append(line + ".")
     if "l2d_steps" in r:
         l2d = r["l2d_steps"]
         e = l2d["euler"]
-        first, last = e[min(e, key=int)], e[max(e, key=int)]
-        trend = "rises" if last > first else ("falls" if last < first else "does not change")
-        out.append(f"l2d: with Euler, accuracy {trend} from {pct(first)} at {min(e, key=int)} evaluation(s) to "
-                   f"{pct(last)} at {max(e, key=int)}; the main model alone scores {pct(l2d['main_only'])} "
-                   f"(one evaluation {'matches' if abs(first - l2d['main_only']) < 1e-9 else 'differs from'} it), "
-                   f"the AR fine-tune {pct(l2d['ar_finetune'])}.")
+        lo, hi = min(e, key=int), max(e, key=int)
+        trend = "rises" if e[hi] > e[lo] else ("falls" if e[hi] < e[lo] else "does not change")
+        line = (f"l2d: with Euler, accuracy {trend} from {pct(e[lo])} at {lo} evaluation(s) to {pct(e[hi])} at {hi}; "
+                f"the main model alone scores {pct(l2d['main_only'])} (one evaluation "
+                f"{'matches' if abs(e[lo] - l2d['main_only']) < 1e-9 else 'differs from'} it), the AR fine-tune "
+                f"{pct(l2d['ar_finetune'])}")
+        if trend != "rises":
+            line += f". {PAPER_SETTING['l2d']}"
+        out.append(line + ".")
     return out
 
 
-DIFFERENCES = """Where an effect does not appear, this setting differs from the papers' in: a model of
+DIFFERENCES = """Throughout, this setting differs from the papers' in: a model of
 {hidden} hidden units and {layers} layers trained from scratch on one synthetic task (the papers
 fine-tune 1B-8B pretrained models: LLaDA-8B-Instruct for GIFT, LIFT and Blockwise SFT, Llama 3 /
 Qwen 2.5 for L2D); {method_steps} fine-tuning steps of batch {batch} after {base_steps} steps that
@@ -464,6 +485,7 @@ def plots(out: Path, r: dict) -> None:
             ax.bar(names, means, yerr=err, capsize=4, color=["#999"] + [f"C{i}" for i in range(len(names) - 1)])
             ax.set_title(f"{task}: mean and 95% t-interval")
             ax.set_ylabel("%")
+            ax.set_ylim(0, 100)
         save(fig, out / "methods.png")
     if "block_size" in r:
         b = r["block_size"]
@@ -489,6 +511,7 @@ def plots(out: Path, r: dict) -> None:
         ax.set_xscale("log", base=2)
         ax.set_xlabel("ODE evaluations per token")
         ax.set_ylabel("cell accuracy (%)")
+        ax.set_ylim(0, 100)
         ax.legend()
         save(fig, out / "l2d_steps.png")
     if "cost" in r:
