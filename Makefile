@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # wheels). On a machine with an NVIDIA driver we keep whatever torch is installed, or let pip choose.
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo experiments bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -24,6 +24,10 @@ test: setup
 
 demo: setup
 	$(BIN)/python -m trainers.demo
+
+# The papers' claims at small scale (about an hour on 2 CPU cores; re-run the same command to resume).
+experiments: setup
+	$(BIN)/python -m trainers.experiments --output runs/experiments
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

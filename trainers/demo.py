@@ -55,54 +55,70 @@ GEN_LENGTH, BLOCK_LENGTH = 32, 32  # d1 protocol block; the answer and its tags 
 
 def build(out: Path, plan: Plan, seed: int):
     """Tokenizer, untrained model, train/test JSONL. Returns (task, test rows)."""
-    from dlmarch import LLaDAConfig, LLaDAModel
     from trainers.tasks import get_task
     from trainers.tokenizer import build_char_tokenizer
 
     task = get_task("sudoku", with_system_prompt=False)  # the instruction costs ~400 characters per row
-    data = out / "data"
-    data.mkdir(parents=True, exist_ok=True)
     test = task.generate(plan.test_rows, seed + 999)
     held_out = {r["puzzle"] for r in test}
     train = [r for r in task.generate(plan.train_rows + plan.test_rows, seed + 1) if r["puzzle"] not in held_out]
-    train = train[: plan.train_rows]
+    write_data(out / "data", task, train[: plan.train_rows], test, task.response)
+    if not (out / "init" / "config.json").exists():
+        tok = build_char_tokenizer("0123456789 :Sudokpzle", words=TAGS, pad_to=8)
+        new_llada(out / "init", tok, plan.hidden, plan.layers, seed)
+    return task, test
+
+
+def write_data(data: Path, task, train: list[dict], test: list[dict], response) -> None:
+    """data/train.jsonl ({"messages"}: the task's prompt and `response(row)` as the assistant turn)
+    and data/test.jsonl (the rows themselves)."""
+    data.mkdir(parents=True, exist_ok=True)
     with open(data / "train.jsonl", "w") as f:
         for r in train:
-            f.write(json.dumps({"messages": task.messages(r) + [{"role": "assistant", "content": task.response(r)}]}) + "\n")
+            f.write(json.dumps({"messages": task.messages(r) + [{"role": "assistant", "content": response(r)}]}) + "\n")
     with open(data / "test.jsonl", "w") as f:
         for r in test:
             f.write(json.dumps(r) + "\n")
-    init = out / "init"
-    if not (init / "config.json").exists():
-        tok = build_char_tokenizer("0123456789 :Sudokpzle", words=TAGS, pad_to=8)
-        torch.manual_seed(seed)
-        cfg = LLaDAConfig(vocab_size=len(tok), hidden_size=plan.hidden, num_layers=plan.layers, num_heads=4, num_kv_heads=4,
-                          intermediate_size=3 * plan.hidden, mask_token_id=tok.mask_token_id, eos_token_id=tok.eos_token_id,
-                          pad_token_id=tok.pad_token_id, max_position_embeddings=512)
-        LLaDAModel(cfg).init_weights().save_pretrained(init)
-        tok.save_pretrained(init)
-    return task, test
+
+
+def new_llada(path: Path, tok, hidden: int, layers: int, seed: int) -> None:
+    """A freshly initialised LLaDA (4 heads, SwiGLU of 3 x hidden) with the tokenizer, at `path`."""
+    from dlmarch import LLaDAConfig, LLaDAModel
+
+    torch.manual_seed(seed)
+    cfg = LLaDAConfig(vocab_size=len(tok), hidden_size=hidden, num_layers=layers, num_heads=4, num_kv_heads=4,
+                      intermediate_size=3 * hidden, mask_token_id=tok.mask_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id, max_position_embeddings=512)
+    LLaDAModel(cfg).init_weights().save_pretrained(path)
+    tok.save_pretrained(path)
+
+
+def prompt_length(task, model_dir: Path, rows: list[dict]) -> int:
+    """The longest prompt of `rows` in tokens, as the sampler encodes them (chat template, generation prompt)."""
+    from transformers import AutoTokenizer
+
+    from dlmarch.sampling.cli import encode_prompts
+
+    prompts = encode_prompts(AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False), [task.messages(r) for r in rows], True)
+    return max(len(p) for p in prompts)
 
 
 def max_length(task, init: Path) -> int:
     """The prompt (all Sudoku prompts have one length) + the sampler's canvas: training rows padded
     (with trained EOS) to exactly what the sampler decodes, "<reasoning>" being the response's first token."""
-    from transformers import AutoTokenizer
-
-    from dlmarch.sampling.cli import encode_prompts
-
-    (prompt,) = encode_prompts(AutoTokenizer.from_pretrained(init, trust_remote_code=False), [task.messages({"puzzle": "0" * 16})], True)
-    return len(prompt) + GEN_LENGTH
+    return prompt_length(task, init, [{"puzzle": "0" * 16}]) + GEN_LENGTH
 
 
-def train_stage(method: str, model: Path, out: Path, data: Path, steps: int, lr: float, plan: Plan, length: int,
+def train_stage(method: str, model: Path, out: Path, data: Path, steps: int, lr: float, batch: int, length: int,
                 seed: int, resume: bool, extra: list[str]) -> dict:
+    """`python -m trainers.<method>` in process; a finished stage (summary.json and model/) is read
+    back, an interrupted one resumed from its last checkpoint when `resume`. Returns the summary."""
     import importlib
 
     if (out / "summary.json").exists() and (out / "model" / "config.json").exists():
         return json.loads((out / "summary.json").read_text())  # finished earlier (--resume)
     args = ["--model", str(model), "--data", str(data), "--output", str(out), "--max-steps", str(steps),
-            "--batch-size", str(plan.batch), "--lr", str(lr), "--max-length", str(length), "--pad-to", "max",
+            "--batch-size", str(batch), "--lr", str(lr), "--max-length", str(length), "--pad-to", "max",
             "--warmup-steps", str(max(1, steps // 20)), "--save-every", str(max(50, steps // 4)), "--seed", str(seed),
             *extra]
     if resume and out.exists():
@@ -113,7 +129,10 @@ def train_stage(method: str, model: Path, out: Path, data: Path, steps: int, lr:
     return json.loads((out / "summary.json").read_text())
 
 
-def run_eval(name: str, model_dir: Path, task, test: list[dict], out: Path, seed: int) -> dict:
+def run_eval(name: str, model_dir: Path, task, test: list[dict], out: Path, seed: int, gen_length: int = GEN_LENGTH,
+             block_length: int = BLOCK_LENGTH) -> dict:
+    """The d1 protocol (steps = gen_length / 2, greedy, low-confidence remasking) on `test`; the
+    summary is cached as out/eval-NAME.summary.json (generations beside it) and read back if present."""
     from dlmarch.sampling.cli import load_for_generation
     from trainers.evaluate import evaluate
 
@@ -121,8 +140,8 @@ def run_eval(name: str, model_dir: Path, task, test: list[dict], out: Path, seed
     if cached.exists():
         return json.loads(cached.read_text())
     model, tok = load_for_generation(str(model_dir), None, None)
-    summary, records = evaluate(model, tok, task, test, gen_length=GEN_LENGTH, block_length=BLOCK_LENGTH,
-                                steps=GEN_LENGTH // 2, batch_size=64, seed=seed)
+    summary, records = evaluate(model, tok, task, test, gen_length=gen_length, block_length=block_length,
+                                steps=gen_length // 2, batch_size=64, seed=seed)
     with open(out / f"eval-{name}.jsonl", "w") as f:
         for r in records:
             f.write(json.dumps(r) + "\n")
@@ -196,13 +215,13 @@ def main(argv=None) -> int:
         length = max_length(task, out / "init")
         train = out / "data" / "train.jsonl"
         print(f"demo: teaching the format ({plan.base_steps} steps of sft from scratch)", file=sys.stderr)
-        base = train_stage("sft", out / "init", out / "base", train, plan.base_steps, plan.base_lr, plan, length,
+        base = train_stage("sft", out / "init", out / "base", train, plan.base_steps, plan.base_lr, plan.batch, length,
                            args.seed, args.resume, [])
         stages = {"untrained": (out / "init", None), "base (sft from scratch)": (out / "base" / "model", base)}
         extra = {"blockwise": ["--block-size", str(BLOCK_LENGTH)]}
         for m in args.methods:
             print(f"demo: fine-tuning the base with {m} ({plan.method_steps} steps)", file=sys.stderr)
-            s = train_stage(m, out / "base" / "model", out / m, train, plan.method_steps, plan.method_lr, plan, length,
+            s = train_stage(m, out / "base" / "model", out / m, train, plan.method_steps, plan.method_lr, plan.batch, length,
                             args.seed, args.resume, extra.get(m, []))
             stages[m] = (out / m / "model", s)
         rows = []

@@ -160,7 +160,7 @@ def lr_lambda(total: int, warmup: int, schedule: str, min_ratio: float) -> Calla
 LOCK_NAME = ".lock"
 # What a run writes into its output directory; --overwrite replaces a directory holding only these.
 RUN_ARTEFACTS = {"run.json", "metrics.jsonl", "metrics.tmp", "loss.png", "summary.json", "checkpoints", "model",
-                 "adapter", "model-hf", "tensorboard", LOCK_NAME}
+                 "adapter", "adapter-hf", "model-hf", "tensorboard", LOCK_NAME}
 # Options a resumed run may change: where and how often it reports and saves, not what it trains.
 RESUME_MAY_CHANGE = {"resume", "overwrite", "config", "no_progress", "log_every", "save_every", "keep", "device"}
 

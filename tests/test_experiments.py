@@ -1,0 +1,162 @@
+"""The experiment harness (trainers.experiments) and autoregressive SFT (trainers.ar), against code
+someone else wrote: transformers' causal-LM loss and greedy generate, scipy's t quantiles, the
+Sudoku task's own validity check."""
+
+import json
+import math
+import random
+
+import pytest
+import torch
+
+from tests.helpers import hf_llama, make_task
+
+
+def test_ar_loss_is_transformers_causal_lm_loss(tmp_path):
+    from dlmarch import CausalLM
+    from trainers.data import Example, pad_batch
+    from trainers.objectives.ar import ar
+
+    hf, path = hf_llama(tmp_path / "hf")
+    ours = CausalLM.from_pretrained(path)
+    rng = random.Random(0)
+    examples = []
+    for line in range(3):  # prompt + response + EOS (id 95), different lengths
+        p, r = rng.randint(2, 6), rng.randint(3, 9)
+        examples.append(Example(ids=[rng.randrange(90) for _ in range(p + r)] + [95], prompt_len=p, line=line + 1))
+    batch = pad_batch(examples, pad_id=0, eos_pad="exclude")
+    out = ar(ours, batch, torch.Generator())
+    labels = torch.where(batch.loss_mask, batch.input_ids, torch.full_like(batch.input_ids, -100))
+    with torch.no_grad():
+        want = hf(batch.input_ids, attention_mask=batch.attention_mask, labels=labels).loss  # shifted CE, mean over labels
+    assert out.denom == float(batch.loss_mask.sum())
+    torch.testing.assert_close(out.loss_sum.detach() / out.denom, want, atol=1e-5, rtol=1e-5)
+
+
+def test_greedy_decoding_is_transformers_generate(tmp_path):
+    from dlmarch import CausalLM
+    from dlmarch.sampling.cli import left_pad
+    from trainers.ar import generate_greedy
+
+    hf, path = hf_llama(tmp_path / "hf")
+    ours = CausalLM.from_pretrained(path).eval()
+    g = torch.Generator().manual_seed(0)
+    ids, am = left_pad([torch.randint(0, 96, (n,), generator=g).tolist() for n in (5, 9, 2)], 0)
+    got = generate_greedy(ours, ids, am, 12)
+    with torch.no_grad():
+        want = hf.generate(ids, attention_mask=am, max_new_tokens=12, min_new_tokens=12, do_sample=False,
+                           pad_token_id=0, eos_token_id=None)
+    assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("extra", [[], ["--lora-rank", "8", "--lr", "1e-2", "--lora-targets", "q_proj", "k_proj", "v_proj",
+                                   "attn_out", "ff_proj", "up_proj", "ff_out"]], ids=["full", "lora"])
+def test_ar_training_lowers_the_loss(tmp_path, extra):
+    import statistics
+
+    from dlmarch import CausalLM, LlamaConfig
+    from trainers.ar import main
+    from trainers.tokenizer import build_char_tokenizer
+
+    tok = build_char_tokenizer("abcdefgh", pad_to=8)
+    torch.manual_seed(0)
+    CausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
+                         intermediate_size=128, eos_token_id=tok.eos_token_id)).init_weights().save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    rng = random.Random(0)
+    with open(tmp_path / "d.jsonl", "w") as f:
+        for _ in range(256):
+            s = "".join(rng.choice("abcdefgh") for _ in range(rng.randint(3, 8)))
+            f.write(json.dumps({"prompt": s, "response": s[::-1]}) + "\n")
+    rc = main(["--model", str(tmp_path / "m"), "--data", str(tmp_path / "d.jsonl"), "--output", str(tmp_path / "run"),
+               "--max-steps", "80", "--max-length", "32", "--batch-size", "16", "--lr", "3e-3", "--warmup-steps", "5",
+               "--no-progress", *extra])
+    assert rc == 0
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    first, last = statistics.mean(r["ce"] for r in rows[:10]), statistics.mean(r["ce"] for r in rows[-10:])
+    lora = "--lora-rank" in extra
+    assert last < (0.95 if lora else 0.8) * first, (first, last)  # a rank-8 adapter on a random model learns slowly
+    assert (tmp_path / "run" / "adapter").exists() == lora
+    assert CausalLM.from_pretrained(tmp_path / "run" / "model").config.family == "llama"
+
+
+def test_ar_refuses_a_masked_diffusion_model(tmp_path, capsys):
+    from trainers.ar import main
+
+    model, data = make_task(tmp_path, n=8)
+    rc = main(["--model", str(model), "--data", str(data), "--output", str(tmp_path / "run"), "--max-steps", "1",
+               "--no-progress"])
+    assert rc == 2 and "not causal" in capsys.readouterr().err
+
+
+def test_t_interval_is_scipys():
+    stats = pytest.importorskip("scipy.stats")
+    from trainers.experiments import t_interval
+
+    rng = random.Random(0)
+    for n in (2, 3, 5, 10, 30):
+        xs = [rng.random() for _ in range(n)]
+        mean, (lo, hi) = t_interval(xs)
+        want = stats.t.interval(0.95, n - 1, loc=mean, scale=stats.sem(xs))
+        assert math.isclose(lo, want[0], abs_tol=1e-3) and math.isclose(hi, want[1], abs_tol=1e-3)
+
+
+def test_traces_lead_to_the_answer():
+    from trainers.experiments import countdown_trace, sudoku_trace, task_setup
+    from trainers.tasks.common import arithmetic
+    from trainers.tasks.sudoku import is_valid_solution
+
+    task, _ = task_setup("sudoku")
+    for row in task.generate(20, 3):
+        grid = list(row["puzzle"])
+        for step in sudoku_trace(row["puzzle"], row["solution"]).split():
+            i = "abcdefghijklmnop".index(step[0])
+            assert grid[i] == "0"
+            grid[i] = step[1]
+        assert is_valid_solution("".join(grid)) and "".join(grid) == row["solution"]
+    task, _ = task_setup("countdown")
+    for row in task.generate(20, 3):
+        last = countdown_trace(row["solution"]).split()[-1]
+        assert arithmetic(last.split("=")[1])[0] == row["target"], (row, last)
+
+
+@pytest.mark.slow
+def test_quick_run_writes_every_result(tmp_path):
+    """The one end-to-end run: every experiment at tiny budgets; the schema, finite scores, plots and
+    report; a second run with the same command reuses every finished stage."""
+    from trainers.experiments import BLOCKS, METHODS, ODE_EVALS, TASKS, main
+
+    out = tmp_path / "exp"
+    assert main(["--quick", "--output", str(out)]) == 0
+    r = json.loads((out / "results.json").read_text())
+    assert set(r) == {"methods", "block_size", "l2d_steps", "cost", "config"}
+
+    def score(x):
+        assert isinstance(x, float) and math.isfinite(x) and 0 <= x <= 1, x
+        return x
+
+    for task in TASKS:
+        for m in METHODS:
+            e = r["methods"][task][m]
+            assert len(e["seeds"]) == len(e["scores"]) >= 2 and [score(s) for s in e["scores"]]
+            assert e["ci95"][0] <= score(e["mean"]) <= e["ci95"][1] and all(map(math.isfinite, e["ci95"]))
+    b = r["block_size"]
+    assert b["train"] == b["decode"] == list(BLOCKS) and [[score(x) for x in row] for row in b["accuracy"]]
+    assert len(b["accuracy"]) == 3 and all(len(row) == 3 for row in b["accuracy"])
+    for solver, counts in ODE_EVALS.items():
+        assert sorted(map(int, r["l2d_steps"][solver])) == list(counts)
+        [score(x) for x in r["l2d_steps"][solver].values()]
+        for n in counts:  # the sampler spent what the key says (+ the final read-out)
+            s = json.loads((out / "l2d" / f"eval-l2d-{solver}-{n}.summary.json").read_text())
+            assert s["evaluations_per_token"] == n + 1
+    score(r["l2d_steps"]["main_only"]), score(r["l2d_steps"]["ar_finetune"])
+    assert set(r["cost"]) >= set(METHODS) and r["cost"]["sft"] == {"train_step": 1.0, "eval_item": 1.0}
+    assert all(math.isfinite(v) and v > 0 for c in r["cost"].values() for v in c.values())
+    for png in ("methods", "block_size", "l2d_steps", "cost"):
+        assert (out / f"{png}.png").stat().st_size > 5000
+    text = (out / "report.md").read_text()
+    assert "## What comes out" in text and "method_lr" in text
+    stamps = {p: p.stat().st_mtime for p in out.rglob("summary.json")}
+    assert main(["--quick", "--output", str(out)]) == 0  # the same command again: nothing is retrained
+    assert {p: p.stat().st_mtime for p in out.rglob("summary.json")} == stamps
+    assert json.loads((out / "results.json").read_text())["methods"] == r["methods"]
