@@ -190,7 +190,7 @@ def _eos_out(cfg: "TransformerConfig"):
 
 @dataclass
 class LLaDAConfig(TransformerConfig):
-    """LLaDA: a Llama-shaped decoder run without a causal mask (card 1)."""
+    """LLaDA: a Llama-shaped decoder run without a causal mask (arXiv 2502.09992; ML-GSAI/LLaDA)."""
 
     mask_token_id: int = 126336
     # <|eot_id|> of the LLaDA tokenizer; not in LLaDA's config.json, so the sampler's CLI reads it

@@ -1,4 +1,4 @@
-"""Blockwise SFT (card 5), every block in one pass, and LIFT (card 6)."""
+"""Blockwise SFT (arXiv 2508.19529), every block in one pass, and LIFT (arXiv 2605.22939)."""
 
 import math
 

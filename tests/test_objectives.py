@@ -143,7 +143,7 @@ def test_gift_underflowing_rates_stay_finite_and_fall_back(monkeypatch):
     monkeypatch.setattr(G, "probe_betas", lambda *a: beta)
     out = gift(model, batch, torch.Generator().manual_seed(0), mask_id=MASK)
     assert math.isfinite(float(out.loss_sum.detach())) and math.isfinite(out.denom)
-    # nothing masked by the entropy rates: the plain mask of card 2 is used
+    # nothing masked by the entropy rates: the plain masked-diffusion SFT mask is used
     beta = torch.full((K,), 1.0)
     monkeypatch.setattr(G, "probe_betas", lambda *a: beta)
     monkeypatch.setattr(G, "token_rates", lambda t, b, r: torch.zeros_like(t))
@@ -172,7 +172,7 @@ def test_gift_amortised_probe_reuses_betas_between_probe_epochs():
         a = obj(counting, b, torch.Generator().manual_seed(epoch))
         probed = len(calls) == 2  # probe + training pass
         assert probed == (epoch % 3 == 0), epoch
-        if epoch % 3 == 0:  # a probe epoch: exactly card 4
+        if epoch % 3 == 0:  # a probe epoch: exactly the paper's GIFT
             e = exact(model, b, torch.Generator().manual_seed(epoch))
             torch.testing.assert_close(a.loss_sum, e.loss_sum)
         obj.sync()

@@ -1,4 +1,4 @@
-"""`python -m trainers.blockwise`: Blockwise SFT (card 5), or every block in one pass (--all-blocks).
+"""`python -m trainers.blockwise`: Blockwise SFT (arXiv 2508.19529), or every block in one pass (--all-blocks).
 
 --all-blocks trains a different conditional: the future is cut off (block-causal attention), not
 masked. Decode such a model with generate(block_causal=True) / `--block-causal`, with block_length

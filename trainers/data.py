@@ -12,7 +12,7 @@ template, which always ends with the assistant header, every response then ends 
 Prompt and response are tokenized separately, so the boundary is exact in tokens whatever the
 tokenizer merges.
 
-EOS (card 2's switch, `eos_pad`):
+EOS (the padding switch `eos_pad`, docs/masked-diffusion-sft.md):
 - "train" (LLaDA, default): each response ends with EOS, and a padded batch fills every row to its
   length with more EOS that are part of the response: noised, attended, and in the loss. The model
   learns to fill the rest of a fixed-length canvas with EOS, which LLaDA's sampler relies on.

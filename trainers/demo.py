@@ -5,7 +5,7 @@
 2. Teaches the model the task and its answer format with masked-diffusion SFT (the "base").
 3. Fine-tunes the base with sft, gift, blockwise and lift under the same token budget (same steps,
    batch and sequence length).
-4. Evaluates the untrained model, the base and every method with the same sampler (card 8's
+4. Evaluates the untrained model, the base and every method with the same sampler (d1's
    protocol: block length 32, steps = gen_length / 2, greedy, low-confidence remasking), and prints
    a table (method, cell accuracy, solved rate, training tokens/s, time) and writes results.md,
    results.json and demo.png (loss curves and accuracies) under --output.

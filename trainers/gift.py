@@ -1,4 +1,4 @@
-"""`python -m trainers.gift`: GIFT, entropy-guided per-token masking rates (card 4)."""
+"""`python -m trainers.gift`: GIFT, entropy-guided per-token masking rates (arXiv 2509.20863)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def add_options(p):
                    help="masked (the GIFT re-implementation), answer_length (LLaDA) or response (d1)")
     g.add_argument("--probe-every", type=int, default=1,
                    help="re-probe each example's entropies every K epochs, reusing them in between "
-                        "(an approximation that makes the probe cost 1/K; 1 = card 4 exactly)")
+                        "(an approximation that makes the probe cost 1/K; 1 = the paper's GIFT exactly)")
 
 
 def objective(ctx):

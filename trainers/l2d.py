@@ -1,6 +1,6 @@
-"""`python -m trainers.l2d`: train L2D's diffusion path on a frozen Llama/Qwen2 (card 7).
+"""`python -m trainers.l2d`: train L2D's diffusion path on a frozen Llama/Qwen2 (arXiv 2501.15781, SakanaAI/L2D).
 
---model is the main path (HF or native); the diffusion path is built from it with card 7's
+--model is the main path (HF or native); the diffusion path is built from it with the L2D reference's
 defaults, overridden by --l2d-options (a JSON of SakanaAI/L2D's option names, as its runs record
 them) and by the flags below, or continued from an L2D checkpoint with --init. The final model/
 holds only the diffusion path and a reference to --model.

@@ -1,4 +1,4 @@
-"""`python -m trainers.lift`: LIFT, learnability-informed masking (card 6); LIFT-3 or LIFT-2."""
+"""`python -m trainers.lift`: LIFT, learnability-informed masking (arXiv 2605.22939); LIFT-3 or LIFT-2."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`python -m trainers.sft`: masked-diffusion SFT (card 2) on the shared loop."""
+"""`python -m trainers.sft`: masked-diffusion SFT (docs/masked-diffusion-sft.md) on the shared loop."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""L2D (card 7; arXiv 2501.15781, SakanaAI/L2D): a frozen causal LM plus a diffusion path.
+"""L2D (arXiv 2501.15781, SakanaAI/L2D): a frozen causal LM plus a diffusion path.
 
 The main path is a Llama/Qwen2 `CausalLM`, every weight frozen and its activations unchanged. The
 diffusion path has one `Block` per main layer, built with cross_attention=True: its queries attend
@@ -41,7 +41,7 @@ from .causal import CausalLM
 
 @dataclass
 class L2DConfig:
-    """L2D options, with card 7's defaults. `from_reference` reads SakanaAI/L2D's option names."""
+    """L2D options, with the defaults of the paper's Llama/Qwen2 runs (docs/l2d.md). `from_reference` reads SakanaAI/L2D's option names."""
 
     flow_dim: int = 256  # flow_representation_dim
     flow_embed_layers: int = 1  # flow_representation_num_layers
@@ -523,7 +523,7 @@ class L2DModel(nn.Module):
     def from_main(cls, path_or_model, config: L2DConfig | None = None, dtype=None, device=None, seed: int | None = None,
                   **options) -> "L2DModel":
         """Wrap a Llama/Qwen2 checkpoint (HF or native directory, or a loaded CausalLM). `options`
-        override fields of `config` (card 7's defaults)."""
+        override fields of `config` (docs/l2d.md lists the defaults)."""
         from ..checkpoint import load_pretrained
 
         main = path_or_model if isinstance(path_or_model, nn.Module) else load_pretrained(path_or_model, dtype=dtype, device=device)

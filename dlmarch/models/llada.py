@@ -1,4 +1,4 @@
-"""LLaDA: the masked-diffusion transformer (card 1). A Llama-shaped decoder run bidirectionally."""
+"""LLaDA: the masked-diffusion transformer (arXiv 2502.09992; ML-GSAI/LLaDA). A Llama-shaped decoder run bidirectionally."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""LLaDA's semi-autoregressive sampler (card 3), exactly, plus opt-in faster variants.
+"""LLaDA's semi-autoregressive sampler (ML-GSAI/LLaDA generate.py), exactly, plus opt-in faster variants.
 
 Reference mode (every option off) reproduces ML-GSAI/LLaDA `generate.py` token for token: the
 canvas is prompt + gen_length mask ids, decoded block by block; each block gets steps / num_blocks
@@ -39,7 +39,7 @@ Faster variants (opt-in; approximations where noted):
 - `threshold=τ` (confidence-threshold parallel decoding): each step commits every masked position
   of the block whose confidence is at least τ, and at least the most confident one; the block ends
   when it is full, so `steps` no longer fixes the number of steps. APPROXIMATION of the schedule.
-- `block_causal=True`: the sampler of models trained with `--all-blocks` (card 5's one-pass
+- `block_causal=True`: the sampler of models trained with `--all-blocks` (Blockwise SFT's one-pass
   mode): the future is cut off instead of masked; the current block attends to itself and to the
   clean prompt and earlier blocks, which attend block-causally among themselves. With
   `kv_cache=True` their keys/values are computed once per block and cached; that cache is exact

@@ -1,4 +1,4 @@
-"""Blockwise SFT (card 5; arXiv 2508.19529, Bowen-Sun-0728/Blockwise-SFT), and every block in one pass.
+"""Blockwise SFT (arXiv 2508.19529, Bowen-Sun-0728/Blockwise-SFT), and every block in one pass.
 
 Reference mode (`blockwise`): each document's answer (through its EOS, never the trained EOS
 padding) is split into its own ceil(len / block_size) blocks (the last may be partial), as

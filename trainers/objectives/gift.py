@@ -75,7 +75,7 @@ def gift(model, batch: Batch, generator: torch.Generator, *, mask_id: int, norma
     rates[padding] = p[batch.seg[padding]]
     masked = resp & (u[0] < rates)
     fallback = not bool(masked.any())
-    if fallback:  # card 2's plain mask
+    if fallback:  # masked-diffusion SFT's plain mask
         masked = resp & (u[1] < p[batch.seg.clamp(min=0)])
         rates = p[batch.seg.clamp(min=0)]
     noisy = torch.where(masked, torch.full_like(batch.input_ids, mask_id), batch.input_ids)

@@ -1,4 +1,4 @@
-"""L2D's loss (card 7): plain cross-entropy on response tokens (+ EOS) with t ~ U(0, 1) per token.
+"""L2D's loss (arXiv 2501.15781): plain cross-entropy on response tokens (+ EOS) with t ~ U(0, 1) per token.
 
 The diffusion token at position i carries token i + 1, so the queries are the positions whose next
 token is a response token of the same document; the diffusion path runs there only (not on context

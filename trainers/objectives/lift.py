@@ -1,4 +1,4 @@
-"""LIFT: learnability-informed masking (card 6; arXiv 2605.22939, divelab/LIFT method lift3).
+"""LIFT: learnability-informed masking (arXiv 2605.22939, divelab/LIFT method lift3).
 
 Per document: t ~ U(0, 1) and rho ~ U(0.1, 1 - t) (U(0, 1 - t) when 1 - t <= 0.1); t then gets card
 2's eps. The response is masked with rate t + rho (a superset), and k = round(#masked * t / (t + rho)).

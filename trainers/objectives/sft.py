@@ -1,4 +1,4 @@
-"""Masked-diffusion SFT (card 2): the baseline every objective is measured against.
+"""Masked-diffusion SFT (LLaDA's GUIDELINES.md; docs/masked-diffusion-sft.md): the baseline every objective is measured against.
 
 Per document t ~ U(0, 1) and p = (1 - eps) t + eps; each response token is replaced by the mask id
 with probability p (the prompt stays clean); the loss is the sum over masked tokens of CE / p,
@@ -82,7 +82,7 @@ def sft(model, batch: Batch, generator: torch.Generator, *, mask_id: int, normal
 
 def sft_loss(model, batch: Batch, masked, p, *, mask_id: int, normaliser: str, t_mean: float | None = None,
              extra_weights=None) -> ObjectiveOutput:
-    """The loss of card 2 for a given mask (B, L) and per-document rate p (num_docs,); extra_weights
+    """The masked-diffusion loss for a given mask (B, L) and per-document rate p (num_docs,); extra_weights
     (K,) multiply the masked tokens' terms (CART)."""
     noisy = torch.where(masked, torch.full_like(batch.input_ids, mask_id), batch.input_ids)
     logits = masked_forward(model, noisy, batch, masked)
