@@ -509,19 +509,30 @@ def read_json(path: str | Path) -> dict:
 
 def jsonl_rows(path: str | Path):
     """(line number, parsed value, error) for every non-blank line of a JSONL file: the value is None
-    and error a one-line message ("FILE: line N: invalid JSON (...)") when the line does not parse.
-    Callers decide whether a bad line stops them or is skipped and counted."""
+    and error a one-line message ("FILE: line N: invalid JSON (...)", "... invalid UTF-8 ...") when the
+    line does not parse. Lines are decoded one at a time, so one bad byte spoils one row, not the
+    file. Callers decide whether a bad line stops them or is skipped and counted."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: no such file")
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield n, json.loads(line), None
-            except json.JSONDecodeError as e:
-                yield n, None, f"{path}: line {n}: invalid JSON ({e.msg} at column {e.colno})"
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, not a JSONL file")
+    try:
+        with open(path, "rb") as f:
+            for n, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    yield n, None, f"{path}: line {n}: invalid UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1})"
+                    continue
+                if not line.strip():
+                    continue
+                try:
+                    yield n, json.loads(line), None
+                except json.JSONDecodeError as e:
+                    yield n, None, f"{path}: line {n}: invalid JSON ({e.msg} at column {e.colno})"
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
 def strict_dataclass(cls, d: dict, what: str):
