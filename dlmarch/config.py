@@ -493,15 +493,21 @@ def read_json(path: str | Path) -> dict:
     """Read a JSON file; a one-line ConfigError names the file and the line of a syntax error."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a JSON file") from None
     except OSError as e:
-        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+        raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: invalid UTF-8 at byte {e.start}") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid JSON (nested too deeply)") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object, found {type(data).__name__}")
     return data
@@ -531,6 +537,8 @@ def jsonl_rows(path: str | Path):
                     yield n, json.loads(line), None
                 except json.JSONDecodeError as e:
                     yield n, None, f"{path}: line {n}: invalid JSON ({e.msg} at column {e.colno})"
+                except RecursionError:
+                    yield n, None, f"{path}: line {n}: invalid JSON (nested too deeply)"
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
 

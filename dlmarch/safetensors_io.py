@@ -103,6 +103,8 @@ def read_header(path: str | Path) -> tuple[dict[str, TensorInfo], dict]:
         raise CheckpointError(f"{path}: tensor {e.args[0]!r} appears twice in the header") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: corrupt safetensors header ({e})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: corrupt safetensors header (nested too deeply)") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)")
     entries = {k: v for k, v in header.items() if k != "__metadata__"}
