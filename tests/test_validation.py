@@ -249,3 +249,17 @@ def test_safetensors_reading_matches_the_library(tmp_path):
     assert meta == {"format": "pt"} and sorted(infos) == ["a", "b", "c"]
     for name, t in tensors.items():
         assert torch.equal(st.read_tensor(infos[name]), t)
+
+
+@pytest.mark.parametrize("cli,flag", [("dlmarch.sampling.cli", "--steps"), ("dlmarch.sampling.cli", "--batch-size"),
+                                      ("dlmarch.sampling.cli", "--block-length"), ("trainers.evaluate", "--steps"),
+                                      ("trainers.evaluate", "--num"), ("trainers.evaluate", "--gen-length")])
+def test_sampler_counts_must_be_positive(tmp_path, capsys, cli, flag):
+    """`--steps 0` used to fall back silently to the default (`args.steps or ...`)."""
+    import importlib
+
+    main = importlib.import_module(cli).main
+    source = ["--prompt", "hi"] if cli == "dlmarch.sampling.cli" else ["--task", "sudoku"]
+    rc = main([*source, "--model", str(tmp_path / "none"), flag, "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == [f"error: {flag} must be at least 1, found 0"], err

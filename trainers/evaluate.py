@@ -88,6 +88,9 @@ def main(argv=None) -> int:
     p.add_argument("--output", help="JSONL of generations (default: MODEL/eval-TASK.jsonl); the summary goes beside it")
     args = p.parse_args(argv)
     try:
+        for name in ("steps", "gen_length", "block_length", "batch_size", "num"):  # 0 would otherwise fall back to the default
+            if getattr(args, name) is not None and getattr(args, name) < 1:
+                raise DlmarchError(f"--{name.replace('_', '-')} must be at least 1, found {getattr(args, name)}")
         from dlmarch.sampling.cli import load_for_generation
 
         kw = {"with_system_prompt": False} if args.no_system_prompt and args.task in ("sudoku", "countdown") else {}
