@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from dlmarch.errors import DlmarchError, os_error_line
 
@@ -49,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.max_shard_size is not None and args.max_shard_size <= 0:
             raise DlmarchError(f"--max-shard-size must be positive, found {args.max_shard_size} bytes")
+        for path in (Path(args.dst), *Path(args.dst).parents):  # --overwrite replaces checkpoints, not files
+            if path.exists() and not path.is_dir():
+                raise DlmarchError(f"{path} is a file, not a directory (DST {args.dst})")
         if args.command == "import" and (args.base or args.l2d_options):
             if not (args.base and args.l2d_options):
                 raise DlmarchError("an L2D import needs both --base MAIN_DIR and --l2d-options OPTIONS.json")

@@ -263,3 +263,18 @@ def test_sampler_counts_must_be_positive(tmp_path, capsys, cli, flag):
     rc = main([*source, "--model", str(tmp_path / "none"), flag, "0"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and err == [f"error: {flag} must be at least 1, found 0"], err
+
+
+@pytest.mark.parametrize("where", ["dst", "parent"])
+def test_conversion_destination_that_is_a_file(tmp_path, capsys, where):
+    """--overwrite replaces a checkpoint directory, never a user's file (it used to move the file
+    aside as a hidden .NAME.old-PID and put the checkpoint in its place)."""
+    from conversions.__main__ import main
+
+    f = tmp_path / "file"
+    f.write_text("mine")
+    dst = f if where == "dst" else f / "native"
+    assert main(["import", str(LLADA_TINY), str(dst), "--overwrite"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{f} is a file" in err[0], err
+    assert f.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["file"]
