@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from dlmarch.errors import DlmarchError
+from dlmarch.errors import DlmarchError, os_error_line
 
 
 def parse_size(text: str) -> int:
@@ -59,6 +60,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.max_shard_size is not None and args.max_shard_size <= 0:
+            raise DlmarchError(f"--max-shard-size must be positive, found {args.max_shard_size} bytes")
+        for path in (Path(args.dst), *Path(args.dst).parents):  # --overwrite replaces checkpoints, not files
+            if path.exists() and not path.is_dir():
+                raise DlmarchError(f"{path} is a file, not a directory (DST {args.dst})")
         if args.command == "import" and (args.base or args.l2d_options):
             if not (args.base and args.l2d_options):
                 raise DlmarchError("an L2D import needs both --base MAIN_DIR and --l2d-options OPTIONS.json")
@@ -84,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
 
             report = export_hf(args.src, args.dst, args.dtype, args.overwrite, args.max_shard_size)
     except (DlmarchError, FileExistsError, OSError) as e:
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        msg = os_error_line(e) if isinstance(e, OSError) and not isinstance(e, FileExistsError) else str(e)
+        msg = msg.splitlines()[0] if msg else type(e).__name__
         if isinstance(e, FileExistsError):
             msg += " (pass --overwrite to replace it)"
         print(f"error: {msg}", file=sys.stderr)

@@ -29,7 +29,7 @@ from dlmarch.checkpoint import (
     write_json,
     write_shards,
 )
-from dlmarch.config import TransformerConfig, config_from_hf, family_of_hf, read_json
+from dlmarch.config import TransformerConfig, config_from_hf, family_of_hf, native_config, read_json
 from dlmarch.errors import ConfigError, DlmarchError
 from dlmarch.keymaps import KEY_TABLES, expected_shapes, plan
 
@@ -151,7 +151,7 @@ def export_hf(src: str | Path, dst: str | Path, dtype: str | None = None, overwr
     raw = read_native_config(src)
     if raw.get("model") == "L2DModel":
         raise ConfigError(f"{src}: an L2D checkpoint has no single HF layout; export its main path instead")
-    config = TransformerConfig.from_dict(raw["config"])
+    config = native_config(raw, src / "config.json")
     table = KEY_TABLES[config.family]
     files = WeightFiles(src)
     model = build_on_meta(model_class_for(config.family), config)

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from . import safetensors_io as st
-from .config import TransformerConfig, config_from_hf, family_of_hf, read_json
+from .config import TransformerConfig, config_from_hf, family_of_hf, native_config, read_json
 from .errors import CheckpointError, ConfigError, DlmarchError
 from .keymaps import KEY_TABLES, expected_shapes, plan
 
@@ -445,7 +445,7 @@ def load_pretrained(path: str | Path, dtype: torch.dtype | None = None, device=N
             from .models.l2d import L2DModel
 
             return L2DModel.from_pretrained(path, dtype=dtype, device=device)
-        config = TransformerConfig.from_dict(raw["config"])
+        config = native_config(raw, path / "config.json")
         rename, ignorable, where = (lambda n: n), (lambda n: False), f"{path} (native {config.family})"
     else:
         family = family_of_hf(raw, str(path / "config.json"))

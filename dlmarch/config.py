@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -16,6 +17,52 @@ from typing import ClassVar
 from .errors import ConfigError
 
 ATTN_BACKENDS = ("auto", "sdpa", "flex", "flash")
+# More layers than any published model of these families (Llama-3.1-405B has 126) by a wide margin;
+# a config asking for more is a typo, and building it would stall before any other check.
+MAX_LAYERS = 1024
+
+
+# --- value checks shared by the HF readers and the dataclasses ---------------------------------------------
+
+
+def _positive_int(value, name: str) -> int:
+    """JSON integers only: 96.7 or "96" are refused rather than truncated or parsed."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, found {value!r}")
+    return value
+
+
+def _number(value, name: str, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{name} must be a number, found {value!r}")
+    if positive and value <= 0:
+        raise ConfigError(f"{name} must be positive, found {value!r}")
+    return float(value)
+
+
+def _flag(value, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{name} must be true or false, found {value!r}")
+    return value
+
+
+def _check_rope_scaling(scaling, name: str = "rope_scaling") -> None:
+    """The fields each supported rope type reads (dlmarch.layers), present and sensible."""
+    if not isinstance(scaling, dict):
+        raise ConfigError(f"{name} must be an object, found {scaling!r}")
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind not in ("default", "linear", "llama3"):
+        raise ConfigError(f"rope scaling type {kind!r} is not supported (default, linear, llama3)")
+    needed = {"default": (), "linear": ("factor",),
+              "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")}[kind]
+    for key in needed:
+        value = scaling.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ConfigError(f"{kind} rope scaling needs a positive {key!r}, found {value!r}"
+                              + ("" if kind == "linear" else f" (it needs {', '.join(needed)})"))
+    if kind == "llama3" and scaling["high_freq_factor"] <= scaling["low_freq_factor"]:
+        raise ConfigError(f"llama3 rope scaling needs high_freq_factor > low_freq_factor, found "
+                          f"{scaling['high_freq_factor']} and {scaling['low_freq_factor']}")
 
 
 @dataclass
@@ -56,6 +103,7 @@ class TransformerConfig:
     causal: ClassVar[bool] = True
 
     def __post_init__(self):
+        self._check_values()
         if not self.head_dim:
             if self.hidden_size % self.num_heads:
                 raise ConfigError(
@@ -71,11 +119,34 @@ class TransformerConfig:
         if self.attn_backend not in ATTN_BACKENDS:
             raise ConfigError(f"attn_backend must be one of {ATTN_BACKENDS}, found {self.attn_backend!r}")
         if self.rope_scaling is not None:
-            kind = self.rope_scaling.get("rope_type", self.rope_scaling.get("type", "default"))
-            if kind not in ("default", "linear", "llama3"):
-                raise ConfigError(f"rope scaling type {kind!r} is not supported (default, linear, llama3)")
-            if kind == "default":
+            _check_rope_scaling(self.rope_scaling)
+            if self.rope_scaling.get("rope_type", self.rope_scaling.get("type", "default")) == "default":
                 self.rope_scaling = None
+
+    def _check_values(self) -> None:
+        """Types and ranges of every field, before anything divides by them or builds from them."""
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size",
+                     "max_position_embeddings"):
+            _positive_int(getattr(self, name), name)
+        if self.num_layers > MAX_LAYERS:
+            raise ConfigError(f"num_layers {self.num_layers} is more than {MAX_LAYERS}; is the config right?")
+        if self.head_dim != 0:
+            _positive_int(self.head_dim, "head_dim")
+        self.rope_theta = _number(self.rope_theta, "rope_theta", positive=True)
+        self.rms_norm_eps = _number(self.rms_norm_eps, "rms_norm_eps", positive=True)
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.type == "bool":
+                _flag(value, f.name)
+            # Token ids index the embedding; pad_token_id is exempt because HF configs write -1 for
+            # "none" and nothing here embeds it.
+            elif f.name.endswith("_token_id") and f.name != "pad_token_id" and value is not None:
+                if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < self.vocab_size:
+                    raise ConfigError(f"{f.name} {value!r} is outside the vocabulary of {self.vocab_size}")
+        if not isinstance(self.attn_backend, str):
+            raise ConfigError(f"attn_backend must be one of {ATTN_BACKENDS}, found {self.attn_backend!r}")
+        if not isinstance(self.hf_extra, dict):
+            raise ConfigError(f"hf_extra must be an object, found {self.hf_extra!r}")
 
     # --- sizes ---------------------------------------------------------------------------------
     def num_params(self, include_embedding: bool = True) -> int:
@@ -114,6 +185,8 @@ class TransformerConfig:
 
     @staticmethod
     def from_dict(d: dict) -> "TransformerConfig":
+        if not isinstance(d, dict):
+            raise ConfigError(f"a native config must be an object of fields, found {type(d).__name__}")
         d = dict(d)
         family = d.pop("family", None)
         cls = CONFIG_CLASSES.get(family)
@@ -124,8 +197,9 @@ class TransformerConfig:
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "TransformerConfig":
         """The config of a checkpoint directory, native or HF."""
-        raw = read_json(Path(path) / "config.json")
-        cfg = TransformerConfig.from_dict(raw["config"]) if raw.get("format") == "dlmarch" else config_from_hf(raw)
+        where = Path(path) / "config.json"
+        raw = read_json(where)
+        cfg = native_config(raw, where) if raw.get("format") == "dlmarch" else config_from_hf(raw, str(where))
         if cls is not TransformerConfig and not isinstance(cfg, cls):
             raise ConfigError(f"{path} holds a {cfg.family} config, not a {cls.__name__}")
         return cfg
@@ -158,11 +232,15 @@ def _hf_rope(hf: dict) -> tuple[float, dict | None]:
     """(theta, scaling) from either transformers 4.x (`rope_theta`, `rope_scaling`) or 5.x
     (`rope_parameters`) config fields."""
     params = hf.get("rope_parameters") or {}
+    if not isinstance(params, dict):
+        raise ConfigError(f"rope_parameters must be an object, found {params!r}")
     theta = hf.get("rope_theta", params.get("rope_theta", 10000.0))
     scaling = hf.get("rope_scaling") or {k: v for k, v in params.items() if k != "rope_theta"} or None
-    if scaling is not None and scaling.get("rope_type", scaling.get("type")) in (None, "default"):
-        scaling = None
-    return float(theta), scaling
+    if scaling is not None:
+        _check_rope_scaling(scaling, "rope_scaling" if hf.get("rope_scaling") else "rope_parameters")
+        if scaling.get("rope_type", scaling.get("type")) in (None, "default"):
+            scaling = None
+    return _number(theta, "rope_theta", positive=True), scaling
 
 
 def _first(value):
@@ -215,35 +293,36 @@ class LLaDAConfig(TransformerConfig):
         _expect(hf, "attention_layer_norm", (False,), f)
         _expect(hf, "block_group_size", (1,), f)
         _expect(hf, "layer_norm_with_affine", (True,), f)
-        n_heads = int(_need(hf, "n_heads", f))
+        n_heads = _positive_int(_need(hf, "n_heads", f), "n_heads")
         n_kv = hf.get("n_kv_heads")
         if n_kv is None:
             n_kv = 1 if hf.get("multi_query_attention") else n_heads
-        include_bias = bool(hf.get("include_bias", False))
-        vocab = hf.get("embedding_size") or _need(hf, "vocab_size", f)
+        include_bias = _flag(hf.get("include_bias", False), "include_bias")
+        vocab_key = "embedding_size" if hf.get("embedding_size") is not None else "vocab_size"
+        vocab = _positive_int(_need(hf, vocab_key, f), vocab_key)
         known = {
             "d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden_size", "embedding_size",
             "rope_theta", "rms_norm_eps", "include_bias", "include_qkv_bias", "weight_tying",
             "max_sequence_length", "eos_token_id", "pad_token_id", "mask_token_id", "bos_token_id",
         }
         return cls(
-            vocab_size=int(vocab),
-            hidden_size=int(_need(hf, "d_model", f)),
-            num_layers=int(_need(hf, "n_layers", f)),
+            vocab_size=vocab,
+            hidden_size=_positive_int(_need(hf, "d_model", f), "d_model"),
+            num_layers=_positive_int(_need(hf, "n_layers", f), "n_layers"),
             num_heads=n_heads,
-            num_kv_heads=int(n_kv),
-            intermediate_size=int(_need(hf, "mlp_hidden_size", f)),
-            rope_theta=float(hf.get("rope_theta", 10000.0)),
-            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-5)),
-            qkv_bias=include_bias or bool(hf.get("include_qkv_bias", False)),
+            num_kv_heads=_positive_int(n_kv, "n_kv_heads"),
+            intermediate_size=_positive_int(_need(hf, "mlp_hidden_size", f), "mlp_hidden_size"),
+            rope_theta=_number(hf.get("rope_theta", 10000.0), "rope_theta", positive=True),
+            rms_norm_eps=_number(hf.get("rms_norm_eps", 1e-5), "rms_norm_eps", positive=True),
+            qkv_bias=include_bias or _flag(hf.get("include_qkv_bias", False), "include_qkv_bias"),
             out_bias=include_bias,
             mlp_bias=include_bias,
-            tie_word_embeddings=bool(hf.get("weight_tying", False)),
-            max_position_embeddings=int(hf.get("max_sequence_length", 4096)),
+            tie_word_embeddings=_flag(hf.get("weight_tying", False), "weight_tying"),
+            max_position_embeddings=_positive_int(hf.get("max_sequence_length", 4096), "max_sequence_length"),
             bos_token_id=_first(hf.get("bos_token_id")),
             eos_token_id=_first(hf.get("eos_token_id")),
             pad_token_id=_first(hf.get("pad_token_id")),
-            mask_token_id=int(hf.get("mask_token_id", 126336)),
+            mask_token_id=hf.get("mask_token_id", 126336),
             hf_extra=_extra(hf, known),
         )
 
@@ -305,8 +384,8 @@ class LlamaConfig(TransformerConfig):
     def _common_hf(cls, hf: dict, f: str) -> dict:
         _expect(hf, "hidden_act", ("silu",), f)
         theta, scaling = _hf_rope(hf)
-        n_heads = int(_need(hf, "num_attention_heads", f))
-        hidden = int(_need(hf, "hidden_size", f))
+        n_heads = _positive_int(_need(hf, "num_attention_heads", f), "num_attention_heads")
+        hidden = _positive_int(_need(hf, "hidden_size", f), "hidden_size")
         known = {
             "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
             "intermediate_size", "head_dim", "rope_theta", "rope_scaling", "rope_parameters",
@@ -314,18 +393,18 @@ class LlamaConfig(TransformerConfig):
             "max_position_embeddings", "bos_token_id", "eos_token_id", "pad_token_id", "vocab_size",
         }
         return dict(
-            vocab_size=int(_need(hf, "vocab_size", f)),
+            vocab_size=_positive_int(_need(hf, "vocab_size", f), "vocab_size"),
             hidden_size=hidden,
-            num_layers=int(_need(hf, "num_hidden_layers", f)),
+            num_layers=_positive_int(_need(hf, "num_hidden_layers", f), "num_hidden_layers"),
             num_heads=n_heads,
-            num_kv_heads=int(hf.get("num_key_value_heads") or n_heads),
-            intermediate_size=int(_need(hf, "intermediate_size", f)),
-            head_dim=int(hf.get("head_dim") or hidden // n_heads),
+            num_kv_heads=_positive_int(hf.get("num_key_value_heads") or n_heads, "num_key_value_heads"),
+            intermediate_size=_positive_int(_need(hf, "intermediate_size", f), "intermediate_size"),
+            head_dim=_positive_int(hf.get("head_dim") or hidden // n_heads, "head_dim"),
             rope_theta=theta,
             rope_scaling=scaling,
-            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            max_position_embeddings=int(hf.get("max_position_embeddings", 2048)),
+            rms_norm_eps=_number(hf.get("rms_norm_eps", 1e-6), "rms_norm_eps", positive=True),
+            tie_word_embeddings=_flag(hf.get("tie_word_embeddings", False), "tie_word_embeddings"),
+            max_position_embeddings=_positive_int(hf.get("max_position_embeddings", 2048), "max_position_embeddings"),
             bos_token_id=_first(hf.get("bos_token_id")),
             eos_token_id=_first(hf.get("eos_token_id")),
             pad_token_id=_first(hf.get("pad_token_id")),
@@ -335,8 +414,8 @@ class LlamaConfig(TransformerConfig):
     @classmethod
     def from_hf(cls, hf: dict) -> "LlamaConfig":
         kw = cls._common_hf(hf, "Llama")
-        bias = bool(hf.get("attention_bias", False))
-        return cls(qkv_bias=bias, out_bias=bias, mlp_bias=bool(hf.get("mlp_bias", False)), **kw)
+        bias = _flag(hf.get("attention_bias", False), "attention_bias")
+        return cls(qkv_bias=bias, out_bias=bias, mlp_bias=_flag(hf.get("mlp_bias", False), "mlp_bias"), **kw)
 
     def _common_to_hf(self) -> dict:
         out = {"architectures": [self._architecture], "model_type": self._model_type, "hidden_act": "silu"}
@@ -414,15 +493,21 @@ def read_json(path: str | Path) -> dict:
     """Read a JSON file; a one-line ConfigError names the file and the line of a syntax error."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a directory, not a JSON file") from None
     except OSError as e:
-        raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+        raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: invalid UTF-8 at byte {e.start}") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise ConfigError(f"{path}: invalid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid JSON (nested too deeply)") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a JSON object, found {type(data).__name__}")
     return data
@@ -430,19 +515,32 @@ def read_json(path: str | Path) -> dict:
 
 def jsonl_rows(path: str | Path):
     """(line number, parsed value, error) for every non-blank line of a JSONL file: the value is None
-    and error a one-line message ("FILE: line N: invalid JSON (...)") when the line does not parse.
-    Callers decide whether a bad line stops them or is skipped and counted."""
+    and error a one-line message ("FILE: line N: invalid JSON (...)", "... invalid UTF-8 ...") when the
+    line does not parse. Lines are decoded one at a time, so one bad byte spoils one row, not the
+    file. Callers decide whether a bad line stops them or is skipped and counted."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: no such file")
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield n, json.loads(line), None
-            except json.JSONDecodeError as e:
-                yield n, None, f"{path}: line {n}: invalid JSON ({e.msg} at column {e.colno})"
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a directory, not a JSONL file")
+    try:
+        with open(path, "rb") as f:
+            for n, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    yield n, None, f"{path}: line {n}: invalid UTF-8 (byte {raw[e.start]:#04x} at column {e.start + 1})"
+                    continue
+                if not line.strip():
+                    continue
+                try:
+                    yield n, json.loads(line), None
+                except json.JSONDecodeError as e:
+                    yield n, None, f"{path}: line {n}: invalid JSON ({e.msg} at column {e.colno})"
+                except RecursionError:
+                    yield n, None, f"{path}: line {n}: invalid JSON (nested too deeply)"
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
 def strict_dataclass(cls, d: dict, what: str):
@@ -451,6 +549,11 @@ def strict_dataclass(cls, d: dict, what: str):
     unknown = sorted(set(d) - names)
     if unknown:
         raise ConfigError(f"unknown {what}: {', '.join(unknown)}")
+    required = [f.name for f in dataclasses.fields(cls) if f.init and f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING]
+    missing = [n for n in required if n not in d]
+    if missing:
+        raise ConfigError(f"missing {what}: {', '.join(missing)}")
     return cls(**d)
 
 
@@ -463,8 +566,29 @@ def family_of_hf(hf: dict, where: str = "config.json") -> str:
     return HF_MODEL_TYPES[model_type]
 
 
+def _located(e: ConfigError, where) -> ConfigError:
+    """The same error with the file named first (once)."""
+    msg = str(e)
+    return e if msg.startswith(str(where)) else ConfigError(f"{where}: {msg}")
+
+
 def config_from_hf(hf: dict, where: str = "config.json") -> TransformerConfig:
-    return CONFIG_CLASSES[family_of_hf(hf, where)].from_hf(hf)
+    """The config an HF config.json describes; every error names `where`."""
+    try:
+        return CONFIG_CLASSES[family_of_hf(hf, where)].from_hf(hf)
+    except ConfigError as e:
+        raise _located(e, where) from None
+
+
+def native_config(raw: dict, where) -> TransformerConfig:
+    """The config of a native config.json (`{"format": "dlmarch", "config": {...}}`); errors name `where`."""
+    if not isinstance(raw.get("config"), dict):
+        found = "none" if "config" not in raw else type(raw["config"]).__name__
+        raise ConfigError(f"{where}: a dlmarch config.json needs a 'config' object, found {found}")
+    try:
+        return TransformerConfig.from_dict(raw["config"])
+    except ConfigError as e:
+        raise _located(e, where) from None
 
 
 __all__ = [
@@ -475,6 +599,7 @@ __all__ = [
     "DreamConfig",
     "CONFIG_CLASSES",
     "config_from_hf",
+    "native_config",
     "family_of_hf",
     "read_json",
 ]

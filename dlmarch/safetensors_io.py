@@ -1,10 +1,12 @@
 """Streaming safetensors: read one tensor at a time, write one tensor at a time.
 
 The format is an 8-byte little-endian header length, a JSON header (name -> dtype, shape, byte
-offsets) and the raw bytes. Reading the header alone gives every name and shape, so a checkpoint is
+offsets) and the raw bytes. Headers are validated by the safetensors library (`safe_open`); reading
+the header alone gives every name and shape, so a checkpoint is
 checked against its config before a single tensor is loaded, and a truncated file is refused by
-comparing the offsets with the file size. Writing computes the header up front and then streams
-each tensor's bytes, so peak memory is one tensor, not one shard.
+comparing the offsets with the file size. The library has no streaming writer (its `save_file`
+takes every tensor at once), so writing is ours: the header is computed up front and then each
+tensor's bytes are streamed, so peak memory is one tensor, not one shard.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError, safe_open
 
 from .errors import CheckpointError
 
@@ -54,9 +57,29 @@ class TensorInfo:
         return self.end - self.start
 
 
+def _refuse_duplicates(pairs):
+    """json object hook: a name listed twice is an error (json.loads would keep the last silently)."""
+    seen = {}
+    for key, value in pairs:
+        if key in seen:
+            raise _Duplicate(key)
+        seen[key] = value
+    return seen
+
+
+class _Duplicate(Exception):
+    pass
+
+
 def read_header(path: str | Path) -> tuple[dict[str, TensorInfo], dict]:
     """Parse and check a safetensors header: {name: TensorInfo}, metadata. CheckpointError (naming the
-    file) on a truncated or malformed file."""
+    file) on a truncated or malformed file.
+
+    The safetensors library (`safe_open`) is the judge of a valid header: it refuses negative,
+    overlapping or gapped offsets, negative dimensions and unknown dtypes. Before it we check what
+    it reports less clearly (a truncated file, a name listed twice); after it we keep each tensor's
+    byte range, which `read_tensor` needs.
+    """
     path = Path(path)
     try:
         size = path.stat().st_size
@@ -70,39 +93,62 @@ def read_header(path: str | Path) -> tuple[dict[str, TensorInfo], dict]:
             raw = f.read(n)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise CheckpointError(f"{path}: is a directory, not a safetensors file") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read ({e.strerror})") from None
     try:
-        header = json.loads(raw)
+        header = json.loads(raw, object_pairs_hook=_refuse_duplicates)
+    except _Duplicate as e:
+        raise CheckpointError(f"{path}: tensor {e.args[0]!r} appears twice in the header") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: corrupt safetensors header ({e})") from None
+    except RecursionError:
+        raise CheckpointError(f"{path}: corrupt safetensors header (nested too deeply)") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)")
-    metadata = header.pop("__metadata__", None) or {}
+    entries = {k: v for k, v in header.items() if k != "__metadata__"}
     data_start = 8 + n
-    infos = {}
     data_end = 0
-    for name, entry in header.items():
+    for name, entry in entries.items():
         try:
-            dtype = DTYPES[entry["dtype"]]
-            shape = tuple(int(s) for s in entry["shape"])
-            begin, end = (int(o) for o in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise CheckpointError(f"{path}: corrupt header entry for tensor {name!r}") from None
-        expected = math.prod(shape) * dtype.itemsize
-        if end - begin != expected:
-            raise CheckpointError(
-                f"{path}: tensor {name!r} has {end - begin} bytes for shape {list(shape)} {entry['dtype']} (expected {expected})"
-            )
-        infos[name] = TensorInfo(path, name, dtype, shape, data_start + begin, data_start + end)
-        data_end = max(data_end, end)
+            data_end = max(data_end, int(entry["data_offsets"][1]))
+        except (KeyError, TypeError, ValueError, IndexError):
+            raise CheckpointError(f"{path}: corrupt safetensors header entry for tensor {name!r}") from None
     if data_start + data_end > size:
         raise CheckpointError(
             f"{path}: truncated file: its header describes {data_start + data_end} bytes, the file has {size}"
         )
+    try:
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata() or {}
+            shapes = {name: (tuple(f.get_slice(name).get_shape()), f.get_slice(name).get_dtype()) for name in f.keys()}
+    except SafetensorError as e:
+        raise CheckpointError(f"{path}: corrupt safetensors header ({_library_reason(e)})") from None
+    infos = {}
+    for name, (shape, dtype_name) in shapes.items():
+        if dtype_name not in DTYPES:
+            raise CheckpointError(f"{path}: tensor {name!r} has dtype {dtype_name}, which is not supported ({', '.join(DTYPES)})")
+        begin, end = (int(o) for o in entries[name]["data_offsets"])
+        infos[name] = TensorInfo(path, name, DTYPES[dtype_name], shape, data_start + begin, data_start + end)
     return infos, metadata
 
 
+def _library_reason(e: Exception) -> str:
+    """The safetensors library's message without its generic prefix."""
+    return str(e).strip().splitlines()[0].removeprefix("Error while deserializing header: ")
+
+
 def read_tensor(info: TensorInfo, f=None) -> torch.Tensor:
-    """Read one tensor's bytes into a fresh CPU tensor."""
+    """Read one tensor's bytes (at the offsets the library validated) into a fresh CPU tensor.
+
+    Not through `safe_open(...).get_tensor`: it returns a tensor on a private mapping of the file,
+    which must be cloned before it can outlive the file (a file truncated in place under a live
+    mapping kills the process with SIGBUS), and the mapped pages count towards resident memory
+    until the clone is done: a second copy of the largest tensor at peak (measured: +124 MiB, the
+    embedding, on `benchmarks/load_8b.py --layers 2 --scale 8`; LLaDA-8B's embedding is 0.96 GiB).
+    One read into one buffer keeps the peak at one tensor.
+    """
     own = f is None
     if own:
         f = open(info.path, "rb")

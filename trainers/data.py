@@ -36,6 +36,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
+from jinja2 import TemplateError
 from torch import Tensor
 
 from dlmarch.config import jsonl_rows
@@ -123,6 +124,36 @@ def tokenize_row(tokenizer, row: dict, where: str, eos_id: int, use_template: bo
     return prompt, response
 
 
+def _kind(value) -> str:
+    return "None" if value is None else {list: "a list", dict: "an object", int: "an int", float: "a float",
+                                         bool: "a boolean"}.get(type(value), type(value).__name__)
+
+
+def check_row(row, where: str) -> None:
+    """The shape of one row, before any tokenizer or template sees it: an object with string
+    "prompt" and "response", or a non-empty "messages" list of {role, content} strings; an optional
+    integer "class". DataError naming the line and the field otherwise."""
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected a JSON object, found {_kind(row)}")
+    if "messages" in row:
+        msgs = row["messages"]
+        if not isinstance(msgs, list) or not msgs:
+            raise DataError(f"{where}: \"messages\" must be a non-empty list of {{role, content}}, found {_kind(msgs)}")
+        for i, m in enumerate(msgs):
+            if not isinstance(m, dict) or "role" not in m or "content" not in m:
+                raise DataError(f"{where}: messages[{i}] must be an object with \"role\" and \"content\"")
+            for key in ("role", "content"):
+                if not isinstance(m[key], str):
+                    raise DataError(f"{where}: messages[{i}].{key} must be a string, found {_kind(m[key])}")
+    elif "prompt" in row and "response" in row:
+        for key in ("prompt", "response"):
+            if not isinstance(row[key], str):
+                raise DataError(f"{where}: \"{key}\" must be a string, found {_kind(row[key])}")
+    label = row.get("class", -1)
+    if not isinstance(label, int) or isinstance(label, bool):
+        raise DataError(f"{where}: \"class\" must be an integer, found {label!r}")
+
+
 def load_examples(path: str | Path, tokenizer, max_length: int, *, eos_id: int, over_long: str = "drop",
                   skip_bad_rows: bool = False, use_template: bool | None = None,
                   full_conversation: bool = False) -> tuple[list[Example], DataReport]:
@@ -149,15 +180,17 @@ def load_examples(path: str | Path, tokenizer, max_length: int, *, eos_id: int, 
         try:
             if error:
                 raise DataError(error)
-            if not isinstance(row, dict):
-                raise DataError(f"{where}: expected a JSON object")
-            prompt, response = tokenize_row(tokenizer, row, where, eos_id, use_template, full_conversation)
+            check_row(row, where)
+            try:
+                prompt, response = tokenize_row(tokenizer, row, where, eos_id, use_template, full_conversation)
+            except TemplateError as e:
+                # The template is the model directory's code, run on this row: name both.
+                reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise DataError(f"{where}: the chat template failed: {reason}") from None
             if len(prompt) >= max_length:
                 raise DataError(f"{where}: prompt of {len(prompt)} tokens leaves no room for a response "
                                 f"within --max-length {max_length}")
             label = row.get("class", -1)
-            if not isinstance(label, int) or isinstance(label, bool):
-                raise DataError(f"{where}: \"class\" must be an integer, found {label!r}")
         except DataError:
             if not skip_bad_rows:
                 raise

@@ -331,6 +331,9 @@ def main(argv=None) -> int:
                                     "FILE.verdicts.jsonl); the summary goes beside it")
     args = p.parse_args(argv)
     try:
+        for name in ("steps", "gen_length", "block_length", "batch_size", "num"):  # 0 would otherwise fall back to the default
+            if getattr(args, name) is not None and getattr(args, name) < 1:
+                raise DlmarchError(f"--{name.replace('_', '-')} must be at least 1, found {getattr(args, name)}")
         ks = [int(k) for k in args.pass_k.split(",")] if args.pass_k else None
         if ks and min(ks) < 1:
             raise ValueError(f"--pass-k: k must be positive, found {args.pass_k}")

@@ -4,6 +4,7 @@ command-line flags override."""
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import yaml
@@ -68,30 +69,160 @@ def common_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 
 def parse(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> argparse.Namespace:
-    """Flags over the YAML file over the defaults. Unknown YAML keys are an error naming the file."""
+    """Flags over the YAML file over the defaults.
+
+    A YAML value goes through what its flag's text would: the same type conversion, the same
+    choices, the same ranges, so a file can hold nothing a command line could not. Every error is
+    one line naming the file and the key (or the flag).
+    """
     first, _ = parser.parse_known_args(argv)
     if first.config:
         path = Path(first.config)
-        try:
-            values = yaml.safe_load(path.read_text()) or {}
-        except FileNotFoundError:
-            raise DlmarchError(f"{path}: no such file") from None
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark else ""
-            raise DlmarchError(f"{path}: invalid YAML{where}") from None
-        if not isinstance(values, dict):
-            raise DlmarchError(f"{path}: expected a mapping of option names to values")
-        known = {a.dest for a in parser._actions}
-        normalised = {}
-        for k, v in values.items():
-            dest = str(k).replace("-", "_")
-            if dest not in known or dest in ("help", "config"):
-                raise DlmarchError(f"{path}: unknown option {k!r}")
-            normalised[dest] = v
-        parser.set_defaults(**normalised)
+        parser.set_defaults(**_yaml_values(parser, path))
     args = parser.parse_args(argv)
     missing = [n for n in ("model", "data", "output") if getattr(args, n, None) is None]
     if missing:
         parser.error("missing " + ", ".join(f"--{m}" for m in missing) + " (on the command line or in --config)")
+    actions = {a.dest: a for a in parser._actions}
+    for dest, value in vars(args).items():
+        problem = _out_of_range(dest, value)
+        if problem:
+            raise DlmarchError(f"{_flag(actions[dest])} {problem}")
+    _check_paths(args)
     return args
+
+
+def _yaml_values(parser: argparse.ArgumentParser, path: Path) -> dict:
+    """{dest: value} of a YAML option file, each value converted and checked like its flag's text."""
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise DlmarchError(f"{path}: no such file") from None
+    except UnicodeDecodeError as e:
+        raise DlmarchError(f"{path}: invalid UTF-8 at byte {e.start}") from None
+    except OSError as e:
+        raise DlmarchError(f"{path}: cannot read ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise DlmarchError(f"{path}: invalid YAML{where}") from None
+    if not isinstance(values, dict):
+        raise DlmarchError(f"{path}: expected a mapping of option names to values")
+    actions = {a.dest: a for a in parser._actions}
+    out = {}
+    for key, value in values.items():
+        dest = str(key).replace("-", "_")
+        if dest not in actions or dest in ("help", "config"):
+            raise DlmarchError(f"{path}: unknown option {key!r}")
+        where = f"{path}: {key}"
+        try:
+            out[dest] = _convert(actions[dest], value)
+        except _Invalid as e:
+            raise DlmarchError(f"{where}: {e}") from None
+        problem = _out_of_range(dest, out[dest])
+        if problem:
+            raise DlmarchError(f"{where} {problem}")
+    return out
+
+
+class _Invalid(Exception):
+    pass
+
+
+def _convert(action: argparse.Action, value):
+    """A YAML value as its flag would have produced it."""
+    if action.nargs == 0:  # store_true / store_false
+        if not isinstance(value, bool):
+            raise _Invalid(f"expected true or false, found {value!r}")
+        return value
+    if action.nargs in (None, "?"):
+        if value is None and action.default is None:
+            return None
+        return _convert_one(action, value)
+    if not isinstance(value, list):
+        n = action.nargs if isinstance(action.nargs, int) else "one or more"
+        raise _Invalid(f"expected a list of {n} values, found {value!r}")
+    if isinstance(action.nargs, int) and len(value) != action.nargs:
+        raise _Invalid(f"expected a list of {action.nargs} values, found {len(value)}")
+    if action.nargs == "+" and not value:
+        raise _Invalid("expected at least one value")
+    return [_convert_one(action, v) for v in value]
+
+
+def _convert_one(action: argparse.Action, value):
+    if isinstance(value, (dict, list)) or value is None:
+        raise _Invalid(f"expected a single value, found {value!r}")
+    choices = action.choices
+    if isinstance(value, bool):
+        # YAML 1.1 reads on/off/yes/no as booleans; where the flag's choices are on/off, that is what
+        # the file meant. Anywhere else a boolean is not a value the flag's text could give.
+        if choices is not None and "on" in choices and "off" in choices:
+            return "on" if value else "off"
+        raise _Invalid(f"expected {'one of ' + ', '.join(map(str, choices)) if choices else 'a value'}, found {value!r}")
+    text = value if isinstance(value, str) else str(value)
+    if action.type is not None:
+        try:
+            converted = action.type(text)
+        except (TypeError, ValueError, argparse.ArgumentTypeError):
+            name = getattr(action.type, "__name__", "")
+            raise _Invalid(f"invalid {name} value: {value!r}") from None
+    else:
+        converted = text
+    if choices is not None and converted not in choices:
+        raise _Invalid(f"invalid choice {converted!r} (choose from {', '.join(map(str, choices))})")
+    return converted
+
+
+def _at_least(low):
+    return lambda v: None if v >= low else f"must be at least {low}, found {v}"
+
+
+def _positive(v):
+    return None if v > 0 and math.isfinite(v) else f"must be a positive number, found {v}"
+
+
+def _fraction(v):
+    return None if 0 <= v <= 1 else f"must be between 0 and 1, found {v}"
+
+
+def _probability(v):
+    return None if 0 <= v < 1 else f"must be at least 0 and below 1, found {v}"
+
+
+# Ranges of the counts and sizes that would otherwise fail deep inside a run (a division by zero, an
+# empty batch) or do nothing silently (a zero learning rate). Keyed by dest; options of every method.
+RANGES = {
+    "batch_size": _at_least(1), "grad_accum": _at_least(1), "max_steps": _at_least(1), "log_every": _at_least(1),
+    "save_every": _at_least(1), "keep": _at_least(1), "max_length": _at_least(2), "warmup_steps": _at_least(0),
+    "lora_rank": _at_least(0), "lr": _positive, "epochs": _positive, "lora_alpha": _positive,
+    "clip": _at_least(0), "weight_decay": _at_least(0), "min_lr_ratio": _fraction, "lora_dropout": _probability,
+    "adam_betas": _probability,
+    # method options
+    "block_size": _at_least(1), "probe_every": _at_least(1), "l2d_lora_rank": _at_least(1),
+    "flow_dim": _at_least(1), "num_classes": _at_least(1), "noise_scale": _positive,
+}
+
+
+def _out_of_range(dest: str, value) -> str | None:
+    rule = RANGES.get(dest)
+    if rule is None or value is None:
+        return None
+    for v in value if isinstance(value, (list, tuple)) else [value]:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            problem = rule(v)
+            if problem:
+                return problem
+    return None
+
+
+def _flag(action: argparse.Action) -> str:
+    return action.option_strings[-1] if action.option_strings else action.dest
+
+
+def _check_paths(args: argparse.Namespace) -> None:
+    """Paths that exist but are the wrong kind, before anything is loaded or written."""
+    out, data = Path(args.output), Path(args.data)
+    if out.exists() and not out.is_dir():
+        raise DlmarchError(f"--output {out} is a file, not a directory")
+    if data.is_dir():
+        raise DlmarchError(f"--data {data} is a directory, not a JSONL file")

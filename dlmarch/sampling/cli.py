@@ -158,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     add_dream_arguments(p)
     args = p.parse_args(argv)
     try:
+        for name in ("steps", "gen_length", "block_length", "batch_size"):  # 0 would otherwise fall back to the default
+            if getattr(args, name) is not None and getattr(args, name) < 1:
+                raise DlmarchError(f"--{name.replace('_', '-')} must be at least 1, found {getattr(args, name)}")
         from .llada import generate
 
         model, tok = load_for_generation(args.model, args.dtype, args.device)
