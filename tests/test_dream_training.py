@@ -193,3 +193,17 @@ def test_command_lines_train_and_evaluate_a_dream_dir(tmp_path, capsys):
         cut = row.index(tok.eos_token_id) + 1 if tok.eos_token_id in row else len(row)  # through the EOS
         want.append(tok.decode(row[:cut], skip_special_tokens=False))
     assert got == want
+
+
+def test_ar_to_diffusion_demo_quick(tmp_path):
+    """The toy AR -> diffusion recipe runs end to end and writes finite numbers (a few seconds)."""
+    import math
+
+    from trainers.ar_to_diffusion_demo import main
+
+    assert main(["--quick", "--output", str(tmp_path / "run")]) == 0
+    rows = json.loads((tmp_path / "run" / "results.json").read_text())["rows"]
+    assert [r["model"].split(" ")[0] for r in rows] == ["causal", "converted", "converted"]
+    assert all(math.isfinite(r["cell_accuracy"]) and 0 <= r["cell_accuracy"] <= 1 for r in rows)
+    cfg = json.loads((tmp_path / "run" / "dream-sft" / "model" / "config.json").read_text())
+    assert cfg["model"] == "DreamModel"
