@@ -203,7 +203,7 @@ def test_ar_to_diffusion_demo_quick(tmp_path):
 
     assert main(["--quick", "--output", str(tmp_path / "run")]) == 0
     rows = json.loads((tmp_path / "run" / "results.json").read_text())["rows"]
-    assert [r["model"].split(" ")[0] for r in rows] == ["causal", "converted", "converted"]
+    assert [r["model"].split(" ")[0] for r in rows] == ["causal", "converted", "converted", "control:"]
     assert all(math.isfinite(r["cell_accuracy"]) and 0 <= r["cell_accuracy"] <= 1 for r in rows)
     cfg = json.loads((tmp_path / "run" / "dream-sft" / "model" / "config.json").read_text())
     assert cfg["model"] == "DreamModel"

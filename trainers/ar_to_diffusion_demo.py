@@ -12,8 +12,9 @@ Dream 7B was initialised from Qwen2.5 and then trained with the masked-diffusion
    entropy order, steps = gen_length / 2);
 5. fine-tunes it with masked-diffusion SFT (`python -m trainers.sft`, the shift handled by the
    objectives);
-6. scores it again, and writes results.md / results.json under --output. The causal model's own
-   greedy score is reported beside them for scale.
+6. scores it again, and writes results.md / results.json under --output. Beside them: the causal
+   model's own greedy score, and a control (the untrained Llama converted and fine-tuned the same
+   way), which shows what the autoregressive training is worth.
 
 Seeds are fixed. --quick is a run of a few seconds for the test suite (numbers meaningless). A killed
 run resumes with --resume (finished stages and evaluations are kept).
@@ -47,7 +48,7 @@ class Plan:
     sft_lr: float
 
 
-FULL = Plan(hidden=64, layers=2, train_rows=4000, test_rows=128, ar_steps=600, sft_steps=300, batch=32,
+FULL = Plan(hidden=64, layers=2, train_rows=4000, test_rows=128, ar_steps=600, sft_steps=1000, batch=32,
             ar_lr=3e-3, sft_lr=1e-3)
 QUICK = Plan(hidden=32, layers=1, train_rows=64, test_rows=4, ar_steps=3, sft_steps=3, batch=8, ar_lr=2e-3, sft_lr=1e-3)
 
@@ -127,14 +128,20 @@ def main(argv=None) -> int:
         say(f"fine-tuning the converted model ({plan.sft_steps} steps of masked-diffusion SFT)")
         sft = train_stage("sft", out / "dream", out / "dream-sft", train, plan.sft_steps, plan.sft_lr, plan.batch,
                           length, args.seed, args.resume, common)
+        say(f"control: the untrained causal model converted, then the same {plan.sft_steps} steps")
+        convert(out / "init", out / "scratch")
+        scratch = train_stage("sft", out / "scratch", out / "scratch-sft", train, plan.sft_steps, plan.sft_lr,
+                              plan.batch, length, args.seed, args.resume, common)
         say("scoring")
         ar_eval = eval_causal("ar", out / "ar" / "model", task, test, out, args.seed)
         rows = [{"model": "causal Llama (next-token SFT)", "sampler": "greedy, left to right", **pick(ar_eval),
                  "train_steps": plan.ar_steps, "train_seconds": ar["seconds"]}]
         for name, label, steps, summary in [("dream", "converted to Dream", 0, None),
-                                            ("dream-sft", "converted + masked-diffusion SFT", plan.sft_steps, sft)]:
-            ev = run_eval(name, out / name if name == "dream" else out / name / "model", task, test, out, args.seed,
-                          gen_length=GEN_LENGTH)
+                                            ("dream-sft", "converted + masked-diffusion SFT", plan.sft_steps, sft),
+                                            ("scratch-sft", "control: untrained Llama converted + the same SFT",
+                                             plan.sft_steps, scratch)]:
+            model_dir = out / name if summary is None else out / name / "model"
+            ev = run_eval(name, model_dir, task, test, out, args.seed, gen_length=GEN_LENGTH)
             rows.append({"model": label, "sampler": f"generate_dream (entropy, {GEN_LENGTH // 2} steps)", **pick(ev),
                          "train_steps": steps, "train_seconds": summary["seconds"] if summary else None})
         table = markdown(rows)
