@@ -104,6 +104,19 @@ def test_every_objective_scores_token_i_with_logits_i_minus_1(name, layout):
     assert out.loss_sum.requires_grad and torch.isfinite(out.loss_sum)
 
 
+def test_the_shift_is_seen_through_the_loops_wrappers():
+    """LoRA (peft) and DDP (`module`) wrap the model the objectives get; LLaDA is never shifted."""
+    from peft import LoraConfig, get_peft_model
+
+    from tests.helpers import tiny_llada
+    from trainers.objectives.common import predicts_next_token
+
+    dream = tiny_dream()
+    assert predicts_next_token(get_peft_model(dream, LoraConfig(r=2, target_modules=["q_proj"])))
+    assert predicts_next_token(SimpleNamespace(module=dream))
+    assert not predicts_next_token(tiny_llada())
+
+
 def test_all_blocks_refuses_dream():
     with pytest.raises(ValueError, match="Dream"):
         all_blocks(tiny_dream(), padded(), torch.Generator().manual_seed(0), mask_id=MASK, block_size=4)
@@ -159,13 +172,15 @@ def test_command_lines_train_and_evaluate_a_dream_dir(tmp_path, capsys):
     _char_dream_dir(tmp_path / "m")
     (tmp_path / "d.jsonl").write_text('{"prompt": "1234", "response": "4321"}\n' * 8)
     common = ["--data", str(tmp_path / "d.jsonl"), "--max-steps", "2", "--batch-size", "4", "--no-progress"]
-    for method, extra in [("sft", []), ("gift", []), ("blockwise", ["--block-size", "4"]), ("lift", [])]:
+    runs = [("sft", "sft", []), ("gift", "gift", []), ("blockwise", "blockwise", ["--block-size", "4"]),
+            ("lift", "lift", []), ("sft-lora", "sft", ["--lora-rank", "2"])]  # peft's wrapper keeps the shift
+    for name, method, extra in runs:
         import importlib
 
         code = importlib.import_module(f"trainers.{method}").main(
-            ["--model", str(tmp_path / "m"), "--output", str(tmp_path / method), *common, *extra])
-        assert code == 0, (method, capsys.readouterr().err)
-        assert json.loads((tmp_path / method / "model" / "config.json").read_text())["model"] == "DreamModel"
+            ["--model", str(tmp_path / "m"), "--output", str(tmp_path / name), *common, *extra])
+        assert code == 0, (name, capsys.readouterr().err)
+        assert json.loads((tmp_path / name / "model" / "config.json").read_text())["model"] == "DreamModel"
     from trainers.blockwise import main as blockwise_main
 
     capsys.readouterr()
