@@ -268,16 +268,11 @@ def test_dream_tokenizer_is_read_without_remote_code(tmp_path, capsys):
     assert code == 0, capsys.readouterr().err
 
 
-def test_llada_sampler_and_trainers_refuse_dream(tmp_path, capsys):
-    """Both read logits[:, i] as the prediction of token i; Dream's predict token i+1."""
+def test_llada_sampler_refuses_dream(tmp_path):
+    """LLaDA's sampler reads logits[:, i] as the prediction of token i; Dream's predict token i+1.
+    (The trainers shift them: tests/test_dream_training.py.)"""
     from dlmarch import generate
-    from trainers.sft import main as sft
 
     model, _ = _tiny_dream_dir(tmp_path / "m")
     with pytest.raises(ValueError, match="generate_dream"):
         generate(model, torch.tensor([[5, 6, 7]]), steps=4, gen_length=4, block_length=4)
-    (tmp_path / "d.jsonl").write_text('{"prompt": "ab", "response": "ba"}\n' * 4)
-    capsys.readouterr()
-    code = sft(["--model", str(tmp_path / "m"), "--data", str(tmp_path / "d.jsonl"), "--output", str(tmp_path / "r"),
-                "--max-steps", "1", "--no-progress"])
-    assert code == 2 and "shifted head" in capsys.readouterr().err

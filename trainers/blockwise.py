@@ -11,7 +11,8 @@ import sys
 from functools import partial
 
 from .cli import run
-from .objectives.blockwise import all_blocks, blockwise
+from .objectives.blockwise import ALL_BLOCKS_SHIFTED, all_blocks, blockwise
+from .objectives.common import predicts_next_token
 
 
 def add_options(p):
@@ -27,6 +28,8 @@ def objective(ctx):
     if a.block_size <= 0:
         raise ValueError(f"--block-size must be positive, found {a.block_size}")
     if a.all_blocks:
+        if predicts_next_token(ctx.model):
+            raise ValueError(ALL_BLOCKS_SHIFTED)
         if a.prefix_mask_rate or a.suffix_mask_prob != 1.0:
             raise ValueError("--prefix-mask-rate and --suffix-mask-prob are ablations of the reference mode, not of --all-blocks")
         fn = partial(all_blocks, mask_id=ctx.mask_id, block_size=a.block_size)

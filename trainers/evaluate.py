@@ -210,12 +210,15 @@ def evaluate(model, tokenizer, task, rows: list[dict], *, gen_length: int = 128,
     With `output`, records are appended to `output.partial-RANK.jsonl` batch by batch, and rank 0
     merges them into `output` (sorted by row and sample) once every process is done.
     """
-    from dlmarch import generate, generate_l2d
+    from dlmarch import generate, generate_dream, generate_l2d
     from dlmarch.models.l2d import L2DModel
 
     rank, world = _dist()
     is_l2d = isinstance(model, L2DModel)
     cfg = model.main.config if is_l2d else model.config
+    is_dream = getattr(cfg, "family", None) == "dream"
+    if is_dream and (kv_cache or threshold is not None or block_causal):
+        raise ValueError("a Dream model is decoded by generate_dream: --kv-cache, --threshold and --block-causal are LLaDA's")
     steps = steps or max(1, gen_length // 2)
     prefix = REASONING_PREFIX if reasoning_prefix else ""
     prompts = [task.messages(r) for r in rows]
@@ -250,6 +253,12 @@ def evaluate(model, tokenizer, task, rows: list[dict], *, gen_length: int = 128,
             if is_l2d:
                 x = generate_l2d(model, ids, am, max_new_tokens=gen_length, temperature=temperature, generator=gen,
                                  eos_token_id=cfg.eos_token_id)
+            elif is_dream:
+                # Dream's own sampler over the whole answer (no blocks): greedy with the "entropy" order,
+                # the settings of dllm's Dream evaluation (ZHZisZZ/dllm dllm/pipelines/dream/eval.py),
+                # with d1's steps = gen_length / 2 so that Dream and LLaDA rows of a table spend the same.
+                x = generate_dream(model, ids, am, max_new_tokens=gen_length, steps=steps, temperature=temperature,
+                                   top_p=None, top_k=None, alg="entropy", alg_temp=0.0, generator=gen)
             else:
                 x = generate(model, ids, attention_mask=am, steps=steps, gen_length=gen_length,
                              block_length=block_length, temperature=temperature, generator=gen, kv_cache=kv_cache,

@@ -411,8 +411,6 @@ def _train(objective_factory, args, name, needs_mask, model_loader, rank, world,
         mask_id = getattr(cfg, "mask_token_id", None)
         if mask_id is None:
             raise DlmarchError(f"{args.model}: a {cfg.family} model has no mask token; this objective trains masked-diffusion models")
-        if cfg.family == "dream":  # the objectives score logits[:, i] against token i; Dream's predict token i+1
-            raise DlmarchError(f"{args.model}: a Dream model (shifted head); the training objectives do not support it yet")
         tok_mask = tokenizer.mask_token_id
         if tok_mask is None and mask_id >= len(tokenizer):
             raise DlmarchError(f"{args.model}: the tokenizer has no mask token (the model's mask id {mask_id} is outside its "

@@ -34,7 +34,7 @@ from torch import Tensor
 from dlmarch.masks import AttentionMask, pack_selected
 
 from ..data import Batch
-from .common import ObjectiveOutput, doc_uniform, per_doc, token_ce, zero_loss
+from .common import ObjectiveOutput, doc_uniform, masked_forward, per_doc, predicts_next_token, token_ce, zero_loss
 
 P_MIN = 1e-3  # the reference's MASK_PROB_EPS: p ~ U(1e-3, 1)
 
@@ -128,7 +128,7 @@ def blockwise(model, batch: Batch, generator: torch.Generator, *, mask_id: int, 
                         suffix_mask_prob=suffix_mask_prob)
     hide = m["active"] | m["prefix_noise"] | m["suffix"]
     noisy = torch.where(hide, torch.full_like(batch.input_ids, mask_id), batch.input_ids)
-    logits = model(noisy, logits_at=m["active"], **batch.model_inputs()).logits
+    logits = masked_forward(model, noisy, batch, m["active"])
     if not bool(m["active"].any()):
         return ObjectiveOutput(zero_loss(logits), float(batch.num_docs), {"masked_frac": 0.0})
     ce = token_ce(logits, batch.input_ids[m["active"]])
@@ -177,10 +177,18 @@ def two_copy_layout(batch: Batch, noisy_ids: Tensor, block_size: int) -> tuple[T
     return ids, mask, torch.where(real, order, torch.full_like(order, -1))
 
 
+# A next-token head scores a block's first token with the last slot of the block before, which in the
+# two-copy layout sees neither the noisy block nor, from the clean copy, anything after its own block.
+ALL_BLOCKS_SHIFTED = ("--all-blocks: a Dream model (next-token head) cannot be trained in the two-copy layout "
+                      "(no slot sees a block's first token's context); use the reference mode")
+
+
 def all_blocks_losses(model, batch: Batch, noisy_ids: Tensor, masked: Tensor, block_size: int):
     """One forward of the two-copy layout. Returns (ce (K,) of the masked noisy tokens, their
     document (K,), their response block (K,), the logits (K, V)), tokens in row-major order of the
     noisy copy."""
+    if predicts_next_token(model):
+        raise ValueError(ALL_BLOCKS_SHIFTED)
     ids, mask, src = two_copy_layout(batch, noisy_ids, block_size)
     B, R = src.shape
     slot_masked = (src >= 0) & masked.gather(1, src.clamp(min=0))

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dlmarch.masks import pack_selected
+
 from ..data import Batch
 
 EPS = 1e-3  # p = (1 - eps) t + eps: LLaDA's floor on the masking rate
@@ -49,9 +51,39 @@ def per_doc(values: Tensor, seg: Tensor, num_docs: int) -> Tensor:
     return torch.zeros(num_docs, dtype=values.dtype, device=values.device).index_add_(0, seg, values)
 
 
+def predicts_next_token(model) -> bool:
+    """True for a shifted head (Dream): `logits[:, i]` is the distribution of token i+1, not token i.
+
+    Looks through the wrappers the loop puts around the transformer (DDP's `module`, L2D's `main`;
+    PEFT forwards `config`)."""
+    model = getattr(model, "module", model)
+    cfg = getattr(getattr(model, "main", model), "config", None)
+    return getattr(cfg, "family", None) == "dream"
+
+
+def scoring_positions(positions: Tensor) -> Tensor:
+    """For a shifted head: the position whose logits score each token, (B, L) -> (B, L).
+
+    Token i is scored by logits[:, i - 1], and the first token of each document (position 0 inside
+    it, which is also the first of a packed document) by its own logits, as Dream's generate does
+    (`cat([logits[:, :1], logits[:, :-1]])`, Dream-org's generation_utils.py; dllm's Dream eval).
+    LIFT (divelab/LIFT SFT/sft_trainer.py) puts zero logits there instead; both only matter for a
+    supervised first token, which a prompt never leaves to the loss.
+    """
+    idx = torch.arange(positions.shape[1], device=positions.device).expand_as(positions)
+    return torch.where(positions > 0, idx - 1, idx)
+
+
 def masked_forward(model, noisy: Tensor, batch: Batch, select: Tensor) -> Tensor:
-    """Logits (K, V) of the selected tokens of the noisy batch (the LM head runs on those only)."""
-    return model(noisy, logits_at=select, **batch.model_inputs()).logits
+    """Logits (K, V) scoring the selected tokens (B, L) of the noisy batch, in row-major order (the LM
+    head runs on those only). Every objective reads token logits here, so the shift of a next-token
+    head (Dream) is handled in this one place: each token is scored by the logits of the position
+    before it (see scoring_positions)."""
+    if not predicts_next_token(model):
+        return model(noisy, logits_at=select, **batch.model_inputs()).logits
+    order, real = pack_selected(select)  # (B, K): each row's selected positions, in order
+    at = scoring_positions(batch.positions).gather(1, order)
+    return model(noisy, logits_at=at, **batch.model_inputs()).logits[real]  # (B, K, V) -> (K, V)
 
 
 def token_ce(logits: Tensor, targets: Tensor) -> Tensor:
