@@ -104,9 +104,12 @@ def prompt_length(task, model_dir: Path, rows: list[dict]) -> int:
 
 
 def max_length(task, init: Path) -> int:
-    """The prompt (all Sudoku prompts have one length) + the sampler's canvas: training rows padded
-    (with trained EOS) to exactly what the sampler decodes, "<reasoning>" being the response's first token."""
-    return prompt_length(task, init, [{"puzzle": "0" * 16}]) + GEN_LENGTH
+    """The prompt (all Sudoku prompts have one length) + "<reasoning>" + the sampler's canvas: training
+    rows padded (with trained EOS) to exactly the sequence the sampler decodes. "<reasoning>" is the
+    response's first token in training and the prompt's last at evaluation (d1's protocol appends it),
+    so the canvas covers the response's tokens after it; a row one token shorter would teach the model
+    to end its answer one position before the canvas does."""
+    return prompt_length(task, init, [{"puzzle": "0" * 16}]) + 1 + GEN_LENGTH
 
 
 def train_stage(method: str, model: Path, out: Path, data: Path, steps: int, lr: float, batch: int, length: int,

@@ -162,7 +162,7 @@ def t_interval(scores: list[float]) -> tuple[float, list[float]]:
 def prepare(root: Path, name: str, plan: Plan, causal: bool = False):
     """Data and an untrained model (LLaDA, or a Llama with causal=True) under root. Rows whose response
     does not fit the GEN_LENGTH canvas (with its EOS) are dropped, train and test alike; test prompts
-    never occur in training. Returns (task, test rows, max_length = longest prompt + GEN_LENGTH)."""
+    never occur in training. Returns (task, test rows, max_length = longest prompt + 1 + GEN_LENGTH)."""
     from trainers.tokenizer import build_char_tokenizer
 
     task, response = task_setup(name)
@@ -182,7 +182,8 @@ def prepare(root: Path, name: str, plan: Plan, causal: bool = False):
             new_llama(init, tok, plan.hidden, plan.layers, 0)
         else:
             new_llada(init, tok, plan.hidden, plan.layers, 0)
-    return task, test, prompt_length(task, init, train + test) + GEN_LENGTH
+    # + 1: "<reasoning>" opens the response in training and closes the prompt at evaluation
+    return task, test, prompt_length(task, init, train + test) + 1 + GEN_LENGTH
 
 
 def new_llama(path: Path, tok, hidden: int, layers: int, seed: int) -> None:
