@@ -68,8 +68,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "import" and (args.base or args.l2d_options):
             if not (args.base and args.l2d_options):
                 raise DlmarchError("an L2D import needs both --base MAIN_DIR and --l2d-options OPTIONS.json")
-            from pathlib import Path
-
             from .hf import check_destination
             from .l2d_reference import import_l2d_reference
 
