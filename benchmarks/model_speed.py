@@ -41,7 +41,7 @@ def build(impl: str, cfg: LLaDAConfig, device: str, dtype: torch.dtype):
         return ours.to(device=device, dtype=dtype)
     import transformers
 
-    from dlmarch.keymaps import LLAMA
+    from dlmarch.models.causal import LLAMA_KEYS as LLAMA
 
     hf_cfg = transformers.LlamaConfig(
         vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,

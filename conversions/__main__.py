@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.max_shard_size is not None and args.max_shard_size <= 0:
+        if getattr(args, "max_shard_size", None) is not None and args.max_shard_size <= 0:  # to-diffusion has none
             raise DlmarchError(f"--max-shard-size must be positive, found {args.max_shard_size} bytes")
         for path in (Path(args.dst), *Path(args.dst).parents):  # --overwrite replaces checkpoints, not files
             if path.exists() and not path.is_dir():
@@ -68,7 +68,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "import" and (args.base or args.l2d_options):
             if not (args.base and args.l2d_options):
                 raise DlmarchError("an L2D import needs both --base MAIN_DIR and --l2d-options OPTIONS.json")
-            from pathlib import Path
 
             from .hf import check_destination
             from .l2d_reference import import_l2d_reference

@@ -40,9 +40,10 @@ import torch.distributed as dist
 from torch import nn
 
 from dlmarch import safetensors_io as st
-from dlmarch.checkpoint import (atomic_directory, check_disjoint, clean_stale_temps, foreign_entries, load_pretrained,
+from dlmarch.checkpoint import (atomic_directory, check_disjoint, clean_stale_temps, foreign_entries,
                                 write_json, write_manifest, verify_manifest)
 from dlmarch.errors import DlmarchError
+from dlmarch.registry import load_pretrained
 
 from .data import BatchSchedule, check_layout, load_examples
 
@@ -405,7 +406,7 @@ def _train(objective_factory, args, name, needs_mask, model_loader, rank, world,
         dtype = torch.bfloat16 if (args.lora_rank and device.type == "cuda") else torch.float32
     overrides = {"attn_backend": args.attn_backend} if args.attn_backend else {}
     model = model_loader(args, device, dtype) if model_loader else load_pretrained(args.model, dtype=dtype, device=device, **overrides)
-    cfg = getattr(model, "main", model).config  # token ids live in the (main) transformer's config
+    cfg = model.token_config  # the model protocol: the config holding the token ids
     mask_id = None
     if needs_mask:
         mask_id = getattr(cfg, "mask_token_id", None)

@@ -82,15 +82,14 @@ def load_for_generation(model_dir: str, dtype: str | None, device: str | None, a
     with allow_causal, a Llama/Qwen2 model)."""
     from transformers import AutoTokenizer
 
-    from ..checkpoint import load_pretrained
-    from ..models.l2d import L2DModel
+    from ..registry import load_pretrained
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_pretrained(model_dir, dtype=DTYPES[dtype] if dtype else None, device=device).eval()
-    if isinstance(model, L2DModel):
+    if model.kind == "l2d":
         if not allow_l2d:
             raise DlmarchError(f"{model_dir}: an L2D model; sample it with dlmarch.generate_l2d or trainers.evaluate")
-    elif not hasattr(model.config, "mask_token_id") and not allow_causal:
+    elif model.kind != "masked-diffusion" and not allow_causal:
         raise DlmarchError(f"{model_dir}: a {model.config.family} model is not a masked-diffusion model")
     try:
         tokenizer = dream_tokenizer(model_dir)  # Dream's remote-code tokenizer, read natively
@@ -100,7 +99,7 @@ def load_for_generation(model_dir: str, dtype: str | None, device: str | None, a
         raise DlmarchError(f"{model_dir}: cannot load its tokenizer ({str(e).splitlines()[0]})") from None
     tokenizer.padding_side = "left"
     # LLaDA's config.json has no EoT id; the tokenizer knows it.
-    if hasattr(model.config, "mask_token_id") and getattr(model.config, "eot_token_id", None) is None:
+    if model.mask_token_id is not None and getattr(model.config, "eot_token_id", None) is None:
         eot = tokenizer.convert_tokens_to_ids("<|eot_id|>") if "<|eot_id|>" in tokenizer.get_vocab() else None
         if eot is None and "<|eot|>" in tokenizer.get_vocab():
             eot = tokenizer.convert_tokens_to_ids("<|eot|>")
@@ -164,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         from .llada import generate
 
         model, tok = load_for_generation(args.model, args.dtype, args.device)
-        if model.config.family == "dream":  # Dream's own sampler, same call
+        if model.sampler == "generate_dream":  # Dream's own sampler, same call
             generate = dream_cli_sampler(args, model, tok)
         for w in sampler_warnings(args.model, args.block_length, args.block_causal):
             print(w, file=sys.stderr)
@@ -174,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         if pad == model.config.mask_token_id:
             raise DlmarchError("the tokenizer's pad token is the mask token; generation needs them distinct")
         gen = torch.Generator(device=model.device).manual_seed(args.seed)
-        eos_ids = [i for i in (model.config.eos_token_id, model.config.eot_token_id) if i is not None]
+        eos_ids = model.stop_token_ids
         outputs = []
         t0, n_tokens = time.time(), 0
         for start in range(0, len(rows), args.batch_size):
