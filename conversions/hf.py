@@ -28,15 +28,14 @@ from dlmarch.checkpoint import (
     write_json,
     write_shards,
 )
+from dlmarch import dtypes
 from dlmarch.config import TransformerConfig, read_json
+from dlmarch.dtypes import HF_DTYPE_NAMES
 from dlmarch.errors import ConfigError, DlmarchError
 from dlmarch.family import config_from_hf, config_from_native, family_of_hf, read_native_config
 from dlmarch.keymaps import expected_shapes, plan
 from dlmarch.registry import FAMILIES, HF_FAMILIES
 
-DTYPE_NAMES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-               "fp16": torch.float16, "float16": torch.float16}
-TORCH_DTYPE_STR = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
 @dataclass
@@ -53,11 +52,10 @@ class Report:
 
 
 def parse_dtype(name: str | None) -> torch.dtype | None:
-    if name is None:
-        return None
-    if name not in DTYPE_NAMES:
-        raise ConfigError(f"unknown --dtype {name!r} (choose from fp32, bf16, fp16)")
-    return DTYPE_NAMES[name]
+    try:
+        return dtypes.parse_dtype(name)
+    except ValueError:
+        raise ConfigError(f"unknown --dtype {name!r} (choose from fp32, bf16, fp16)") from None
 
 
 def check_destination(dst: Path, inputs: dict[str, Path | str | None], overwrite: bool, sources: list[Path] = ()) -> None:
@@ -162,7 +160,7 @@ def export_hf(src: str | Path, dst: str | Path, dtype: str | None = None, overwr
     groups = _groups(files, mapping, table.hf_name, max_shard_size, files.tensor_bytes())
     hf_config = config.to_hf()
     if torch_dtype is not None:
-        hf_config["torch_dtype"] = TORCH_DTYPE_STR[torch_dtype]
+        hf_config["torch_dtype"] = HF_DTYPE_NAMES[torch_dtype]
     with atomic_directory(dst, overwrite=overwrite) as tmp:
         shards, nbytes = _stream(files, groups, tmp, torch_dtype)
         write_json(tmp / "config.json", hf_config)

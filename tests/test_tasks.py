@@ -251,7 +251,7 @@ def _d1_create_prompt(tokenizer, system_prompt, input_text):
 
 
 def test_prompts_are_d1s(tmp_path):
-    from dlmarch.sampling.cli import encode_prompts
+    from dlmarch.prompts import encode_prompts
     from trainers.tasks import REASONING_PREFIX
     from trainers.tokenizer import build_char_tokenizer
 

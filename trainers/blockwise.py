@@ -12,6 +12,7 @@ from functools import partial
 
 from .cli import run
 from .objectives.blockwise import all_blocks, blockwise
+from .objectives.protocol import FunctionObjective
 
 
 def add_options(p):
@@ -33,9 +34,8 @@ def objective(ctx):
     else:
         fn = partial(blockwise, mask_id=ctx.mask_id, block_size=a.block_size, seed=a.seed,
                      prefix_mask_rate=a.prefix_mask_rate, suffix_mask_prob=a.suffix_mask_prob)
-    fn.training_info = {"block_size": a.block_size, "all_blocks": a.all_blocks,
-                        "sampler": "generate(block_causal=True)" if a.all_blocks else "generate()"}
-    return fn
+    return FunctionObjective(fn, {"block_size": a.block_size, "all_blocks": a.all_blocks,
+                                  "sampler": "generate(block_causal=True)" if a.all_blocks else "generate()"})
 
 
 def main(argv=None) -> int:

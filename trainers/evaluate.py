@@ -30,7 +30,8 @@ from pathlib import Path
 import torch
 
 from dlmarch.errors import DlmarchError
-from dlmarch.sampling.cli import encode_prompts, left_pad, sampler_warnings
+from dlmarch.prompts import encode_prompts, left_pad
+from dlmarch.sampling.cli import sampler_warnings
 
 from .tasks import REASONING_PREFIX, TASKS, get_task, pass_at_k
 

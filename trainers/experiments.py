@@ -212,7 +212,7 @@ def eval_causal(name: str, model_dir: Path, task, test: list[dict], out: Path, s
 
     from dlmarch import generate_l2d
     from dlmarch.registry import load_pretrained
-    from dlmarch.sampling.cli import decode, encode_prompts, left_pad
+    from dlmarch.prompts import decode, encode_prompts, left_pad
     from trainers.ar import generate_greedy
     from trainers.tasks import REASONING_PREFIX
 

@@ -42,13 +42,15 @@ from torch import nn
 from dlmarch import safetensors_io as st
 from dlmarch.checkpoint import (atomic_directory, check_disjoint, clean_stale_temps, foreign_entries,
                                 write_json, write_manifest, verify_manifest)
+from dlmarch.dtypes import parse_dtype
 from dlmarch.errors import DlmarchError
 from dlmarch.registry import load_pretrained
 
 from .data import BatchSchedule, check_layout, load_examples
+from .objectives.protocol import as_objective
+from .record import TRAINING_RECORD, TrainingRecord
 
 
-TRAINING_INFO = "training.json"
 
 
 class TrainingError(DlmarchError):
@@ -401,7 +403,7 @@ def _train(objective_factory, args, name, needs_mask, model_loader, rank, world,
         tokenizer = AutoTokenizer.from_pretrained(args.model, local_files_only=True, trust_remote_code=False)
     except Exception as e:
         raise DlmarchError(f"{args.model}: cannot load its tokenizer ({str(e).strip().splitlines()[0]})") from None
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, None: None}[args.dtype]
+    dtype = parse_dtype(args.dtype)
     if dtype is None:
         dtype = torch.bfloat16 if (args.lora_rank and device.type == "cuda") else torch.float32
     overrides = {"attn_backend": args.attn_backend} if args.attn_backend else {}
@@ -442,7 +444,7 @@ def _train(objective_factory, args, name, needs_mask, model_loader, rank, world,
     if args.lora_rank:
         model = wrap_lora(model, args)
     ctx = RunContext(args, base, tokenizer, mask_id, eos_id, rank, world, device)
-    objective = objective_factory(ctx)
+    objective = as_objective(objective_factory(ctx))
     model.train()
     train_model = model
     if world > 1:
@@ -530,8 +532,7 @@ def _train(objective_factory, args, name, needs_mask, model_loader, rank, world,
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        if hasattr(objective, "sync"):  # stateful objectives share their state across ranks
-            objective.sync()
+        objective.sync()  # a stateful objective shares its state across ranks
         tokens_run += int(tokens)
         first_loss = loss if first_loss is None else first_loss
         last_loss = loss
@@ -558,7 +559,7 @@ def _train(objective_factory, args, name, needs_mask, model_loader, rank, world,
     if writer:
         writer.close()
     elapsed = time.time() - t_start
-    info = {"method": name, **getattr(objective, "training_info", {})}
+    info = TrainingRecord.of(name, objective.training_info)
     summary = finish(out, model, base, tokenizer, args, rank, model_loader, info)
     summary.update(steps=total_steps, resumed_from=start, tokens=tokens_run, seconds=round(elapsed, 2),
                    tokens_per_s=tokens_run / max(elapsed, 1e-9), first_loss=first_loss, last_loss=last_loss,
@@ -610,8 +611,9 @@ def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, rank: int
             torch.save(osd, tmp / "optimizer.pt")
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / "rng.pt")
-            if hasattr(objective, "state_dict"):
-                st.save_file(objective.state_dict(), tmp / "objective.safetensors")
+            state = objective.state_dict() if objective is not None else {}
+            if state:
+                st.save_file(state, tmp / "objective.safetensors")
             write_json(tmp / "state.json", {"step": step, "time": time.time()})
             write_manifest(tmp)  # sizes and hashes, checked before a resume trusts this checkpoint
         for old in checkpoints(out)[:-keep] if keep > 0 else []:
@@ -630,7 +632,7 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, device, objective=N
     rng = torch.load(path / "rng.pt", weights_only=True)
     torch.set_rng_state(rng["torch"])
     random.setstate(rng["python"])
-    if hasattr(objective, "load_state_dict") and (path / "objective.safetensors").exists():
+    if objective is not None and (path / "objective.safetensors").exists():
         objective.load_state_dict(st.load_file(path / "objective.safetensors"))
     return int(json.loads((path / "state.json").read_text())["step"])
 
@@ -639,10 +641,11 @@ def _is_sharded(model) -> bool:
     return any(type(p).__name__ == "DTensor" or getattr(p, "device_mesh", None) is not None for p in model.parameters())
 
 
-def finish(out: Path, model, base, tokenizer, args, rank: int, model_loader=None, info: dict | None = None) -> dict:
-    """Final artefacts: model/ (native, merged for LoRA, with the tokenizer, and training.json: how
-    it was trained, which the sampler reads to warn about a mismatched block length), adapter/ for
-    LoRA runs, model-hf/ with --export-hf."""
+def finish(out: Path, model, base, tokenizer, args, rank: int, model_loader=None,
+           info: TrainingRecord | None = None) -> dict:
+    """Final artefacts: model/ (native, merged for LoRA, with the tokenizer, the training record
+    training.json, and its decoding hints in config.json, which the sampler reads to warn about a
+    mismatched block length), adapter/ for LoRA runs, model-hf/ with --export-hf."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     from .adapters import export_run_adapter
@@ -665,9 +668,10 @@ def finish(out: Path, model, base, tokenizer, args, rank: int, model_loader=None
     else:
         merged = base
     model_dir = out / "model"
-    merged.save_pretrained(model_dir)
+    info = info or TrainingRecord(method="unknown")
+    merged.save_pretrained(model_dir, decoding=info.decoding())
     tokenizer.save_pretrained(model_dir)
-    write_json(model_dir / TRAINING_INFO, info or {})
+    write_json(model_dir / TRAINING_RECORD, info.to_dict())
     summary["model"] = str(model_dir)
     if args.export_hf and hasattr(merged.config, "to_hf"):
         from conversions.hf import export_hf

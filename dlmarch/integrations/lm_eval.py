@@ -45,7 +45,9 @@ except ImportError as e:  # pragma: no cover - the message is the point
     raise ImportError('dlmarch.integrations.lm_eval needs lm-eval: pip install "dlmarch[lmeval]"') from e
 
 from ..likelihood import causal_log_likelihood, llada_log_likelihood, llada_suffix_greedy
-from ..sampling.cli import DTYPES, decode, left_pad, load_for_generation
+from ..prompts import decode, left_pad
+from ..dtypes import DTYPES
+from ..sampling.cli import load_for_generation
 from ..sampling.l2d import generate_l2d
 from ..sampling.llada import generate
 

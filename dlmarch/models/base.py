@@ -18,7 +18,8 @@ from ..checkpoint import save_native
 from ..config import TransformerConfig
 from ..family import load_transformer
 from ..layers import Block, RMSNorm, Rope, rope_tables
-from ..masks import AttentionMask, resolve_backend
+from ..attention import resolve_backend
+from ..masks import AttentionMask
 
 KVCache = list  # per layer: (k, v), each (B, Hkv, T, D), post-RoPE
 
@@ -281,7 +282,8 @@ class TransformerLM(nn.Module):
             raise TypeError(f"{cls.__name__} is not a model family; load with its family's class or dlmarch.AutoModel")
         return load_transformer(path, families, dtype=dtype, device=device, **config_overrides)
 
-    def save_pretrained(self, path: str | Path, max_shard_size: int = 5 * 2**30) -> None:
+    def save_pretrained(self, path: str | Path, max_shard_size: int = 5 * 2**30, decoding: dict | None = None) -> None:
         """Write a native checkpoint (config.json + safetensors, sharded with an index when large),
-        atomically: a temporary directory renamed at the end."""
-        save_native(self, path, max_shard_size=max_shard_size)
+        atomically: a temporary directory renamed at the end. `decoding`: how the model should be
+        sampled (config.json's `decoding`, read by `dlmarch.sampling.cli.sampler_warnings`)."""
+        save_native(self, path, max_shard_size=max_shard_size, extra={"decoding": decoding} if decoding else None)

@@ -39,7 +39,8 @@ from ..errors import ConfigError
 from ..family import Family, config_from_dict, read_native_config
 from ..keymaps import plan
 from ..layers import Block, Modulation, rope_tables
-from ..masks import AttentionMask, Tokens, pack_selected, resolve_backend
+from ..attention import resolve_backend
+from ..masks import AttentionMask, Tokens, pack_selected
 from .base import ModelOutput
 from .causal import CausalLM
 
@@ -610,7 +611,7 @@ class L2DModel(nn.Module):
             model.main_source = str(path_or_model)
         return model
 
-    def save_pretrained(self, path: str | Path, main_path: str | Path | None = None) -> None:
+    def save_pretrained(self, path: str | Path, main_path: str | Path | None = None, decoding: dict | None = None) -> None:
         """The diffusion path's weights and options, plus a reference to the main path (its path as
         given, resolved relative to this directory when it is relative). The main path is not copied."""
         main_path = main_path or getattr(self, "main_source", None)
@@ -623,7 +624,8 @@ class L2DModel(nn.Module):
             write_json(tmp / "config.json", native_header(type(self).__name__, main=str(main_path),
                                                                     main_config=self.main.config.to_dict(),
                                                                     main_fingerprint=main_fingerprint(self.main),
-                                                                    l2d=self.config.to_dict()))
+                                                                    l2d=self.config.to_dict(),
+                                                                    **({"decoding": decoding} if decoding else {})))
 
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype=None, device=None, main_path: str | Path | None = None,
