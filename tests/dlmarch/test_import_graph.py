@@ -4,7 +4,7 @@ no circle, and the library (`dlmarch`) never imports the tools built on it (`tra
 import ast
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("dlmarch", "trainers", "conversions")
 
 
