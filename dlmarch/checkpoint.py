@@ -408,9 +408,18 @@ def load_weights(model: nn.Module, files: WeightFiles, rename, where: str, ignor
         for name, tensor in files.iter_file(f):
             if name in mapping:
                 assign_tensor(model, mapping[name], _cast(tensor, dtype, device))
-    leftover = [n for n, p in model.named_parameters() if p.is_meta]
-    if leftover:  # plan() makes this unreachable; kept as the last line of defence
-        raise CheckpointError(f"{where}: tensor {leftover[0]!r} was not loaded")
+
+
+def copy_weights(params: dict[str, torch.Tensor], files: WeightFiles, where: str) -> None:
+    """Check `files` against `params` (name -> live tensor), then copy each stored tensor into its
+    parameter, in the parameter's dtype: for a model built on a real device (L2D's diffusion path,
+    whose modules share the loaded main path's)."""
+    mapping = plan(files.all_tensors(), {k: tuple(v.shape) for k, v in params.items()}, lambda n: n, where)
+    with torch.no_grad():
+        for f in files.files:
+            for name, tensor in files.iter_file(f):
+                if name in mapping:
+                    params[mapping[name]].copy_(tensor.to(params[mapping[name]].dtype))
 
 
 # --- writing ------------------------------------------------------------------------------------------------
@@ -469,6 +478,7 @@ def save_native(model, path: str | Path, max_shard_size: int = 5 * 2**30, extra:
 __all__ = [
     "WeightFiles",
     "load_weights",
+    "copy_weights",
     "build_on_meta",
     "save_native",
     "native_header",

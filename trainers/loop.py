@@ -514,7 +514,8 @@ def setup(objective_factory, args, name, needs_mask, model_loader, rank, world, 
     objective = as_objective(objective_factory(RunContext(args, base, tokenizer, mask_id, eos_id, rank, world, device)))
     model.train()
     train_model = distribute(model, base, args, world, device)
-    params = [p for p in model.parameters() if p.requires_grad]
+    # The model protocol's trainable part (LoRA's adapters are injected into it in place).
+    params = [p for p in base.trainable().parameters() if p.requires_grad]
     if not params:
         raise DlmarchError("nothing to train: every parameter is frozen")
     optimizer, scheduler = optimizer_for(params, args, total_steps, warmup)

@@ -32,12 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checkpoint import (NATIVE_FORMAT, WeightFiles, atomic_update, is_weight_file, native_header, write_json,
-                          write_weights)
+from ..checkpoint import (NATIVE_FORMAT, WeightFiles, atomic_update, copy_weights, is_weight_file, native_header,
+                          write_json, write_weights)
 from ..config import read_json, strict_dataclass
 from ..errors import ConfigError
 from ..family import Family, config_from_dict, read_native_config
-from ..keymaps import plan
 from ..layers import Block, Modulation, rope_tables
 from ..attention import resolve_backend
 from ..masks import AttentionMask, Tokens, pack_selected
@@ -648,15 +647,7 @@ class L2DModel(nn.Module):
             raise ConfigError(f"{path}: the main path at {main_dir} has other weights than the one this L2D checkpoint "
                               f"was trained on (fingerprint {main_fingerprint(main)[:12]}, expected {recorded[:12]})")
         model = cls(main, L2DConfig.from_dict(raw["l2d"]))
-        files = WeightFiles(path)
-        expected = {k: tuple(v.shape) for k, v in model.diffusion_state_dict().items()}
-        mapping = plan(files.all_tensors(), expected, lambda n: n, f"{path} (L2D)")
-        params = model.diffusion_state_dict()
-        with torch.no_grad():
-            for f in files.files:
-                for name, tensor in files.iter_file(f):
-                    if name in mapping:
-                        params[name].copy_(tensor.to(params[name].dtype))
+        copy_weights(model.diffusion_state_dict(), WeightFiles(path), f"{path} (L2D)")
         model.main_source = str(main_dir)
         return model
 
