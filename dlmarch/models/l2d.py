@@ -328,7 +328,10 @@ def load_main(path_or_model, dtype=None, device=None, **config_overrides) -> Cau
     else:
         path = Path(path_or_model)
         raw = read_json(path / "config.json")
-        found = (raw.get("config") or {}).get("family") if raw.get("format") == NATIVE_FORMAT else raw.get("model_type")
+        if raw.get("format") == NATIVE_FORMAT:
+            found = raw["config"].get("family") if isinstance(raw.get("config"), dict) else raw.get("model")
+        else:
+            found = raw.get("model_type")
         if found not in {f.name for f in CausalLM.families} | {f.hf_model_type for f in CausalLM.families}:
             raise ConfigError(f"{path}: L2D's main path is Llama or Qwen2, not {found}")
         main = CausalLM.from_pretrained(path, dtype=dtype, device=device, **config_overrides)
