@@ -31,7 +31,7 @@ from benchmarks.common import emit, machine, max_rss_mib, run_isolated, table  #
 def make_checkpoint(path: Path, gb: float, shards: int) -> None:
     """A Llama-shaped HF checkpoint of about `gb` GB (fp32), split in `shards` files."""
     from dlmarch import safetensors_io as st
-    from dlmarch.keymaps import LLAMA
+    from dlmarch.models.causal import LLAMA_KEYS as LLAMA
 
     hidden, inter, vocab = 2048, 5632, 32000
     per_layer = (4 * hidden * hidden + 3 * hidden * inter + 2 * hidden) * 4
@@ -64,7 +64,7 @@ def naive_convert(src: Path, dst: Path) -> None:
     """The usual script: each shard loaded whole, renamed, saved whole."""
     from safetensors.torch import load_file, save_file
 
-    from dlmarch.keymaps import LLAMA
+    from dlmarch.models.causal import LLAMA_KEYS as LLAMA
 
     dst.mkdir(parents=True)
     for f in sorted(src.glob("*.safetensors")):

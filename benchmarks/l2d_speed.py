@@ -23,6 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from benchmarks.common import emit, machine, max_rss_mib, run_isolated, sync, table  # noqa: E402
+from dlmarch.dtypes import DTYPES  # noqa: E402
 from dlmarch import CausalLM, L2DConfig, L2DModel, LlamaConfig, generate_l2d  # noqa: E402
 
 SIZES = {
@@ -31,7 +32,6 @@ SIZES = {
                tie_word_embeddings=True),
     "tiny": dict(vocab_size=512, hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=256),
 }
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def build(size: str, device, dtype) -> L2DModel:

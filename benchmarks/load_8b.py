@@ -62,7 +62,7 @@ def make_checkpoint(path: Path, cfg: dict) -> None:
     """Random bf16 weights in LLaDA's HF names, written tensor by tensor into SHARDS files."""
     from dlmarch import LLaDAConfig, LLaDAModel
     from dlmarch import safetensors_io as st
-    from dlmarch.keymaps import LLADA
+    from dlmarch.models.llada import KEYS as LLADA
 
     with torch.device("meta"):
         model = LLaDAModel(LLaDAConfig.from_hf(cfg))

@@ -20,13 +20,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from benchmarks.common import emit, machine, matmul_peak_flops, max_rss_mib, rss_mib, run_isolated, sync, table  # noqa: E402
+from dlmarch.dtypes import DTYPES  # noqa: E402
 from dlmarch import LLaDAConfig, LLaDAModel  # noqa: E402
 
 SIZES = {
     "100m": dict(vocab_size=16384, hidden_size=768, num_layers=12, num_heads=12, num_kv_heads=12, intermediate_size=2048),
     "tiny": dict(vocab_size=512, hidden_size=128, num_layers=2, num_heads=4, num_kv_heads=4, intermediate_size=256),
 }
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def config(size: str, backend: str) -> LLaDAConfig:
@@ -41,7 +41,7 @@ def build(impl: str, cfg: LLaDAConfig, device: str, dtype: torch.dtype):
         return ours.to(device=device, dtype=dtype)
     import transformers
 
-    from dlmarch.keymaps import LLAMA
+    from dlmarch.models.causal import LLAMA_KEYS as LLAMA
 
     hf_cfg = transformers.LlamaConfig(
         vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,

@@ -23,13 +23,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from benchmarks.common import machine, sync, table  # noqa: E402
+from dlmarch.dtypes import DTYPES  # noqa: E402
 from dlmarch import AutoModel, LLaDAConfig, LLaDAModel, generate  # noqa: E402
 
 SIZES = {
     "100m": dict(vocab_size=16384, hidden_size=768, num_layers=12, num_heads=12, num_kv_heads=12, intermediate_size=2048),
     "tiny": dict(vocab_size=512, hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=4, intermediate_size=384),
 }
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def prompts_for(model, args):
@@ -38,7 +38,7 @@ def prompts_for(model, args):
     if args.model:
         from transformers import AutoTokenizer
 
-        from dlmarch.sampling.cli import encode_prompts
+        from dlmarch.prompts import encode_prompts
         from trainers.tasks import REASONING_PREFIX, get_task
 
         tok = AutoTokenizer.from_pretrained(args.model, trust_remote_code=False)

@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.max_shard_size is not None and args.max_shard_size <= 0:
+        if getattr(args, "max_shard_size", None) is not None and args.max_shard_size <= 0:  # to-diffusion has none
             raise DlmarchError(f"--max-shard-size must be positive, found {args.max_shard_size} bytes")
         for path in (Path(args.dst), *Path(args.dst).parents):  # --overwrite replaces checkpoints, not files
             if path.exists() and not path.is_dir():

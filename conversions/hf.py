@@ -24,18 +24,18 @@ from dlmarch.checkpoint import (
     copy_aux_files,
     foreign_entries,
     is_weight_file,
-    model_class_for,
-    read_native_config,
+    native_header,
     write_json,
     write_shards,
 )
-from dlmarch.config import TransformerConfig, config_from_hf, family_of_hf, native_config, read_json
+from dlmarch import dtypes
+from dlmarch.config import TransformerConfig, read_json
+from dlmarch.dtypes import HF_DTYPE_NAMES
 from dlmarch.errors import ConfigError, DlmarchError
-from dlmarch.keymaps import KEY_TABLES, expected_shapes, plan
+from dlmarch.family import config_from_hf, config_from_native, family_of_hf, read_native_config
+from dlmarch.keymaps import expected_shapes, plan
+from dlmarch.registry import FAMILIES, HF_FAMILIES
 
-DTYPE_NAMES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-               "fp16": torch.float16, "float16": torch.float16}
-TORCH_DTYPE_STR = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
 
 
 @dataclass
@@ -52,11 +52,10 @@ class Report:
 
 
 def parse_dtype(name: str | None) -> torch.dtype | None:
-    if name is None:
-        return None
-    if name not in DTYPE_NAMES:
-        raise ConfigError(f"unknown --dtype {name!r} (choose from fp32, bf16, fp16)")
-    return DTYPE_NAMES[name]
+    try:
+        return dtypes.parse_dtype(name)
+    except ValueError:
+        raise ConfigError(f"unknown --dtype {name!r} (choose from fp32, bf16, fp16)") from None
 
 
 def check_destination(dst: Path, inputs: dict[str, Path | str | None], overwrite: bool, sources: list[Path] = ()) -> None:
@@ -124,22 +123,21 @@ def import_hf(src: str | Path, dst: str | Path, dtype: str | None = None, overwr
     raw = read_json(src / "config.json")
     if raw.get("format") == NATIVE_FORMAT:
         raise ConfigError(f"{src}: already a dlmarch checkpoint; nothing to import")
-    family = family_of_hf(raw, str(src / "config.json"))
-    config = config_from_hf(raw, str(src / "config.json"))
-    table = KEY_TABLES[family]
+    family = family_of_hf(raw, HF_FAMILIES.values(), str(src / "config.json"))
+    config = config_from_hf(raw, HF_FAMILIES.values(), str(src / "config.json"))
+    table = family.key_table
     files = WeightFiles(src)
-    model = build_on_meta(model_class_for(family), config)
+    model = build_on_meta(family.model_class, config)
     found = files.all_tensors()
-    mapping = plan(found, expected_shapes(model), table.native_name, f"{src} ({family} checkpoint)",
+    mapping = plan(found, expected_shapes(model), table.native_name, f"{src} ({family.name} checkpoint)",
                    lambda n: table.is_ignorable(n, config.tie_word_embeddings))
     torch_dtype = parse_dtype(dtype)
     groups = _groups(files, mapping, mapping.get, max_shard_size, files.tensor_bytes())
     with atomic_directory(dst, overwrite=overwrite) as tmp:
         shards, nbytes = _stream(files, groups, tmp, torch_dtype)
-        write_json(tmp / "config.json", {"format": NATIVE_FORMAT, "format_version": 1,
-                                         "model": model_class_for(family).__name__, "config": config.to_dict()})
+        write_json(tmp / "config.json", native_header(family.model_class.__name__, config=config.to_dict()))
         copy_aux_files(src, tmp)
-    return Report(family, len(mapping), shards, nbytes, time.time() - t0)
+    return Report(family.name, len(mapping), shards, nbytes, time.time() - t0)
 
 
 def export_hf(src: str | Path, dst: str | Path, dtype: str | None = None, overwrite: bool = False,
@@ -149,18 +147,20 @@ def export_hf(src: str | Path, dst: str | Path, dtype: str | None = None, overwr
     src, dst = Path(src), Path(dst)
     check_destination(dst, {"source": src}, overwrite, [src])
     raw = read_native_config(src)
-    if raw.get("model") == "L2DModel":
-        raise ConfigError(f"{src}: an L2D checkpoint has no single HF layout; export its main path instead")
-    config = native_config(raw, src / "config.json")
-    table = KEY_TABLES[config.family]
+    if not isinstance(raw.get("config"), dict) and raw.get("model") in {f.model_class.__name__ for f in FAMILIES.values()
+                                                                       if not f.hf_model_type}:
+        raise ConfigError(f"{src}: a {raw['model']} checkpoint has no single HF layout; export its main path instead")
+    config = config_from_native(raw, HF_FAMILIES.values(), src / "config.json")
+    family = HF_FAMILIES[config.family]
+    table = family.key_table
     files = WeightFiles(src)
-    model = build_on_meta(model_class_for(config.family), config)
+    model = build_on_meta(family.model_class, config)
     mapping = plan(files.all_tensors(), expected_shapes(model), lambda n: n, f"{src} (native {config.family})")
     torch_dtype = parse_dtype(dtype)
     groups = _groups(files, mapping, table.hf_name, max_shard_size, files.tensor_bytes())
     hf_config = config.to_hf()
     if torch_dtype is not None:
-        hf_config["torch_dtype"] = TORCH_DTYPE_STR[torch_dtype]
+        hf_config["torch_dtype"] = HF_DTYPE_NAMES[torch_dtype]
     with atomic_directory(dst, overwrite=overwrite) as tmp:
         shards, nbytes = _stream(files, groups, tmp, torch_dtype)
         write_json(tmp / "config.json", hf_config)

@@ -9,51 +9,18 @@ are checked tensor by tensor, then dropped: the native checkpoint refers to MAIN
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 
 import torch
 
-from dlmarch.checkpoint import atomic_directory, copy_aux_files, load_pickled_state_dict, load_pretrained
+from dlmarch.checkpoint import atomic_directory, copy_aux_files, load_pickled_state_dict
 from dlmarch.config import read_json
 from dlmarch.errors import CheckpointError, ConfigError
-from dlmarch.keymaps import KEY_TABLES, plan
-from dlmarch.models.l2d import L2DConfig, L2DModel
+from dlmarch.keymaps import plan
+from dlmarch.models.l2d import L2DConfig, L2DModel, load_main, reference_name
 
 from .hf import Report, parse_dtype
-
-_LINEAR = {"self_attn.flow_q_proj": "q_proj", "self_attn.flow_o_proj": "attn_out", "mlp.flow_gate_proj": "ff_proj",
-           "mlp.flow_up_proj": "up_proj", "mlp.flow_down_proj": "ff_out"}
-
-
-def reference_name(name: str) -> tuple[str, str | None]:
-    """A reference key -> ("flow", native name), ("base", reference base name) or ("wrapped", the
-    main weight a LoRA wrapper repeats). Unknown names -> ("unknown", None)."""
-    if name.startswith("model."):
-        rest = name[len("model."):]
-        m = re.match(r"layers\.(\d+)\.(self_attn\.flow_[qo]_proj|mlp\.flow_(?:gate|up|down)_proj)\.(.+)$", rest)
-        if m:
-            layer, module, leaf = m.groups()
-            ours = f"blocks.{layer}.{_LINEAR[module]}"
-            if leaf in ("A", "B"):
-                return "flow", f"{ours}.{leaf}"
-            if leaf.startswith("wrapped_layer."):
-                base_module = module.replace("flow_", "")
-                return "wrapped", f"model.layers.{layer}.{base_module}.{leaf[len('wrapped_layer.'):]}"
-            return "flow", f"{ours}.{leaf}"
-        m = re.match(r"layers\.(\d+)\.modulation_head\.mlp\.(\d+)\.(weight|bias)$", rest)
-        if m:
-            return "flow", f"block_mod.{m.group(1)}.{m.group(2)}.{m.group(3)}"
-        for ref, ours in (("modulation_head.mlp.", "out_mod."), ("timestep_embedder.mlp.", "time_embed."),
-                          ("flow_token_embedder.embedder.layers_module.", "flow_embed."),
-                          ("flow_to_lm_encoder.embedder.layers_module.", "flow_in."),
-                          ("flow_to_lm_encoder.layers_module.", "flow_in."),
-                          ("data_label_embedder.", "class_embed.")):
-            if rest.startswith(ref):
-                return "flow", ours + rest[len(ref):]
-    return "base", name
-
 
 def import_l2d_reference(src: str | Path, dst: str | Path, *, base: str | Path, options: str | Path,
                          dtype: str | None = None, overwrite: bool = False) -> Report:
@@ -64,13 +31,11 @@ def import_l2d_reference(src: str | Path, dst: str | Path, *, base: str | Path, 
         raise CheckpointError(f"{src}: no pytorch_model.bin")
     opts = read_json(options)
     torch_dtype = parse_dtype(dtype)
-    main = load_pretrained(base, dtype=torch_dtype)
-    if main.config.family not in ("llama", "qwen2"):
-        raise ConfigError(f"--base {base}: L2D's main path is Llama or Qwen2, not {main.config.family}")
+    main = load_main(base, dtype=torch_dtype)
     config = L2DConfig.from_reference(opts, main.config.hidden_size)
     model = L2DModel(main, config)
     sd = load_pickled_state_dict(weights)
-    table = KEY_TABLES[main.config.family]
+    table = main.family.key_table
     main_state = main.state_dict()
     flow, found = {}, {}
     for name, tensor in sd.items():

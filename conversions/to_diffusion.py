@@ -29,8 +29,10 @@ from pathlib import Path
 
 import torch
 
-from dlmarch.checkpoint import build_on_meta, load_pretrained, save_native
-from dlmarch.config import LLaDAConfig, TransformerConfig
+from dlmarch.checkpoint import build_on_meta, save_native
+from dlmarch.config import TransformerConfig
+from dlmarch.models.llada import LLaDAConfig
+from dlmarch.registry import load_pretrained
 from dlmarch.errors import ConfigError
 from dlmarch.models import CausalLM, DreamModel, LLaDAModel
 from dlmarch.models.dream import DreamConfig

@@ -1,21 +1,14 @@
 """dlmarch: diffusion language model architectures and the fine-tuning methods made for them."""
 
-from .config import LLaDAConfig, LlamaConfig, Qwen2Config, TransformerConfig
+from .config import TransformerConfig
 from .masks import AttentionMask
 from .models import CausalLM, LLaDAModel, ModelOutput, TransformerLM
-from .models.l2d import L2DConfig, L2DModel
+from .models.causal import LlamaConfig, Qwen2Config
 from .models.dream import DreamConfig, DreamModel
+from .models.l2d import L2DConfig, L2DModel
+from .models.llada import LLaDAConfig
+from .registry import AutoModel
 from .sampling import generate, generate_dream, generate_l2d
-
-
-class AutoModel:
-    """`AutoModel.from_pretrained(path)` picks the class from the checkpoint's family (HF or native)."""
-
-    @staticmethod
-    def from_pretrained(path, dtype=None, device=None, **config_overrides):
-        from .checkpoint import load_pretrained
-
-        return load_pretrained(path, dtype=dtype, device=device, **config_overrides)
 
 
 __version__ = "0.1.0"

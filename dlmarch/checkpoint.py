@@ -26,9 +26,9 @@ import torch
 from torch import nn
 
 from . import safetensors_io as st
-from .config import TransformerConfig, config_from_hf, family_of_hf, native_config, read_json
+from .config import read_json
 from .errors import CheckpointError, ConfigError, DlmarchError
-from .keymaps import KEY_TABLES, expected_shapes, plan
+from .keymaps import expected_shapes, plan
 
 NATIVE_FORMAT = "dlmarch"
 INDEX_NAME = "model.safetensors.index.json"
@@ -379,26 +379,6 @@ def copy_aux_files(src: str | Path, dst: str | Path) -> list[str]:
 # --- reading -----------------------------------------------------------------------------------------------
 
 
-def is_native(directory: str | Path) -> bool:
-    cfg = Path(directory) / "config.json"
-    if not cfg.exists():
-        return False
-    return read_json(cfg).get("format") == NATIVE_FORMAT
-
-
-def read_native_config(directory: str | Path) -> dict:
-    data = read_json(Path(directory) / "config.json")
-    if data.get("format") != NATIVE_FORMAT:
-        raise ConfigError(f"{Path(directory) / 'config.json'}: not a dlmarch checkpoint")
-    return data
-
-
-def model_class_for(family: str):
-    from .models import MODEL_CLASSES
-
-    return MODEL_CLASSES[family]
-
-
 def build_on_meta(cls, config) -> nn.Module:
     with torch.device("meta"):
         return cls(config)
@@ -428,38 +408,18 @@ def load_weights(model: nn.Module, files: WeightFiles, rename, where: str, ignor
         for name, tensor in files.iter_file(f):
             if name in mapping:
                 assign_tensor(model, mapping[name], _cast(tensor, dtype, device))
-    leftover = [n for n, p in model.named_parameters() if p.is_meta]
-    if leftover:  # plan() makes this unreachable; kept as the last line of defence
-        raise CheckpointError(f"{where}: tensor {leftover[0]!r} was not loaded")
 
 
-def load_pretrained(path: str | Path, dtype: torch.dtype | None = None, device=None, **config_overrides) -> nn.Module:
-    """A model from a native directory or an HF directory of a supported family."""
-    path = Path(path)
-    if not path.is_dir():
-        raise ConfigError(f"{path}: not a directory")
-    raw = read_json(path / "config.json")
-    if raw.get("format") == NATIVE_FORMAT:
-        kind = raw.get("model")
-        if kind == "L2DModel":
-            from .models.l2d import L2DModel
-
-            return L2DModel.from_pretrained(path, dtype=dtype, device=device)
-        config = native_config(raw, path / "config.json")
-        rename, ignorable, where = (lambda n: n), (lambda n: False), f"{path} (native {config.family})"
-    else:
-        family = family_of_hf(raw, str(path / "config.json"))
-        config = config_from_hf(raw, str(path / "config.json"))
-        table = KEY_TABLES[family]
-        tied = config.tie_word_embeddings
-        rename, ignorable = table.native_name, (lambda n: table.is_ignorable(n, tied))
-        where = f"{path} ({family} checkpoint)"
-    if config_overrides:
-        config = config.replace(**config_overrides)
-    model = build_on_meta(model_class_for(config.family), config)
-    load_weights(model, WeightFiles(path), rename, where, ignorable, dtype=dtype, device=device)
-    model.source_dir = str(path)
-    return model
+def copy_weights(params: dict[str, torch.Tensor], files: WeightFiles, where: str) -> None:
+    """Check `files` against `params` (name -> live tensor), then copy each stored tensor into its
+    parameter, in the parameter's dtype: for a model built on a real device (L2D's diffusion path,
+    whose modules share the loaded main path's)."""
+    mapping = plan(files.all_tensors(), {k: tuple(v.shape) for k, v in params.items()}, lambda n: n, where)
+    with torch.no_grad():
+        for f in files.files:
+            for name, tensor in files.iter_file(f):
+                if name in mapping:
+                    params[mapping[name]].copy_(tensor.to(params[mapping[name]].dtype))
 
 
 # --- writing ------------------------------------------------------------------------------------------------
@@ -492,6 +452,11 @@ def write_weights(directory: Path, tensors: list[tuple[str, torch.Tensor]], max_
     write_shards(directory, groups, by_name.__getitem__, metadata)
 
 
+def native_header(model_class: str, **fields) -> dict:
+    """The native config.json: the format, its version, the model class that wrote it, then `fields`."""
+    return {"format": NATIVE_FORMAT, "format_version": 1, "model": model_class, **fields}
+
+
 def save_native(model, path: str | Path, max_shard_size: int = 5 * 2**30, extra: dict | None = None) -> None:
     """Native checkpoint of a TransformerLM (see module docstring). Its files are written to a
     temporary directory first, then added to `path`, replacing files of the same names (and the
@@ -501,7 +466,7 @@ def save_native(model, path: str | Path, max_shard_size: int = 5 * 2**30, extra:
     state = [(k, v) for k, v in model.state_dict().items()]
     with atomic_update(path, stale=is_weight_file) as tmp:
         write_weights(tmp, state, max_shard_size, metadata={"format": "pt"})
-        cfg = {"format": NATIVE_FORMAT, "format_version": 1, "model": type(model).__name__, "config": model.config.to_dict()}
+        cfg = native_header(type(model).__name__, config=model.config.to_dict())
         if extra:
             cfg.update(extra)
         write_json(tmp / "config.json", cfg)
@@ -512,15 +477,16 @@ def save_native(model, path: str | Path, max_shard_size: int = 5 * 2**30, extra:
 
 __all__ = [
     "WeightFiles",
-    "load_pretrained",
+    "load_weights",
+    "copy_weights",
+    "build_on_meta",
     "save_native",
+    "native_header",
     "atomic_directory",
     "atomic_update",
     "check_disjoint",
     "clean_stale_temps",
     "copy_aux_files",
-    "is_native",
-    "read_native_config",
     "load_pickled_state_dict",
     "write_shards",
     "write_weights",

@@ -100,6 +100,7 @@ class TransformerConfig:
     hf_extra: dict = field(default_factory=dict, repr=False, compare=False)
 
     family: ClassVar[str] = ""
+    _model_type: ClassVar[str] = ""  # config.json's model_type of the HF layout
     causal: ClassVar[bool] = True
 
     def __post_init__(self):
@@ -183,26 +184,41 @@ class TransformerConfig:
         d["family"] = self.family
         return d
 
-    @staticmethod
-    def from_dict(d: dict) -> "TransformerConfig":
+    @classmethod
+    def from_dict(cls, d: dict) -> "TransformerConfig":
+        """The config of a native `config` object (its fields and `family`), for this family's class;
+        `dlmarch.family.config_from_native` picks the class from the family first."""
         if not isinstance(d, dict):
             raise ConfigError(f"a native config must be an object of fields, found {type(d).__name__}")
         d = dict(d)
         family = d.pop("family", None)
-        cls = CONFIG_CLASSES.get(family)
-        if cls is None:
-            raise ConfigError(f"unknown model family {family!r} (known: {sorted(CONFIG_CLASSES)})")
+        if family != cls.family:
+            raise ConfigError(f"model family {family!r} is not {cls.family!r}")
         return strict_dataclass(cls, d, f"{family} config field(s)")
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "TransformerConfig":
-        """The config of a checkpoint directory, native or HF."""
+        """The config of a checkpoint directory of this family, native or HF (for any family:
+        `dlmarch.registry.config_from_pretrained`)."""
         where = Path(path) / "config.json"
         raw = read_json(where)
-        cfg = native_config(raw, where) if raw.get("format") == "dlmarch" else config_from_hf(raw, str(where))
-        if cls is not TransformerConfig and not isinstance(cfg, cls):
-            raise ConfigError(f"{path} holds a {cfg.family} config, not a {cls.__name__}")
-        return cfg
+        if raw.get("format") == "dlmarch":
+            found = raw.get("config")
+            if not isinstance(found, dict):
+                kind = "none" if "config" not in raw else type(found).__name__
+                raise ConfigError(f"{where}: a dlmarch config.json needs a 'config' object, found {kind}")
+            if found.get("family") != cls.family:
+                raise ConfigError(f"{path} holds a {found.get('family')} config, not a {cls.__name__}")
+            try:
+                return cls.from_dict(found)
+            except ConfigError as e:
+                raise located(e, where) from None
+        if raw.get("model_type") != cls._model_type:
+            raise ConfigError(f"{path} holds a {raw.get('model_type')} config, not a {cls.__name__}")
+        try:
+            return cls.from_hf(raw)
+        except ConfigError as e:
+            raise located(e, where) from None
 
     def replace(self, **changes) -> "TransformerConfig":
         return dataclasses.replace(self, **changes)
@@ -264,229 +280,6 @@ def _eos_out(cfg: "TransformerConfig"):
     if ids and ids[0] == cfg.eos_token_id:
         return list(ids)
     return cfg.eos_token_id
-
-
-@dataclass
-class LLaDAConfig(TransformerConfig):
-    """LLaDA: a Llama-shaped decoder run without a causal mask (arXiv 2502.09992; ML-GSAI/LLaDA)."""
-
-    mask_token_id: int = 126336
-    # <|eot_id|> of the LLaDA tokenizer; not in LLaDA's config.json, so the sampler's CLI reads it
-    # from the tokenizer when present.
-    eot_token_id: int | None = None
-    rope_in_fp32: bool = True
-    max_position_embeddings: int = 4096
-
-    family: ClassVar[str] = "llada"
-    causal: ClassVar[bool] = False
-
-    @classmethod
-    def from_hf(cls, hf: dict) -> "LLaDAConfig":
-        f = "LLaDA"
-        _expect(hf, "block_type", ("llama",), f)
-        _expect(hf, "activation_type", ("silu", "swiglu"), f)
-        _expect(hf, "layer_norm_type", ("rms",), f)
-        _expect(hf, "rope", (True,), f)
-        _expect(hf, "alibi", (False,), f)
-        _expect(hf, "scale_logits", (False,), f)
-        _expect(hf, "input_emb_norm", (False,), f)
-        _expect(hf, "attention_layer_norm", (False,), f)
-        _expect(hf, "block_group_size", (1,), f)
-        _expect(hf, "layer_norm_with_affine", (True,), f)
-        n_heads = _positive_int(_need(hf, "n_heads", f), "n_heads")
-        n_kv = hf.get("n_kv_heads")
-        if n_kv is None:
-            n_kv = 1 if hf.get("multi_query_attention") else n_heads
-        include_bias = _flag(hf.get("include_bias", False), "include_bias")
-        vocab_key = "embedding_size" if hf.get("embedding_size") is not None else "vocab_size"
-        vocab = _positive_int(_need(hf, vocab_key, f), vocab_key)
-        known = {
-            "d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden_size", "embedding_size",
-            "rope_theta", "rms_norm_eps", "include_bias", "include_qkv_bias", "weight_tying",
-            "max_sequence_length", "eos_token_id", "pad_token_id", "mask_token_id", "bos_token_id",
-        }
-        return cls(
-            vocab_size=vocab,
-            hidden_size=_positive_int(_need(hf, "d_model", f), "d_model"),
-            num_layers=_positive_int(_need(hf, "n_layers", f), "n_layers"),
-            num_heads=n_heads,
-            num_kv_heads=_positive_int(n_kv, "n_kv_heads"),
-            intermediate_size=_positive_int(_need(hf, "mlp_hidden_size", f), "mlp_hidden_size"),
-            rope_theta=_number(hf.get("rope_theta", 10000.0), "rope_theta", positive=True),
-            rms_norm_eps=_number(hf.get("rms_norm_eps", 1e-5), "rms_norm_eps", positive=True),
-            qkv_bias=include_bias or _flag(hf.get("include_qkv_bias", False), "include_qkv_bias"),
-            out_bias=include_bias,
-            mlp_bias=include_bias,
-            tie_word_embeddings=_flag(hf.get("weight_tying", False), "weight_tying"),
-            max_position_embeddings=_positive_int(hf.get("max_sequence_length", 4096), "max_sequence_length"),
-            bos_token_id=_first(hf.get("bos_token_id")),
-            eos_token_id=_first(hf.get("eos_token_id")),
-            pad_token_id=_first(hf.get("pad_token_id")),
-            mask_token_id=hf.get("mask_token_id", 126336),
-            hf_extra=_extra(hf, known),
-        )
-
-    def to_hf(self) -> dict:
-        if self.qkv_bias != self.out_bias or self.out_bias != self.mlp_bias:
-            if self.out_bias or self.mlp_bias:
-                raise ConfigError("LLaDA's config can express q/k/v bias alone or bias everywhere")
-        out = {
-            "architectures": ["LLaDAModelLM"],
-            "model_type": "llada",
-            "block_type": "llama",
-            "activation_type": "silu",
-            "layer_norm_type": "rms",
-            "rope": True,
-            "alibi": False,
-            "rope_full_precision": True,
-            "auto_map": {
-                "AutoConfig": "configuration_llada.LLaDAConfig",
-                "AutoModel": "modeling_llada.LLaDAModelLM",
-                "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM",
-            },
-        }
-        out.update(self.hf_extra)
-        out.pop("eos_token_ids", None)
-        out.update(
-            d_model=self.hidden_size,
-            n_layers=self.num_layers,
-            n_heads=self.num_heads,
-            n_kv_heads=self.num_kv_heads,
-            mlp_hidden_size=self.intermediate_size,
-            mlp_ratio=out.get("mlp_ratio", max(1, round(self.intermediate_size / self.hidden_size))),
-            embedding_size=self.vocab_size,
-            vocab_size=out.get("vocab_size", self.vocab_size),
-            rope_theta=self.rope_theta,
-            rms_norm_eps=self.rms_norm_eps,
-            include_bias=self.out_bias,
-            include_qkv_bias=self.qkv_bias and not self.out_bias,
-            weight_tying=self.tie_word_embeddings,
-            max_sequence_length=self.max_position_embeddings,
-            eos_token_id=_eos_out(self),
-            pad_token_id=self.pad_token_id,
-            mask_token_id=self.mask_token_id,
-        )
-        if self.bos_token_id is not None:
-            out["bos_token_id"] = self.bos_token_id
-        return out
-
-
-@dataclass
-class LlamaConfig(TransformerConfig):
-    """Llama 2/3.x causal decoders (transformers' LlamaForCausalLM)."""
-
-    family: ClassVar[str] = "llama"
-    causal: ClassVar[bool] = True
-    _model_type: ClassVar[str] = "llama"
-    _architecture: ClassVar[str] = "LlamaForCausalLM"
-
-    @classmethod
-    def _common_hf(cls, hf: dict, f: str) -> dict:
-        _expect(hf, "hidden_act", ("silu",), f)
-        theta, scaling = _hf_rope(hf)
-        n_heads = _positive_int(_need(hf, "num_attention_heads", f), "num_attention_heads")
-        hidden = _positive_int(_need(hf, "hidden_size", f), "hidden_size")
-        known = {
-            "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-            "intermediate_size", "head_dim", "rope_theta", "rope_scaling", "rope_parameters",
-            "rms_norm_eps", "attention_bias", "mlp_bias", "tie_word_embeddings",
-            "max_position_embeddings", "bos_token_id", "eos_token_id", "pad_token_id", "vocab_size",
-        }
-        return dict(
-            vocab_size=_positive_int(_need(hf, "vocab_size", f), "vocab_size"),
-            hidden_size=hidden,
-            num_layers=_positive_int(_need(hf, "num_hidden_layers", f), "num_hidden_layers"),
-            num_heads=n_heads,
-            num_kv_heads=_positive_int(hf.get("num_key_value_heads") or n_heads, "num_key_value_heads"),
-            intermediate_size=_positive_int(_need(hf, "intermediate_size", f), "intermediate_size"),
-            head_dim=_positive_int(hf.get("head_dim") or hidden // n_heads, "head_dim"),
-            rope_theta=theta,
-            rope_scaling=scaling,
-            rms_norm_eps=_number(hf.get("rms_norm_eps", 1e-6), "rms_norm_eps", positive=True),
-            tie_word_embeddings=_flag(hf.get("tie_word_embeddings", False), "tie_word_embeddings"),
-            max_position_embeddings=_positive_int(hf.get("max_position_embeddings", 2048), "max_position_embeddings"),
-            bos_token_id=_first(hf.get("bos_token_id")),
-            eos_token_id=_first(hf.get("eos_token_id")),
-            pad_token_id=_first(hf.get("pad_token_id")),
-            hf_extra=_extra(hf, known),
-        )
-
-    @classmethod
-    def from_hf(cls, hf: dict) -> "LlamaConfig":
-        kw = cls._common_hf(hf, "Llama")
-        bias = _flag(hf.get("attention_bias", False), "attention_bias")
-        return cls(qkv_bias=bias, out_bias=bias, mlp_bias=_flag(hf.get("mlp_bias", False), "mlp_bias"), **kw)
-
-    def _common_to_hf(self) -> dict:
-        out = {"architectures": [self._architecture], "model_type": self._model_type, "hidden_act": "silu"}
-        out.update(self.hf_extra)
-        out.pop("eos_token_ids", None)
-        out.update(
-            vocab_size=self.vocab_size,
-            hidden_size=self.hidden_size,
-            num_hidden_layers=self.num_layers,
-            num_attention_heads=self.num_heads,
-            num_key_value_heads=self.num_kv_heads,
-            intermediate_size=self.intermediate_size,
-            head_dim=self.head_dim,
-            rms_norm_eps=self.rms_norm_eps,
-            tie_word_embeddings=self.tie_word_embeddings,
-            max_position_embeddings=self.max_position_embeddings,
-            bos_token_id=self.bos_token_id,
-            eos_token_id=_eos_out(self),
-            pad_token_id=self.pad_token_id,
-        )
-        # Both spellings, so that transformers 4.x and 5.x read the same rotary settings.
-        out["rope_theta"] = self.rope_theta
-        out["rope_scaling"] = dict(self.rope_scaling) if self.rope_scaling else None
-        params = {"rope_theta": self.rope_theta, "rope_type": "default"}
-        if self.rope_scaling:
-            params.update(self.rope_scaling)
-            params.setdefault("rope_type", params.pop("type", "default"))
-        out["rope_parameters"] = params
-        return out
-
-    def to_hf(self) -> dict:
-        if self.qkv_bias != self.out_bias:
-            raise ConfigError("Llama's config has one attention_bias for q, k, v and o")
-        out = self._common_to_hf()
-        out.update(attention_bias=self.qkv_bias, mlp_bias=self.mlp_bias)
-        return out
-
-
-@dataclass
-class Qwen2Config(LlamaConfig):
-    """Qwen2 / Qwen2.5: Llama with a bias on q, k and v (not on o)."""
-
-    qkv_bias: bool = True
-
-    family: ClassVar[str] = "qwen2"
-    _model_type: ClassVar[str] = "qwen2"
-    _architecture: ClassVar[str] = "Qwen2ForCausalLM"
-
-    @classmethod
-    def from_hf(cls, hf: dict) -> "Qwen2Config":
-        if hf.get("use_sliding_window"):
-            raise ConfigError("Qwen2 config.json: use_sliding_window=true is not supported")
-        kw = cls._common_hf(hf, "Qwen2")
-        return cls(qkv_bias=True, out_bias=False, mlp_bias=False, **kw)
-
-    def to_hf(self) -> dict:
-        if not self.qkv_bias or self.out_bias or self.mlp_bias:
-            raise ConfigError("Qwen2's layout has q/k/v bias and no other bias")
-        out = self._common_to_hf()
-        out.setdefault("use_sliding_window", False)
-        return out
-
-
-CONFIG_CLASSES: dict[str, type[TransformerConfig]] = {
-    "llada": LLaDAConfig,
-    "llama": LlamaConfig,
-    "qwen2": Qwen2Config,
-}
-
-# HF `model_type` -> family.
-HF_MODEL_TYPES = {"llada": "llada", "llama": "llama", "qwen2": "qwen2"}
 
 
 def read_json(path: str | Path) -> dict:
@@ -557,56 +350,10 @@ def strict_dataclass(cls, d: dict, what: str):
     return cls(**d)
 
 
-def family_of_hf(hf: dict, where: str = "config.json") -> str:
-    model_type = hf.get("model_type")
-    if model_type not in HF_MODEL_TYPES:
-        raise ConfigError(
-            f"{where}: model_type {model_type!r} is not supported (supported: {sorted(HF_MODEL_TYPES)})"
-        )
-    return HF_MODEL_TYPES[model_type]
-
-
-def _located(e: ConfigError, where) -> ConfigError:
+def located(e: ConfigError, where) -> ConfigError:
     """The same error with the file named first (once)."""
     msg = str(e)
     return e if msg.startswith(str(where)) else ConfigError(f"{where}: {msg}")
 
 
-def config_from_hf(hf: dict, where: str = "config.json") -> TransformerConfig:
-    """The config an HF config.json describes; every error names `where`."""
-    try:
-        return CONFIG_CLASSES[family_of_hf(hf, where)].from_hf(hf)
-    except ConfigError as e:
-        raise _located(e, where) from None
-
-
-def native_config(raw: dict, where) -> TransformerConfig:
-    """The config of a native config.json (`{"format": "dlmarch", "config": {...}}`); errors name `where`."""
-    if not isinstance(raw.get("config"), dict):
-        found = "none" if "config" not in raw else type(raw["config"]).__name__
-        raise ConfigError(f"{where}: a dlmarch config.json needs a 'config' object, found {found}")
-    try:
-        return TransformerConfig.from_dict(raw["config"])
-    except ConfigError as e:
-        raise _located(e, where) from None
-
-
-__all__ = [
-    "TransformerConfig",
-    "LLaDAConfig",
-    "LlamaConfig",
-    "Qwen2Config",
-    "DreamConfig",
-    "CONFIG_CLASSES",
-    "config_from_hf",
-    "native_config",
-    "family_of_hf",
-    "read_json",
-]
-
-# Dream's config lives with its model (dlmarch/models/dream.py); it derives from Qwen2Config above,
-# imported last because that module imports this one.
-from .models.dream import DreamConfig  # noqa: E402
-
-CONFIG_CLASSES["dream"] = DreamConfig
-HF_MODEL_TYPES["Dream"] = "dream"
+__all__ = ["TransformerConfig", "read_json", "jsonl_rows", "strict_dataclass"]

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import TransformerConfig
-from .masks import AttentionMask, attend
+from .attention import attend
+from .masks import AttentionMask
 
 
 class RMSNorm(nn.Module):

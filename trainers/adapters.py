@@ -17,7 +17,7 @@ from pathlib import Path
 from dlmarch import safetensors_io as st
 from dlmarch.checkpoint import atomic_directory, write_json
 from dlmarch.errors import CheckpointError
-from dlmarch.keymaps import KEY_TABLES
+from dlmarch.registry import KEY_TABLES
 
 PEFT_PREFIX = "base_model.model."
 ADAPTER_CONFIG = "adapter_config.json"

@@ -13,6 +13,7 @@ from functools import partial
 from .cli import run
 from .objectives.blockwise import ALL_BLOCKS_SHIFTED, all_blocks, blockwise
 from .objectives.common import predicts_next_token
+from .objectives.protocol import FunctionObjective
 
 
 def add_options(p):
@@ -36,9 +37,8 @@ def objective(ctx):
     else:
         fn = partial(blockwise, mask_id=ctx.mask_id, block_size=a.block_size, seed=a.seed,
                      prefix_mask_rate=a.prefix_mask_rate, suffix_mask_prob=a.suffix_mask_prob)
-    fn.training_info = {"block_size": a.block_size, "all_blocks": a.all_blocks,
-                        "sampler": "generate(block_causal=True)" if a.all_blocks else "generate()"}
-    return fn
+    return FunctionObjective(fn, {"block_size": a.block_size, "all_blocks": a.all_blocks,
+                                  "sampler": "generate(block_causal=True)" if a.all_blocks else "generate()"})
 
 
 def main(argv=None) -> int:

@@ -381,9 +381,6 @@ class BatchSchedule:
             self._epoch_cache = {epoch: units}  # one epoch at a time is enough
         return self._epoch_cache[epoch]
 
-    def epoch_of(self, step: int) -> int:
-        return step // self.steps_per_epoch
-
     def micro_batch(self, step: int, index: int) -> Batch:
         epoch, s = divmod(step, self.steps_per_epoch)
         units = self._units(epoch)

@@ -97,7 +97,7 @@ def prompt_length(task, model_dir: Path, rows: list[dict]) -> int:
     """The longest prompt of `rows` in tokens, as the sampler encodes them (chat template, generation prompt)."""
     from transformers import AutoTokenizer
 
-    from dlmarch.sampling.cli import encode_prompts
+    from dlmarch.prompts import encode_prompts
 
     prompts = encode_prompts(AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False), [task.messages(r) for r in rows], True)
     return max(len(p) for p in prompts)

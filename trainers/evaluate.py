@@ -30,7 +30,8 @@ from pathlib import Path
 import torch
 
 from dlmarch.errors import DlmarchError
-from dlmarch.sampling.cli import encode_prompts, left_pad, sampler_warnings
+from dlmarch.prompts import encode_prompts, left_pad
+from dlmarch.sampling.cli import sampler_warnings
 
 from .tasks import REASONING_PREFIX, TASKS, get_task, pass_at_k
 
@@ -211,12 +212,11 @@ def evaluate(model, tokenizer, task, rows: list[dict], *, gen_length: int = 128,
     merges them into `output` (sorted by row and sample) once every process is done.
     """
     from dlmarch import generate, generate_dream, generate_l2d
-    from dlmarch.models.l2d import L2DModel
 
     rank, world = _dist()
-    is_l2d = isinstance(model, L2DModel)
-    cfg = model.main.config if is_l2d else model.config
-    is_dream = getattr(cfg, "family", None) == "dream"
+    is_l2d = model.sampler == "generate_l2d"
+    is_dream = model.sampler == "generate_dream"
+    cfg = model.token_config
     if is_dream and (kv_cache or threshold is not None or block_causal):
         raise ValueError("a Dream model is decoded by generate_dream: --kv-cache, --threshold and --block-causal are LLaDA's")
     steps = steps or max(1, gen_length // 2)
@@ -224,7 +224,7 @@ def evaluate(model, tokenizer, task, rows: list[dict], *, gen_length: int = 128,
     prompts = [task.messages(r) for r in rows]
     encoded = encode_prompts(tokenizer, prompts, chat_template, prefix)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else cfg.eos_token_id
-    eos_ids = [i for i in (cfg.eos_token_id, getattr(cfg, "eot_token_id", None)) if i is not None]
+    eos_ids = model.stop_token_ids
     if hasattr(task, "end_markers"):  # d1's Sudoku patterns end an answer at LLaDA's end tokens; add this model's
         task = copy.copy(task)
         task.end_markers = tuple(dict.fromkeys([*task.end_markers, *tokenizer.convert_ids_to_tokens(eos_ids)]))

@@ -188,7 +188,7 @@ def prepare(root: Path, name: str, plan: Plan, causal: bool = False):
 
 def new_llama(path: Path, tok, hidden: int, layers: int, seed: int) -> None:
     """A freshly initialised Llama of LLaDA's shape in new_llada (4 heads, SwiGLU of 3 x hidden)."""
-    from dlmarch.config import LlamaConfig
+    from dlmarch.models.causal import LlamaConfig
     from dlmarch.models.causal import CausalLM
 
     torch.manual_seed(seed)
@@ -212,8 +212,8 @@ def eval_causal(name: str, model_dir: Path, task, test: list[dict], out: Path, s
     from transformers import AutoTokenizer
 
     from dlmarch import generate_l2d
-    from dlmarch.checkpoint import load_pretrained
-    from dlmarch.sampling.cli import decode, encode_prompts, left_pad
+    from dlmarch.registry import load_pretrained
+    from dlmarch.prompts import decode, encode_prompts, left_pad
     from trainers.ar import generate_greedy
     from trainers.tasks import REASONING_PREFIX
 

@@ -52,7 +52,7 @@ def load_model(args, device, dtype):
         raise DlmarchError("L2D trains with --distributed ddp (its blocks share the main path's norms)")
     if args.init:
         return L2DModel.from_pretrained(args.init, dtype=dtype, device=device, main_path=args.model)
-    from dlmarch.checkpoint import load_pretrained
+    from dlmarch.registry import load_pretrained
 
     overrides = {"attn_backend": args.attn_backend} if args.attn_backend else {}
     main = load_pretrained(args.model, dtype=dtype, device=device, **overrides)

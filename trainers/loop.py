@@ -40,14 +40,17 @@ import torch.distributed as dist
 from torch import nn
 
 from dlmarch import safetensors_io as st
-from dlmarch.checkpoint import (atomic_directory, check_disjoint, clean_stale_temps, foreign_entries, load_pretrained,
+from dlmarch.checkpoint import (atomic_directory, check_disjoint, clean_stale_temps, foreign_entries,
                                 write_json, write_manifest, verify_manifest)
+from dlmarch.dtypes import parse_dtype
 from dlmarch.errors import DlmarchError
+from dlmarch.registry import load_pretrained
 
 from .data import BatchSchedule, check_layout, load_examples
+from .objectives.protocol import as_objective
+from .record import TRAINING_RECORD, TrainingRecord
 
 
-TRAINING_INFO = "training.json"
 
 
 class TrainingError(DlmarchError):
@@ -386,26 +389,61 @@ def train(objective_factory: Callable[[RunContext], Callable], args, *, name: st
             lock.release()
 
 
+@dataclass
+class Run:
+    """Everything a run holds between setup and finish."""
+
+    name: str
+    args: object
+    out: Path
+    rank: int
+    world: int
+    device: torch.device
+    tokenizer: object
+    base: nn.Module  # the model as loaded (LoRA merged into it at the end)
+    model: nn.Module  # base, or its peft wrapper
+    train_model: nn.Module  # model, or its DDP wrapper
+    objective: object  # the objective protocol (trainers/objectives/protocol.py)
+    schedule: BatchSchedule
+    report: object  # the data's DataReport
+    params: list
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    total_steps: int
+    start: int = 0
+    model_loader: Callable | None = None
+
+
 def _train(objective_factory, args, name, needs_mask, model_loader, rank, world, device, out: Path) -> dict:
+    """setup -> step after step (each logged, checkpointed every --save-every) -> finish."""
+    run = setup(objective_factory, args, name, needs_mask, model_loader, rank, world, device, out)
+    log = Progress(run)
+    for step in range(run.start, run.total_steps):
+        result = train_step(run, step)
+        log.step(step + 1, result)
+        if (step + 1) % args.save_every == 0 or step + 1 == run.total_steps:
+            save_checkpoint(out, step + 1, run.model, run.optimizer, run.scheduler, rank, args.keep, run.objective)
+    log.close()
+    return finish_run(run, log)
+
+
+# --- setup ------------------------------------------------------------------------------------------------------
+
+
+def load_model_and_tokens(args, needs_mask: bool, model_loader, device):
+    """(tokenizer, model, mask_id, eos_id, pad_id), every token id checked against the tokenizer."""
     from transformers import AutoTokenizer
 
-    if rank == 0:  # we own the output: every temporary directory in it is a killed run's
-        clean_stale_temps(out, force=True)
-        clean_stale_temps(out / "checkpoints", force=True)
-    torch.manual_seed(args.seed)
-    random.seed(args.seed)
-
-    # Tokenizer and special tokens.
     try:
         tokenizer = AutoTokenizer.from_pretrained(args.model, local_files_only=True, trust_remote_code=False)
     except Exception as e:
         raise DlmarchError(f"{args.model}: cannot load its tokenizer ({str(e).strip().splitlines()[0]})") from None
-    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16, None: None}[args.dtype]
+    dtype = parse_dtype(args.dtype)
     if dtype is None:
         dtype = torch.bfloat16 if (args.lora_rank and device.type == "cuda") else torch.float32
     overrides = {"attn_backend": args.attn_backend} if args.attn_backend else {}
     model = model_loader(args, device, dtype) if model_loader else load_pretrained(args.model, dtype=dtype, device=device, **overrides)
-    cfg = getattr(model, "main", model).config  # token ids live in the (main) transformer's config
+    cfg = model.token_config  # the model protocol: the config holding the token ids
     mask_id = None
     if needs_mask:
         mask_id = getattr(cfg, "mask_token_id", None)
@@ -421,8 +459,45 @@ def _train(objective_factory, args, name, needs_mask, model_loader, rank, world,
     if eos_id is None:
         raise DlmarchError(f"{args.model}: neither the tokenizer nor the config names an EOS token")
     pad_id = eos_id if args.eos_pad == "train" else (tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id)
+    return tokenizer, model, mask_id, eos_id, pad_id
 
-    # Data.
+
+def distribute(model, base, args, world: int, device):
+    """The module the objective calls: model itself, FSDP2-sharded in place (each block, then the
+    whole), or wrapped in DDP."""
+    if world == 1:
+        return model
+    if args.distributed == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for block in base.blocks:
+            fully_shard(block)
+        fully_shard(model)
+        return model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def optimizer_for(params: list, args, total_steps: int, warmup: int):
+    """AdamW (no weight decay on vectors: norms and biases) and its warmup-then-decay schedule."""
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=tuple(args.adam_betas))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, warmup, args.schedule, args.min_lr_ratio))
+    return optimizer, scheduler
+
+
+def setup(objective_factory, args, name, needs_mask, model_loader, rank, world, device, out: Path) -> Run:
+    """Load and check every input, build the objective, optimizer and schedule, then (every input
+    valid) start writing the output directory and resume from its newest intact checkpoint."""
+    if rank == 0:  # we own the output: every temporary directory in it is a killed run's
+        clean_stale_temps(out, force=True)
+        clean_stale_temps(out / "checkpoints", force=True)
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    tokenizer, base, mask_id, eos_id, pad_id = load_model_and_tokens(args, needs_mask, model_loader, device)
     examples, report = load_examples(args.data, tokenizer, args.max_length, eos_id=eos_id, over_long=args.over_long,
                                      skip_bad_rows=args.skip_bad_rows, use_template=False if args.no_chat_template else None,
                                      full_conversation=args.render_full_conversation)
@@ -431,141 +506,161 @@ def _train(objective_factory, args, name, needs_mask, model_loader, rank, world,
                              eos_pad=args.eos_pad, pad_to=args.pad_to)
     total_steps = args.max_steps or max(1, int(args.epochs * schedule.steps_per_epoch))
     warmup = args.warmup_steps if args.warmup_steps is not None else int(0.03 * total_steps)
-
-    # Model wrapping.
-    base = model
     if args.grad_checkpointing:
         base.gradient_checkpointing = True
-    if args.lora_rank:
-        model = wrap_lora(model, args)
-    ctx = RunContext(args, base, tokenizer, mask_id, eos_id, rank, world, device)
-    objective = objective_factory(ctx)
+    model = wrap_lora(base, args) if args.lora_rank else base
+    objective = as_objective(objective_factory(RunContext(args, base, tokenizer, mask_id, eos_id, rank, world, device)))
     model.train()
-    train_model = model
-    if world > 1:
-        if args.distributed == "fsdp":
-            from torch.distributed.fsdp import fully_shard
-
-            for block in base.blocks:
-                fully_shard(block)
-            fully_shard(model)
-        else:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            train_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    params = [p for p in model.parameters() if p.requires_grad]
+    train_model = distribute(model, base, args, world, device)
+    # The model protocol's trainable part (LoRA's adapters are injected into it in place).
+    params = [p for p in base.trainable().parameters() if p.requires_grad]
     if not params:
         raise DlmarchError("nothing to train: every parameter is frozen")
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=tuple(args.adam_betas))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(total_steps, warmup, args.schedule, args.min_lr_ratio))
-
-    # Every input is valid: from here on the output directory is written.
-    record_run(out, args, rank)
-
-    # Resume: from the newest checkpoint that is complete, unedited and finite.
-    start = 0
-    if args.resume and checkpoints(out):
-        found = newest_intact_checkpoint(out, say=rank == 0)
-        if found is None:
-            raise DlmarchError(f"--resume: no intact checkpoint in {out / 'checkpoints'} (each was skipped, see above)")
-        start = load_checkpoint(found, model, optimizer, scheduler, device, objective)
-        if rank == 0:
-            truncate_metrics(out / "metrics.jsonl", start)
-            print(f"resumed from {found} at step {start}", file=sys.stderr)
-    elif args.resume and rank == 0:
-        print(f"{out}: no checkpoint yet; starting from step 0", file=sys.stderr)
-
+    optimizer, scheduler = optimizer_for(params, args, total_steps, warmup)
+    record_run(out, args, rank)  # every input is valid: from here on the output directory is written
+    run = Run(name, args, out, rank, world, device, tokenizer, base, model, train_model, objective, schedule, report,
+              params, optimizer, scheduler, total_steps, model_loader=model_loader)
+    run.start = resume(run) if args.resume else 0
     if rank == 0:
         n_train = sum(p.numel() for p in params)
         n_all = sum(p.numel() for p in model.parameters())
         print(f"{name}: {report.line()}; {schedule.steps_per_epoch} steps/epoch, {total_steps} steps; "
               f"training {n_train:,} of {n_all:,} parameters on {device} x{world}", file=sys.stderr)
-    writer = _tensorboard(out) if rank == 0 else None
-    bar = None
-    if rank == 0 and not args.no_progress:
-        from tqdm.auto import tqdm
+    return run
 
-        bar = tqdm(total=total_steps, initial=start, desc=name, unit="step", dynamic_ncols=True)
 
-    metrics_path = out / "metrics.jsonl"
-    t_start, tokens_run, first_loss, last_loss, ema = time.time(), 0, None, None, None
-    step = start
+def resume(run: Run) -> int:
+    """The step to start from: that of the newest checkpoint that is complete, unedited and finite (0
+    with none yet), its weights, optimizer, schedule, RNG and objective state restored."""
+    out, rank = run.out, run.rank
+    if not checkpoints(out):
+        if rank == 0:
+            print(f"{out}: no checkpoint yet; starting from step 0", file=sys.stderr)
+        return 0
+    found = newest_intact_checkpoint(out, say=rank == 0)
+    if found is None:
+        raise DlmarchError(f"--resume: no intact checkpoint in {out / 'checkpoints'} (each was skipped, see above)")
+    start = load_checkpoint(found, run.model, run.optimizer, run.scheduler, run.device, run.objective)
+    if rank == 0:
+        truncate_metrics(out / "metrics.jsonl", start)
+        print(f"resumed from {found} at step {start}", file=sys.stderr)
+    return start
+
+
+# --- one step ---------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class StepResult:
+    loss: float
+    grad_norm: float
+    tokens: int
+    metrics: dict
+    seconds: float
+
+
+def train_step(run: Run, step: int) -> StepResult:
+    """One optimizer step: --grad-accum micro-batches on this rank, gradients divided by the
+    denominators summed over micro-batches and ranks, clipped, applied; then the objective syncs."""
+    args, world, rank, model = run.args, run.world, run.rank, run.model
     fsdp = world > 1 and args.distributed == "fsdp"
-    for step in range(start, total_steps):
-        t0 = time.time()
-        loss_sum, denom, tokens, metrics = 0.0, 0.0, 0, {}
-        for a in range(args.grad_accum):
-            index = a * world + rank
-            batch = schedule.micro_batch(step, index).to(device)
-            gen = micro_generator(args.seed, step, index, device)
-            last = a == args.grad_accum - 1
-            if fsdp and hasattr(model, "set_requires_gradient_sync"):
-                model.set_requires_gradient_sync(last)
-            sync = train_model.no_sync() if (world > 1 and not fsdp and not last) else contextlib.nullcontext()
-            with sync, autocast_ctx(args, device):
-                res = objective(train_model, batch, gen)
-                res.loss_sum.backward()
-            loss_sum += float(res.loss_sum.detach())
-            denom += res.denom
-            tokens += batch.data_tokens
-            for k, v in res.metrics.items():
-                metrics[k] = metrics.get(k, 0.0) + v / args.grad_accum
-        loss_sum, denom, tokens = all_sum([loss_sum, denom, float(tokens)], device)
-        loss = loss_sum / denom if denom > 0 else 0.0
-        if not math.isfinite(loss):
-            good = newest_intact_checkpoint(out)
-            where = f"the last good checkpoint is {good}" if good else "no intact checkpoint was written yet"
-            raise TrainingError(f"non-finite loss ({loss}) at step {step + 1}; stopped before updating the weights; {where}")
-        scale = (world if world > 1 else 1) / denom if denom > 0 else 0.0
-        for p in params:
-            if p.grad is not None:
-                p.grad.mul_(scale)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, args.clip if args.clip > 0 else float("inf")))
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        if hasattr(objective, "sync"):  # stateful objectives share their state across ranks
-            objective.sync()
-        tokens_run += int(tokens)
-        first_loss = loss if first_loss is None else first_loss
-        last_loss = loss
-        ema = loss if ema is None else 0.95 * ema + 0.05 * loss
-        done = step + 1
-        if rank == 0 and (done % args.log_every == 0 or done == total_steps):
-            elapsed = time.time() - t_start
-            row = {"step": done, "epoch": round(done / schedule.steps_per_epoch, 4), "loss": loss,
-                   "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm, "tokens": int(tokens),
-                   "tokens_per_s": tokens / max(time.time() - t0, 1e-9), "elapsed_s": elapsed, **metrics}
-            with open(metrics_path, "a") as f:
+    t0 = time.time()
+    loss_sum, denom, tokens, metrics = 0.0, 0.0, 0, {}
+    for a in range(args.grad_accum):
+        index = a * world + rank
+        batch = run.schedule.micro_batch(step, index).to(run.device)
+        gen = micro_generator(args.seed, step, index, run.device)
+        last = a == args.grad_accum - 1
+        if fsdp and hasattr(model, "set_requires_gradient_sync"):
+            model.set_requires_gradient_sync(last)
+        sync = run.train_model.no_sync() if (world > 1 and not fsdp and not last) else contextlib.nullcontext()
+        with sync, autocast_ctx(args, run.device):
+            res = run.objective(run.train_model, batch, gen)
+            res.loss_sum.backward()
+        loss_sum += float(res.loss_sum.detach())
+        denom += res.denom
+        tokens += batch.data_tokens
+        for k, v in res.metrics.items():
+            metrics[k] = metrics.get(k, 0.0) + v / args.grad_accum
+    loss_sum, denom, tokens = all_sum([loss_sum, denom, float(tokens)], run.device)
+    loss = loss_sum / denom if denom > 0 else 0.0
+    if not math.isfinite(loss):
+        good = newest_intact_checkpoint(run.out)
+        where = f"the last good checkpoint is {good}" if good else "no intact checkpoint was written yet"
+        raise TrainingError(f"non-finite loss ({loss}) at step {step + 1}; stopped before updating the weights; {where}")
+    scale = (world if world > 1 else 1) / denom if denom > 0 else 0.0
+    for p in run.params:
+        if p.grad is not None:
+            p.grad.mul_(scale)
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(run.params, args.clip if args.clip > 0 else float("inf")))
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.objective.sync()  # a stateful objective shares its state across ranks
+    return StepResult(loss, grad_norm, int(tokens), metrics, time.time() - t0)
+
+
+# --- logging and finish -----------------------------------------------------------------------------------------
+
+
+class Progress:
+    """What rank 0 reports as steps complete: metrics.jsonl every --log-every steps (and the last),
+    TensorBoard when installed, a progress bar; the first, last and smoothed losses for the summary."""
+
+    def __init__(self, run: Run):
+        self.run = run
+        self.metrics_path = run.out / "metrics.jsonl"
+        self.t_start, self.tokens_run, self.first_loss, self.last_loss, self.ema = time.time(), 0, None, None, None
+        self.writer = _tensorboard(run.out) if run.rank == 0 else None
+        self.bar = None
+        if run.rank == 0 and not run.args.no_progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=run.total_steps, initial=run.start, desc=run.name, unit="step", dynamic_ncols=True)
+
+    def step(self, done: int, r: StepResult) -> None:
+        run, args = self.run, self.run.args
+        self.tokens_run += r.tokens
+        self.first_loss = r.loss if self.first_loss is None else self.first_loss
+        self.last_loss = r.loss
+        self.ema = r.loss if self.ema is None else 0.95 * self.ema + 0.05 * r.loss
+        if run.rank == 0 and (done % args.log_every == 0 or done == run.total_steps):
+            row = {"step": done, "epoch": round(done / run.schedule.steps_per_epoch, 4), "loss": r.loss,
+                   "lr": run.scheduler.get_last_lr()[0], "grad_norm": r.grad_norm, "tokens": r.tokens,
+                   "tokens_per_s": r.tokens / max(r.seconds, 1e-9), "elapsed_s": time.time() - self.t_start, **r.metrics}
+            with open(self.metrics_path, "a") as f:
                 f.write(json.dumps(row) + "\n")
-            if writer:
+            if self.writer:
                 for k, v in row.items():
                     if k != "step":
-                        writer.add_scalar(k, v, done)
-        if bar:
-            bar.set_postfix(loss=f"{ema:.4f}", tok_s=f"{tokens_run / max(time.time() - t_start, 1e-9):.0f}")
-            bar.update(1)
-        if done % args.save_every == 0 or done == total_steps:
-            save_checkpoint(out, done, model, optimizer, scheduler, rank, args.keep, objective)
-    if bar:
-        bar.close()
-    if writer:
-        writer.close()
-    elapsed = time.time() - t_start
-    info = {"method": name, **getattr(objective, "training_info", {})}
-    summary = finish(out, model, base, tokenizer, args, rank, model_loader, info)
-    summary.update(steps=total_steps, resumed_from=start, tokens=tokens_run, seconds=round(elapsed, 2),
-                   tokens_per_s=tokens_run / max(elapsed, 1e-9), first_loss=first_loss, last_loss=last_loss,
-                   smoothed_loss=ema, data=report.line())
+                        self.writer.add_scalar(k, v, done)
+        if self.bar:
+            self.bar.set_postfix(loss=f"{self.ema:.4f}", tok_s=f"{self.tokens_run / max(time.time() - self.t_start, 1e-9):.0f}")
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar:
+            self.bar.close()
+        if self.writer:
+            self.writer.close()
+        self.elapsed = time.time() - self.t_start
+
+
+def finish_run(run: Run, log: Progress) -> dict:
+    """Final artefacts (finish), then the summary: OUTPUT/summary.json, loss.png and one line."""
+    args, name, out, rank = run.args, run.name, run.out, run.rank
+    info = TrainingRecord.of(name, run.objective.training_info)
+    summary = finish(out, run.model, run.base, run.tokenizer, args, rank, run.model_loader, info)
+    elapsed, first_loss, ema = log.elapsed, log.first_loss, log.ema
+    summary.update(steps=run.total_steps, resumed_from=run.start, tokens=log.tokens_run, seconds=round(elapsed, 2),
+                   tokens_per_s=log.tokens_run / max(elapsed, 1e-9), first_loss=first_loss, last_loss=log.last_loss,
+                   smoothed_loss=ema, data=run.report.line())
     if rank == 0:
         write_json(out / "summary.json", summary)
-        if metrics_path.exists():
-            plot_losses(metrics_path, out / "loss.png", f"{name}: {Path(args.model).name}")
-        ran = total_steps - start
-        print(f"{name}: {ran} steps in {elapsed:.1f}s, {tokens_run:,} tokens ({summary['tokens_per_s']:.0f} tok/s), "
+        if log.metrics_path.exists():
+            plot_losses(log.metrics_path, out / "loss.png", f"{name}: {Path(args.model).name}")
+        ran = run.total_steps - run.start
+        print(f"{name}: {ran} steps in {elapsed:.1f}s, {log.tokens_run:,} tokens ({summary['tokens_per_s']:.0f} tok/s), "
               f"loss {first_loss if first_loss is not None else float('nan'):.4f} -> {ema if ema is not None else float('nan'):.4f} "
               f"(EMA); model: {summary.get('model')}; curve: {out / 'loss.png'}")
     barrier()
@@ -607,8 +702,9 @@ def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, rank: int
             torch.save(osd, tmp / "optimizer.pt")
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / "rng.pt")
-            if hasattr(objective, "state_dict"):
-                st.save_file(objective.state_dict(), tmp / "objective.safetensors")
+            state = objective.state_dict() if objective is not None else {}
+            if state:
+                st.save_file(state, tmp / "objective.safetensors")
             write_json(tmp / "state.json", {"step": step, "time": time.time()})
             write_manifest(tmp)  # sizes and hashes, checked before a resume trusts this checkpoint
         for old in checkpoints(out)[:-keep] if keep > 0 else []:
@@ -627,7 +723,7 @@ def load_checkpoint(path: Path, model, optimizer, scheduler, device, objective=N
     rng = torch.load(path / "rng.pt", weights_only=True)
     torch.set_rng_state(rng["torch"])
     random.setstate(rng["python"])
-    if hasattr(objective, "load_state_dict") and (path / "objective.safetensors").exists():
+    if objective is not None and (path / "objective.safetensors").exists():
         objective.load_state_dict(st.load_file(path / "objective.safetensors"))
     return int(json.loads((path / "state.json").read_text())["step"])
 
@@ -636,10 +732,11 @@ def _is_sharded(model) -> bool:
     return any(type(p).__name__ == "DTensor" or getattr(p, "device_mesh", None) is not None for p in model.parameters())
 
 
-def finish(out: Path, model, base, tokenizer, args, rank: int, model_loader=None, info: dict | None = None) -> dict:
-    """Final artefacts: model/ (native, merged for LoRA, with the tokenizer, and training.json: how
-    it was trained, which the sampler reads to warn about a mismatched block length), adapter/ for
-    LoRA runs, model-hf/ with --export-hf."""
+def finish(out: Path, model, base, tokenizer, args, rank: int, model_loader=None,
+           info: TrainingRecord | None = None) -> dict:
+    """Final artefacts: model/ (native, merged for LoRA, with the tokenizer, the training record
+    training.json, and its decoding hints in config.json, which the sampler reads to warn about a
+    mismatched block length), adapter/ for LoRA runs, model-hf/ with --export-hf."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     from .adapters import export_run_adapter
@@ -662,9 +759,10 @@ def finish(out: Path, model, base, tokenizer, args, rank: int, model_loader=None
     else:
         merged = base
     model_dir = out / "model"
-    merged.save_pretrained(model_dir)
+    info = info or TrainingRecord(method="unknown")
+    merged.save_pretrained(model_dir, decoding=info.decoding())
     tokenizer.save_pretrained(model_dir)
-    write_json(model_dir / TRAINING_INFO, info or {})
+    write_json(model_dir / TRAINING_RECORD, info.to_dict())
     summary["model"] = str(model_dir)
     if args.export_hf and hasattr(merged.config, "to_hf"):
         from conversions.hf import export_hf

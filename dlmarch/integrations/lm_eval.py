@@ -45,8 +45,9 @@ except ImportError as e:  # pragma: no cover - the message is the point
     raise ImportError('dlmarch.integrations.lm_eval needs lm-eval: pip install "dlmarch[lmeval]"') from e
 
 from ..likelihood import causal_log_likelihood, llada_log_likelihood, llada_suffix_greedy
-from ..models.l2d import L2DModel
-from ..sampling.cli import DTYPES, decode, left_pad, load_for_generation
+from ..prompts import decode, left_pad
+from ..dtypes import DTYPES
+from ..sampling.cli import load_for_generation
 from ..sampling.l2d import generate_l2d
 from ..sampling.llada import generate
 
@@ -78,7 +79,8 @@ class DlmarchLM(LM):
         if device and str(device).startswith("cuda") and not torch.cuda.is_available():
             device = "cpu"  # lm_eval's --device defaults to cuda; its hf model falls back the same way
         self.model, self.tokenizer = load_for_generation(str(pretrained), dtype, device, allow_l2d=True, allow_causal=True)
-        self.kind = "l2d" if isinstance(self.model, L2DModel) else "llada" if hasattr(self.model.config, "mask_token_id") else "causal"
+        # The model protocol's kind; a masked-diffusion model is sampled and scored as LLaDA is.
+        self.kind = {"l2d": "l2d", "masked-diffusion": "llada", "causal": "causal"}[self.model.kind]
         self.batch_size = _batch_size(batch_size)
         self.seed = int(seed)
         self.sampling = dict(steps=steps or gen_length, gen_length=gen_length, block_length=block_length,
@@ -88,8 +90,8 @@ class DlmarchLM(LM):
         if mc_num % mc_batch_size:
             raise ValueError(f"mc_num ({mc_num}) must be a multiple of mc_batch_size ({mc_batch_size})")
         self.mc_num, self.mc_batch_size, self.check_greedy = mc_num, mc_batch_size, check_greedy
-        cfg = self.model.main.config if self.kind == "l2d" else self.model.config
-        self.eos_ids = [i for i in (cfg.eos_token_id, getattr(cfg, "eot_token_id", None)) if i is not None]
+        cfg = self.model.token_config
+        self.eos_ids = self.model.stop_token_ids
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else cfg.eos_token_id
         self.generator = torch.Generator(device=self.model.device).manual_seed(self.seed)
         self.add_special_tokens = True  # off once lm-eval applies the chat template (it holds the specials)

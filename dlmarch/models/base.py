@@ -14,9 +14,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from ..checkpoint import save_native
 from ..config import TransformerConfig
+from ..family import load_transformer
 from ..layers import Block, RMSNorm, Rope, rope_tables
-from ..masks import AttentionMask, resolve_backend
+from ..attention import resolve_backend
+from ..masks import AttentionMask
 
 KVCache = list  # per layer: (k, v), each (B, Hkv, T, D), post-RoPE
 
@@ -48,6 +51,15 @@ class TransformerLM(nn.Module):
     """wte -> blocks -> ln_f -> lm_head. Native parameter names: `wte`, `blocks.N.*`, `ln_f`, `lm_head`."""
 
     config_class = TransformerConfig
+    families: tuple = ()  # the `Family` records this class loads; set by each family module
+
+    # --- the model protocol (docs/architecture.md): what samplers, evaluation and the loop ask a model ----
+    # kind: "masked-diffusion" (a mask predictor: LLaDA, Dream), "causal" (Llama, Qwen2) or "l2d".
+    kind: str = "causal"
+    # logits[:, i] scores token i + 1 (an autoregressive head: causal models, Dream) rather than token i.
+    shifted_logits: bool = True
+    # The name of its sampler in dlmarch.sampling (None: none of ours; causal models use plain decoding).
+    sampler: str | None = None
 
     def __init__(self, config: TransformerConfig):
         super().__init__()
@@ -232,6 +244,30 @@ class TransformerLM(nn.Module):
                 kv_out.append(present)
         return x, kv_out
 
+    @property
+    def family(self):
+        """This model's `Family` record (config, key table, HF model_type)."""
+        return next(f for f in self.families if f.name == self.config.family)
+
+    @property
+    def token_config(self) -> TransformerConfig:
+        """The config that holds the token ids (an L2D model's is its main path's)."""
+        return self.config
+
+    @property
+    def mask_token_id(self) -> int | None:
+        return getattr(self.config, "mask_token_id", None)
+
+    @property
+    def stop_token_ids(self) -> list[int]:
+        """The ids that end an answer: EOS, then EoT where the config knows one."""
+        cfg = self.token_config
+        return [i for i in (cfg.eos_token_id, getattr(cfg, "eot_token_id", None)) if i is not None]
+
+    def trainable(self) -> nn.Module:
+        """The module an optimizer, LoRA and FSDP see: the whole model."""
+        return self
+
     # --- checkpoints ------------------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: torch.dtype | None = None, device=None, **config_overrides):
@@ -241,16 +277,13 @@ class TransformerLM(nn.Module):
         checkpoint never exists twice in memory. `config_overrides` (e.g. attn_backend='flex') replace
         config fields.
         """
-        from ..checkpoint import load_pretrained
+        families = [f for f in cls.families if issubclass(f.model_class, cls)]
+        if not families:
+            raise TypeError(f"{cls.__name__} is not a model family; load with its family's class or dlmarch.AutoModel")
+        return load_transformer(path, families, dtype=dtype, device=device, **config_overrides)
 
-        model = load_pretrained(path, dtype=dtype, device=device, **config_overrides)
-        if not isinstance(model, cls):
-            raise TypeError(f"{path} holds a {type(model).__name__}, not a {cls.__name__}")
-        return model
-
-    def save_pretrained(self, path: str | Path, max_shard_size: int = 5 * 2**30) -> None:
+    def save_pretrained(self, path: str | Path, max_shard_size: int = 5 * 2**30, decoding: dict | None = None) -> None:
         """Write a native checkpoint (config.json + safetensors, sharded with an index when large),
-        atomically: a temporary directory renamed at the end."""
-        from ..checkpoint import save_native
-
-        save_native(self, path, max_shard_size=max_shard_size)
+        atomically: a temporary directory renamed at the end. `decoding`: how the model should be
+        sampled (config.json's `decoding`, read by `dlmarch.sampling.cli.sampler_warnings`)."""
+        save_native(self, path, max_shard_size=max_shard_size, extra={"decoding": decoding} if decoding else None)

@@ -21,9 +21,12 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from ..config import Qwen2Config, _first
+from ..config import _first
 from ..errors import ConfigError
+from ..family import Family
+from ..keymaps import KeyTable
 from .base import TransformerLM
+from .causal import LLAMA_KEYS, Qwen2Config
 
 # Dream's configuration_dream.py defaults (the Qwen2.5 tokenizer's <|mask|> and <|endoftext|>).
 DREAM_MASK_TOKEN_ID = 151666
@@ -84,10 +87,9 @@ class DreamModel(TransformerLM):
     Sample with `dlmarch.generate_dream`."""
 
     config_class = DreamConfig
-
-    @property
-    def mask_token_id(self) -> int:
-        return self.config.mask_token_id
+    kind = "masked-diffusion"
+    shifted_logits = True  # the autoregressive head Dream keeps from Qwen2.5
+    sampler = "generate_dream"
 
     def build_mask(self, input_ids: Tensor, attention_mask: Tensor | None = None, *, position_ids: Tensor | None = None,
                    doc_ids: Tensor | None = None, past_len: int = 0):
@@ -101,4 +103,10 @@ class DreamModel(TransformerLM):
                                   past_len=past_len)
 
 
-__all__ = ["DreamConfig", "DreamModel"]
+# Dream stores Qwen2's names (model.*, lm_head.weight) under model_type "Dream".
+KEYS = KeyTable(family="dream", pairs=LLAMA_KEYS.pairs, ignorable=LLAMA_KEYS.ignorable, tied_head="lm_head.weight")
+
+FAMILY = Family(name="dream", model_class=DreamModel, config_class=DreamConfig, key_table=KEYS, hf_model_type="Dream")
+DreamModel.families = (FAMILY,)
+
+__all__ = ["DreamConfig", "DreamModel", "KEYS", "FAMILY"]

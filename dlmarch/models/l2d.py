@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,10 +32,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..config import strict_dataclass
+from ..checkpoint import (NATIVE_FORMAT, WeightFiles, atomic_update, copy_weights, is_weight_file, native_header,
+                          write_json, write_weights)
+from ..config import read_json, strict_dataclass
 from ..errors import ConfigError
+from ..family import Family, config_from_dict, read_native_config
 from ..layers import Block, Modulation, rope_tables
-from ..masks import AttentionMask, Tokens, pack_selected, resolve_backend
+from ..attention import resolve_backend
+from ..masks import AttentionMask, Tokens, pack_selected
 from .base import ModelOutput
 from .causal import CausalLM
 
@@ -284,6 +289,57 @@ class LoRALinear(nn.Module):
 LINEARS = ("q_proj", "attn_out", "ff_proj", "up_proj", "ff_out")
 
 
+_LINEAR = {"self_attn.flow_q_proj": "q_proj", "self_attn.flow_o_proj": "attn_out", "mlp.flow_gate_proj": "ff_proj",
+           "mlp.flow_up_proj": "up_proj", "mlp.flow_down_proj": "ff_out"}
+
+
+def reference_name(name: str) -> tuple[str, str | None]:
+    """A reference key -> ("flow", native name), ("base", reference base name) or ("wrapped", the
+    main weight a LoRA wrapper repeats). Unknown names -> ("unknown", None)."""
+    if name.startswith("model."):
+        rest = name[len("model."):]
+        m = re.match(r"layers\.(\d+)\.(self_attn\.flow_[qo]_proj|mlp\.flow_(?:gate|up|down)_proj)\.(.+)$", rest)
+        if m:
+            layer, module, leaf = m.groups()
+            ours = f"blocks.{layer}.{_LINEAR[module]}"
+            if leaf in ("A", "B"):
+                return "flow", f"{ours}.{leaf}"
+            if leaf.startswith("wrapped_layer."):
+                base_module = module.replace("flow_", "")
+                return "wrapped", f"model.layers.{layer}.{base_module}.{leaf[len('wrapped_layer.'):]}"
+            return "flow", f"{ours}.{leaf}"
+        m = re.match(r"layers\.(\d+)\.modulation_head\.mlp\.(\d+)\.(weight|bias)$", rest)
+        if m:
+            return "flow", f"block_mod.{m.group(1)}.{m.group(2)}.{m.group(3)}"
+        for ref, ours in (("modulation_head.mlp.", "out_mod."), ("timestep_embedder.mlp.", "time_embed."),
+                          ("flow_token_embedder.embedder.layers_module.", "flow_embed."),
+                          ("flow_to_lm_encoder.embedder.layers_module.", "flow_in."),
+                          ("flow_to_lm_encoder.layers_module.", "flow_in."),
+                          ("data_label_embedder.", "class_embed.")):
+            if rest.startswith(ref):
+                return "flow", ours + rest[len(ref):]
+    return "base", name
+
+
+def load_main(path_or_model, dtype=None, device=None, **config_overrides) -> CausalLM:
+    """L2D's main path: a loaded CausalLM, or a Llama/Qwen2 checkpoint directory (HF or native)."""
+    if isinstance(path_or_model, nn.Module):
+        main = path_or_model
+    else:
+        path = Path(path_or_model)
+        raw = read_json(path / "config.json")
+        if raw.get("format") == NATIVE_FORMAT:
+            found = raw["config"].get("family") if isinstance(raw.get("config"), dict) else raw.get("model")
+        else:
+            found = raw.get("model_type")
+        if found not in {f.name for f in CausalLM.families} | {f.hf_model_type for f in CausalLM.families}:
+            raise ConfigError(f"{path}: L2D's main path is Llama or Qwen2, not {found}")
+        main = CausalLM.from_pretrained(path, dtype=dtype, device=device, **config_overrides)
+    if not isinstance(main, CausalLM):
+        raise ConfigError(f"L2D wraps a Llama or Qwen2 model, not a {type(main).__name__}")
+    return main
+
+
 class L2DModel(nn.Module):
     """Frozen `main` (CausalLM) + the diffusion path. See the module docstring."""
 
@@ -356,6 +412,30 @@ class L2DModel(nn.Module):
                     if isinstance(lin, LoRALinear):
                         lin.A.normal_(0, 1 / lin.A.shape[1], generator=generator)
                         lin.B.zero_()
+
+    # --- the model protocol (as TransformerLM's; docs/architecture.md) ----------------------------------
+    kind = "l2d"
+    shifted_logits = True  # a diffusion query at position i samples token i + 1, after the main path's state
+    sampler = "generate_l2d"
+    families: tuple = ()  # set below
+
+    @property
+    def family(self):
+        return self.families[0]
+
+    @property
+    def token_config(self):
+        return self.main.config
+
+    mask_token_id = None  # L2D samples in a continuous flow space: no mask token
+
+    @property
+    def stop_token_ids(self) -> list[int]:
+        return self.main.stop_token_ids
+
+    def trainable(self) -> nn.Module:
+        """The whole model: its main path is frozen (requires_grad False) and stays out of the optimizer."""
+        return self
 
     def main_parameter_ids(self) -> set[int]:
         return {id(p) for p in self.main.parameters()}
@@ -524,24 +604,18 @@ class L2DModel(nn.Module):
                   **options) -> "L2DModel":
         """Wrap a Llama/Qwen2 checkpoint (HF or native directory, or a loaded CausalLM). `options`
         override fields of `config` (docs/l2d.md lists the defaults)."""
-        from ..checkpoint import load_pretrained
-
-        main = path_or_model if isinstance(path_or_model, nn.Module) else load_pretrained(path_or_model, dtype=dtype, device=device)
-        if not isinstance(main, CausalLM):
-            raise ConfigError(f"L2D wraps a Llama or Qwen2 model, not a {type(main).__name__}")
+        main = load_main(path_or_model, dtype=dtype, device=device)
         config = dataclasses.replace(config or L2DConfig(), **options)
-        if seed is not None:
-            torch.manual_seed(seed)
         model = cls(main, config)
+        if seed is not None:  # a generator of its own: no global RNG side effect
+            model.reset_diffusion_parameters(torch.Generator(device=model.device).manual_seed(seed))
         if isinstance(path_or_model, (str, Path)):
             model.main_source = str(path_or_model)
         return model
 
-    def save_pretrained(self, path: str | Path, main_path: str | Path | None = None) -> None:
+    def save_pretrained(self, path: str | Path, main_path: str | Path | None = None, decoding: dict | None = None) -> None:
         """The diffusion path's weights and options, plus a reference to the main path (its path as
         given, resolved relative to this directory when it is relative). The main path is not copied."""
-        from ..checkpoint import NATIVE_FORMAT, atomic_update, is_weight_file, write_json, write_weights
-
         main_path = main_path or getattr(self, "main_source", None)
         if main_path is None:
             raise ValueError("save_pretrained needs main_path: where the main path's checkpoint lives")
@@ -549,17 +623,17 @@ class L2DModel(nn.Module):
         state = [(k, v.detach()) for k, v in self.diffusion_state_dict().items()]
         with atomic_update(path, stale=is_weight_file) as tmp:
             write_weights(tmp, state, 5 * 2**30, metadata={"format": "pt"})
-            write_json(tmp / "config.json", {"format": NATIVE_FORMAT, "format_version": 1, "model": "L2DModel",
-                                             "main": str(main_path), "main_config": self.main.config.to_dict(),
-                                             "main_fingerprint": main_fingerprint(self.main),
-                                             "l2d": self.config.to_dict()})
+            write_json(tmp / "config.json", native_header(type(self).__name__, main=str(main_path),
+                                                                    main_config=self.main.config.to_dict(),
+                                                                    main_fingerprint=main_fingerprint(self.main),
+                                                                    l2d=self.config.to_dict(),
+                                                                    **({"decoding": decoding} if decoding else {})))
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, dtype=None, device=None, main_path: str | Path | None = None) -> "L2DModel":
-        from ..checkpoint import WeightFiles, load_pretrained, read_native_config
-        from ..config import TransformerConfig
-        from ..keymaps import plan
-
+    def from_pretrained(cls, path: str | Path, dtype=None, device=None, main_path: str | Path | None = None,
+                        **main_overrides) -> "L2DModel":
+        """An L2D directory written by `save_pretrained`; the main path is loaded from where it records
+        (or `main_path`), with `main_overrides` (e.g. attn_backend) applied to its config."""
         path = Path(path)
         raw = read_native_config(path)
         if raw.get("model") != "L2DModel":
@@ -567,8 +641,8 @@ class L2DModel(nn.Module):
         main_dir = Path(main_path or raw["main"])
         if not main_dir.is_absolute() and not main_dir.exists():
             main_dir = path / main_dir
-        main = load_pretrained(main_dir, dtype=dtype, device=device)
-        want = TransformerConfig.from_dict(raw["main_config"])
+        main = load_main(main_dir, dtype=dtype, device=device, **main_overrides)
+        want = config_from_dict(raw["main_config"], CausalLM.families)
         if want.replace(attn_backend=main.config.attn_backend) != main.config:
             raise ConfigError(f"{path}: its main path config differs from the one at {main_dir}")
         recorded = raw.get("main_fingerprint")  # absent in checkpoints written before it was recorded
@@ -576,14 +650,10 @@ class L2DModel(nn.Module):
             raise ConfigError(f"{path}: the main path at {main_dir} has other weights than the one this L2D checkpoint "
                               f"was trained on (fingerprint {main_fingerprint(main)[:12]}, expected {recorded[:12]})")
         model = cls(main, L2DConfig.from_dict(raw["l2d"]))
-        files = WeightFiles(path)
-        expected = {k: tuple(v.shape) for k, v in model.diffusion_state_dict().items()}
-        mapping = plan(files.all_tensors(), expected, lambda n: n, f"{path} (L2D)")
-        params = model.diffusion_state_dict()
-        with torch.no_grad():
-            for f in files.files:
-                for name, tensor in files.iter_file(f):
-                    if name in mapping:
-                        params[name].copy_(tensor.to(params[name].dtype))
+        copy_weights(model.diffusion_state_dict(), WeightFiles(path), f"{path} (L2D)")
         model.main_source = str(main_dir)
         return model
+
+
+FAMILY = Family(name="l2d", model_class=L2DModel, config_class=L2DConfig)
+L2DModel.families = (FAMILY,)

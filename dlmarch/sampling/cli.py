@@ -16,64 +16,10 @@ from pathlib import Path
 
 import torch
 
+from ..dtypes import DTYPES
 from ..errors import DlmarchError
+from ..prompts import decode, encode_prompts, left_pad, read_prompts
 from .dream import add_dream_arguments, dream_cli_sampler, dream_tokenizer
-
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def read_prompts(path: str) -> list:
-    """Prompts of a JSONL file: each row a string under "prompt", or chat "messages"."""
-    from ..config import jsonl_rows
-
-    out = []
-    for n, row, error in jsonl_rows(path):
-        if error:
-            raise DlmarchError(error)
-        if isinstance(row, dict) and isinstance(row.get("prompt"), str):
-            out.append(row["prompt"])
-        elif isinstance(row, dict) and isinstance(row.get("messages"), list):
-            out.append([m for m in row["messages"] if m.get("role") != "assistant"])
-        else:
-            raise DlmarchError(f"{path}: line {n}: expected {{\"prompt\": str}} or {{\"messages\": [...]}}")
-    if not out:
-        raise DlmarchError(f"{path}: no prompts")
-    return out
-
-
-def encode_prompts(tokenizer, prompts: list, chat_template: bool, suffix: str = "") -> list[list[int]]:
-    """Token ids of each prompt, through the chat template (with its generation prompt) when the
-    tokenizer has one and `chat_template` is on."""
-    ids = []
-    for p in prompts:
-        use_template = chat_template and getattr(tokenizer, "chat_template", None)
-        if use_template:
-            msgs = p if isinstance(p, list) else [{"role": "user", "content": p}]
-            text = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
-        else:
-            text = p if isinstance(p, str) else "\n".join(m["content"] for m in p)
-        ids.append(tokenizer(text + suffix, add_special_tokens=not use_template).input_ids)
-    return ids
-
-
-def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    P = max(len(r) for r in rows)
-    ids = torch.full((len(rows), P), pad_id, dtype=torch.long)
-    am = torch.zeros(len(rows), P, dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, P - len(r):] = torch.tensor(r, dtype=torch.long)
-        am[i, P - len(r):] = 1
-    return ids, am
-
-
-def decode(tokenizer, ids: torch.Tensor, eos_ids: list[int]) -> str:
-    """Text of generated ids, cut at the first EOS/EoT."""
-    ids = ids.tolist()
-    for i, t in enumerate(ids):
-        if t in eos_ids:
-            ids = ids[:i]
-            break
-    return tokenizer.decode(ids, skip_special_tokens=True)
 
 
 def load_for_generation(model_dir: str, dtype: str | None, device: str | None, allow_l2d: bool = False,
@@ -82,15 +28,14 @@ def load_for_generation(model_dir: str, dtype: str | None, device: str | None, a
     with allow_causal, a Llama/Qwen2 model)."""
     from transformers import AutoTokenizer
 
-    from ..checkpoint import load_pretrained
-    from ..models.l2d import L2DModel
+    from ..registry import load_pretrained
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_pretrained(model_dir, dtype=DTYPES[dtype] if dtype else None, device=device).eval()
-    if isinstance(model, L2DModel):
+    if model.kind == "l2d":
         if not allow_l2d:
             raise DlmarchError(f"{model_dir}: an L2D model; sample it with dlmarch.generate_l2d or trainers.evaluate")
-    elif not hasattr(model.config, "mask_token_id") and not allow_causal:
+    elif model.kind != "masked-diffusion" and not allow_causal:
         raise DlmarchError(f"{model_dir}: a {model.config.family} model is not a masked-diffusion model")
     try:
         tokenizer = dream_tokenizer(model_dir)  # Dream's remote-code tokenizer, read natively
@@ -100,7 +45,7 @@ def load_for_generation(model_dir: str, dtype: str | None, device: str | None, a
         raise DlmarchError(f"{model_dir}: cannot load its tokenizer ({str(e).splitlines()[0]})") from None
     tokenizer.padding_side = "left"
     # LLaDA's config.json has no EoT id; the tokenizer knows it.
-    if hasattr(model.config, "mask_token_id") and getattr(model.config, "eot_token_id", None) is None:
+    if model.mask_token_id is not None and getattr(model.config, "eot_token_id", None) is None:
         eot = tokenizer.convert_tokens_to_ids("<|eot_id|>") if "<|eot_id|>" in tokenizer.get_vocab() else None
         if eot is None and "<|eot|>" in tokenizer.get_vocab():
             eot = tokenizer.convert_tokens_to_ids("<|eot|>")
@@ -109,22 +54,22 @@ def load_for_generation(model_dir: str, dtype: str | None, device: str | None, a
 
 
 def sampler_warnings(model_dir: str, block_length: int, block_causal: bool) -> list[str]:
-    """Warnings when the sampler does not match how the model was trained (its training.json)."""
-    path = Path(model_dir) / "training.json"
-    if not path.exists():
-        return []
+    """Warnings when the sampler does not match how the model was trained: the `decoding` entry of
+    its native config.json ({"trained_with": method, "block_length": N, "block_causal": bool}; a
+    trainer writes it, see trainers/record.py)."""
+    path = Path(model_dir) / "config.json"
     try:
-        info = json.loads(path.read_text())
-    except json.JSONDecodeError:
+        info = json.loads(path.read_text()).get("decoding") or {}
+    except (OSError, ValueError, AttributeError):
         return []
     out = []
-    size = info.get("block_size")
+    size = info.get("block_length")
     if size and size != block_length:
         out.append(f"warning: {model_dir} was trained with block size {size}; decoding with block_length {block_length}")
-    if info.get("all_blocks") and not block_causal:
+    if info.get("block_causal") and not block_causal:
         out.append(f"warning: {model_dir} was trained with --all-blocks (future cut off); decode it with --block-causal")
-    if block_causal and info.get("method") and not info.get("all_blocks"):
-        out.append(f"warning: --block-causal decodes --all-blocks models; {model_dir} was trained with {info['method']}")
+    if block_causal and info.get("trained_with") and not info.get("block_causal"):
+        out.append(f"warning: --block-causal decodes --all-blocks models; {model_dir} was trained with {info['trained_with']}")
     return out
 
 
@@ -164,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         from .llada import generate
 
         model, tok = load_for_generation(args.model, args.dtype, args.device)
-        if model.config.family == "dream":  # Dream's own sampler, same call
+        if model.sampler == "generate_dream":  # Dream's own sampler, same call
             generate = dream_cli_sampler(args, model, tok)
         for w in sampler_warnings(args.model, args.block_length, args.block_causal):
             print(w, file=sys.stderr)
@@ -174,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         if pad == model.config.mask_token_id:
             raise DlmarchError("the tokenizer's pad token is the mask token; generation needs them distinct")
         gen = torch.Generator(device=model.device).manual_seed(args.seed)
-        eos_ids = [i for i in (model.config.eos_token_id, model.config.eot_token_id) if i is not None]
+        eos_ids = model.stop_token_ids
         outputs = []
         t0, n_tokens = time.time(), 0
         for start in range(0, len(rows), args.batch_size):

@@ -282,8 +282,9 @@ def generate(
     if not hasattr(cfg, "mask_token_id") and mask_id is None:
         raise TypeError(f"generate() decodes masked-diffusion models; for {type(model).__name__} use dlmarch.generate_l2d "
                         "(L2D) or a causal sampler")
-    if getattr(cfg, "family", None) == "dream":  # its logits at i predict token i+1; this sampler reads them in place
-        raise ValueError("generate() is LLaDA's sampler; a Dream model (shifted head) is sampled with dlmarch.generate_dream")
+    if getattr(model, "shifted_logits", False):  # (Dream) its logits at i predict token i+1; this sampler reads them in place
+        raise ValueError(f"generate() is LLaDA's sampler; a {type(model).__name__} (shifted head) is sampled with "
+                         f"dlmarch.{model.sampler or 'generate_dream'}")
     mask_id = cfg.mask_token_id if mask_id is None else mask_id
     num_blocks = check_arguments(prompt, attention_mask, steps, gen_length, block_length, remasking, mask_id,
                                  threshold, temperature, cfg_scale, kv_cache)

@@ -27,6 +27,7 @@ from torch import Tensor
 
 from ..data import Batch
 from .common import EPS, ObjectiveOutput, doc_times, doc_uniform, masked_forward, zero_loss
+from .protocol import Objective
 from .sft import denom_without_masks, weighted_loss
 
 BETA_FLOOR = 1e-12
@@ -89,7 +90,7 @@ def gift(model, batch: Batch, generator: torch.Generator, *, mask_id: int, norma
     return ObjectiveOutput(loss_sum, denom, metrics)
 
 
-class GIFTObjective:
+class GIFTObjective(Objective):
     """GIFT with an optional amortised probe (`probe_every`, an approximation; 1 = GIFT exactly).
 
     With probe_every = K > 1 each example's betas are probed at its visits in epochs 0, K, 2K, ...

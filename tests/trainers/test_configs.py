@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 LLADA_METHODS = ("sft", "gift", "lift", "blockwise")
 REQUIRED = ["--model", "x", "--data", "y", "--output", "z"]
 

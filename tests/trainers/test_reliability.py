@@ -17,7 +17,7 @@ import torch
 
 from dlmarch import AutoModel, L2DModel
 from dlmarch import safetensors_io as st
-from tests.helpers import L2D_TINY, hf_llama, make_task, tiny_model_dir
+from tests.helpers import FIXTURES, L2D_TINY, hf_llama, make_task, tiny_model_dir
 
 COMMON = ["--max-length", "32", "--batch-size", "4", "--lr", "3e-3", "--warmup-steps", "1", "--no-progress"]
 
@@ -93,7 +93,7 @@ def test_save_pretrained_keeps_the_files_it_does_not_write(tmp_path):
 
 
 def test_a_single_file_save_replaces_an_older_sharded_one(tmp_path):
-    model = AutoModel.from_pretrained(Path(__file__).parent / "fixtures" / "llada-tiny")
+    model = AutoModel.from_pretrained(FIXTURES / "llada-tiny")
     model.save_pretrained(tmp_path / "m", max_shard_size=20_000)
     assert (tmp_path / "m" / "model.safetensors.index.json").exists()
     with torch.no_grad():
@@ -264,7 +264,7 @@ def test_leftovers_of_a_killed_conversion_are_removed_by_the_next(tmp_path, caps
     p.send_signal(signal.SIGKILL)
     p.wait()
     assert [x.name.startswith(".dst.tmp-") for x in tmp_path.iterdir()] == [True]
-    assert convert(["import", Path(__file__).parent / "fixtures" / "llada-tiny", dst]) == 0
+    assert convert(["import", FIXTURES / "llada-tiny", dst]) == 0
     assert "removed 1 temporary directory" in capsys.readouterr().err
     assert sorted(x.name for x in tmp_path.iterdir()) == ["dst"]
 
@@ -351,8 +351,8 @@ def test_run_json_is_written_after_validation_and_binds_a_resume(task, tmp_path,
 def test_written_directories_honour_the_umask(tmp_path):
     old = os.umask(0o022)
     try:
-        AutoModel.from_pretrained(Path(__file__).parent / "fixtures" / "llada-tiny").save_pretrained(tmp_path / "m")
-        assert convert(["import", Path(__file__).parent / "fixtures" / "llada-tiny", tmp_path / "c"]) == 0
+        AutoModel.from_pretrained(FIXTURES / "llada-tiny").save_pretrained(tmp_path / "m")
+        assert convert(["import", FIXTURES / "llada-tiny", tmp_path / "c"]) == 0
     finally:
         os.umask(old)
     assert (tmp_path / "m").stat().st_mode & 0o777 == 0o755

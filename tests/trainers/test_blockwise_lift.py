@@ -89,7 +89,7 @@ def test_blockwise_loss_is_mean_ce_over_active_masked_tokens():
 
 def test_two_copy_mask_equals_a_dense_reference_from_the_rule():
     """Each slot's (clean, block, valid) from the layout's description, then the rule by loops."""
-    from tests.test_masks import loop_mask
+    from tests.dlmarch.test_masks import loop_mask
 
     batch = batch_of(resp_lens=(5, 3), prompt_lens=(2, 3))
     ids, mask, src = two_copy_layout(batch, batch.input_ids, B)

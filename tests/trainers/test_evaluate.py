@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from trainers import evaluate as ev
+from tests.helpers import FIXTURES
 from trainers.tasks import get_task, pass_at_k
 
-D1 = Path(__file__).parent / "fixtures" / "d1-generations"
+D1 = FIXTURES / "d1-generations"
 
 
 def test_rescore_a_d1_generation_file(tmp_path, capsys):

@@ -9,6 +9,7 @@ import pytest
 from trainers.tasks import get_task
 from trainers.tasks.countdown import solve
 from trainers.tasks.sudoku import all_grids, count_solutions, is_valid_solution
+from tests.helpers import FIXTURES
 
 
 def test_every_generated_sudoku_has_exactly_one_solution():
@@ -178,7 +179,7 @@ def test_d1_generation_files_get_d1s_verdicts():
     from pathlib import Path
 
     for name in ("gsm8k", "math500", "countdown", "sudoku"):
-        data = json.loads((Path(__file__).parent / "fixtures" / "d1-generations" / f"{name}.json").read_text())
+        data = json.loads((FIXTURES / "d1-generations" / f"{name}.json").read_text())
         task = get_task(name)
         for item in data["generations"]:
             s = task.score(item["generations"], task.from_d1(item))
@@ -251,7 +252,7 @@ def _d1_create_prompt(tokenizer, system_prompt, input_text):
 
 
 def test_prompts_are_d1s(tmp_path):
-    from dlmarch.sampling.cli import encode_prompts
+    from dlmarch.prompts import encode_prompts
     from trainers.tasks import REASONING_PREFIX
     from trainers.tokenizer import build_char_tokenizer
 

@@ -87,7 +87,7 @@ def test_reference_solver_names():
 
 def test_adaptive_solver_through_torchdiffeq():
     pytest.importorskip("torchdiffeq")
-    from dlmarch.checkpoint import load_pretrained
+    from dlmarch.registry import load_pretrained
 
     model = L2DModel.from_main(load_pretrained(L2D_TINY / "base"), L2DConfig(flow_dim=16, time_hidden=32,
                                                                               flow_in_hidden=32, lora_rank=4), seed=0)

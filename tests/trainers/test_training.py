@@ -249,6 +249,6 @@ def test_example_configs_parse(name):
 
     parser = common_parser("x", "")
     l2d_options(parser)
-    path = Path(__file__).parent.parent / "configs" / name
+    path = Path(__file__).resolve().parents[2] / "configs" / name
     args = parse(parser, ["--config", str(path), "--model", "m", "--data", "d", "--output", "o"])
     assert args.model == "m"

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from dlmarch.masks import AttentionMask, attend
+from dlmarch.attention import attend
+from dlmarch.masks import AttentionMask
 
 B, H, HKV, D = 2, 4, 2, 16
 
@@ -123,7 +124,7 @@ def test_varlen_segments():
 
 
 def test_flash_refused_without_flash_attn():
-    from dlmarch.masks import flash_available, resolve_backend
+    from dlmarch.attention import flash_available, resolve_backend
 
     if flash_available():
         pytest.skip("flash-attn is installed here")

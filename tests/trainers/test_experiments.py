@@ -35,7 +35,7 @@ def test_ar_loss_is_transformers_causal_lm_loss(tmp_path):
 
 def test_greedy_decoding_is_transformers_generate(tmp_path):
     from dlmarch import CausalLM
-    from dlmarch.sampling.cli import left_pad
+    from dlmarch.prompts import left_pad
     from trainers.ar import generate_greedy
 
     hf, path = hf_llama(tmp_path / "hf")

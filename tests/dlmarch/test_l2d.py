@@ -57,7 +57,7 @@ def test_checkpoint_holds_only_the_diffusion_path(imported, tmp_path):
 
 
 def test_reference_import_refuses_a_different_base(tmp_path):
-    from dlmarch.checkpoint import load_pretrained
+    from dlmarch.registry import load_pretrained
 
     base = load_pretrained(L2D_TINY / "base")
     with torch.no_grad():
@@ -73,7 +73,7 @@ def test_reference_import_refuses_a_different_base(tmp_path):
 # The reference's module names for the full-copy variant and for Qwen2 (q bias): written here from
 # SakanaAI/L2D's flow_llms/{llama,qwen2}_components.py, to check that every name maps.
 def reference_state_dict(model: L2DModel) -> dict:
-    from dlmarch.keymaps import KEY_TABLES
+    from dlmarch.registry import KEY_TABLES
 
     sd = {}
     for k, v in model.main.state_dict().items():
@@ -170,7 +170,7 @@ def test_reference_import_of_a_tied_base(tmp_path):
 
 
 def fresh(adapter="lora", **kw):
-    from dlmarch.checkpoint import load_pretrained
+    from dlmarch.registry import load_pretrained
 
     main = load_pretrained(L2D_TINY / "base")
     return L2DModel.from_main(main, L2DConfig(flow_dim=16, time_hidden=32, flow_in_hidden=32, lora_rank=4,

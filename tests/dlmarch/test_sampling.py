@@ -209,12 +209,17 @@ def test_command_line(tmp_path):
 
 def test_sampler_warns_when_it_does_not_match_the_training(tmp_path):
     from dlmarch.sampling.cli import sampler_warnings
+    from trainers.record import TrainingRecord
 
-    (tmp_path / "training.json").write_text(json.dumps({"method": "blockwise", "block_size": 32, "all_blocks": True}))
+    def record(method, **info):  # what a trainer writes into its model's config.json (trainers/record.py)
+        decoding = TrainingRecord.of(method, info).decoding()
+        (tmp_path / "config.json").write_text(json.dumps({"format": "dlmarch", "decoding": decoding}))
+
+    record("blockwise", block_size=32, all_blocks=True)
     w = sampler_warnings(str(tmp_path), 16, False)
     assert any("block size 32" in x for x in w) and any("--block-causal" in x for x in w)
     assert sampler_warnings(str(tmp_path), 32, True) == []
-    (tmp_path / "training.json").write_text(json.dumps({"method": "sft"}))
+    record("sft")
     assert any("--block-causal decodes --all-blocks models" in x for x in sampler_warnings(str(tmp_path), 32, True))
 
 

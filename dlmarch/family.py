@@ -1,0 +1,110 @@
+"""What a model family declares, and the readers that choose among families.
+
+A family module (`dlmarch/models/llada.py`, `causal.py`, `dream.py`, `l2d.py`) owns its config class
+(HF field names), its key table (native <-> HF tensor names), its model class and the HF
+`model_type` it reads, and declares them as a `Family`. `dlmarch.registry` lists every family;
+the functions here take the families to choose from, so that a model class can load its own
+checkpoints without knowing the others (and this module never imports a model: no import circle).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .checkpoint import NATIVE_FORMAT, WeightFiles, build_on_meta, load_weights
+from .config import TransformerConfig, located, read_json
+from .errors import ConfigError
+from .keymaps import KeyTable
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family. `name` is `config.family` (the native config.json's `family`);
+    `hf_model_type` the `model_type` of its HF config.json (None: no HF layout of its own, as L2D);
+    `key_table` maps native tensor names to the HF layout's (None with no HF layout)."""
+
+    name: str
+    model_class: type
+    config_class: type
+    key_table: KeyTable | None = None
+    hf_model_type: str | None = None
+
+
+def family_of_hf(hf: dict, families, where: str = "config.json") -> Family:
+    """The family whose HF `model_type` an HF config.json names."""
+    by_type = {f.hf_model_type: f for f in families if f.hf_model_type}
+    model_type = hf.get("model_type")
+    if model_type not in by_type:
+        raise ConfigError(f"{where}: model_type {model_type!r} is not supported (supported: {sorted(by_type)})")
+    return by_type[model_type]
+
+
+def config_from_hf(hf: dict, families, where: str = "config.json") -> TransformerConfig:
+    """The config an HF config.json describes; every error names `where`."""
+    try:
+        return family_of_hf(hf, families, where).config_class.from_hf(hf)
+    except ConfigError as e:
+        raise located(e, where) from None
+
+
+def config_from_dict(d, families) -> TransformerConfig:
+    """The config of a native `config` object, the class picked by its `family`."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"a native config must be an object of fields, found {type(d).__name__}")
+    by_name = {f.name: f for f in families}
+    family = d.get("family")
+    if family not in by_name:
+        raise ConfigError(f"unknown model family {family!r} (known: {sorted(by_name)})")
+    return by_name[family].config_class.from_dict(d)
+
+
+def config_from_native(raw: dict, families, where) -> TransformerConfig:
+    """The config of a native config.json (`{"format": "dlmarch", "config": {...}}`); errors name `where`."""
+    if not isinstance(raw.get("config"), dict):
+        found = "none" if "config" not in raw else type(raw["config"]).__name__
+        raise ConfigError(f"{where}: a dlmarch config.json needs a 'config' object, found {found}")
+    try:
+        return config_from_dict(raw["config"], families)
+    except ConfigError as e:
+        raise located(e, where) from None
+
+
+def read_native_config(directory: str | Path) -> dict:
+    """A native directory's config.json, refused when it is not one."""
+    data = read_json(Path(directory) / "config.json")
+    if data.get("format") != NATIVE_FORMAT:
+        raise ConfigError(f"{Path(directory) / 'config.json'}: not a dlmarch checkpoint")
+    return data
+
+
+def load_transformer(path: str | Path, families, dtype: torch.dtype | None = None, device=None,
+                     **config_overrides) -> torch.nn.Module:
+    """A TransformerLM of one of `families` from a native directory or an HF directory: built on the
+    meta device, every tensor assigned as it is read (no second copy in memory)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ConfigError(f"{path}: not a directory")
+    raw = read_json(path / "config.json")
+    if raw.get("format") == NATIVE_FORMAT:
+        config = config_from_native(raw, families, path / "config.json")
+        rename, ignorable, where = (lambda n: n), (lambda n: False), f"{path} (native {config.family})"
+    else:
+        config = config_from_hf(raw, families, str(path / "config.json"))
+        table = family_of_hf(raw, families).key_table
+        tied = config.tie_word_embeddings
+        rename, ignorable = table.native_name, (lambda n: table.is_ignorable(n, tied))
+        where = f"{path} ({config.family} checkpoint)"
+    if config_overrides:
+        config = config.replace(**config_overrides)
+    family = next(f for f in families if f.name == config.family)
+    model = build_on_meta(family.model_class, config)
+    load_weights(model, WeightFiles(path), rename, where, ignorable, dtype=dtype, device=device)
+    model.source_dir = str(path)
+    return model
+
+
+__all__ = ["Family", "family_of_hf", "config_from_hf", "config_from_dict", "config_from_native", "read_native_config",
+           "load_transformer"]
