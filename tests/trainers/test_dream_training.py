@@ -165,7 +165,7 @@ def test_command_lines_train_and_evaluate_a_dream_dir(tmp_path, capsys):
     """Each trainer runs on a Dream directory; --all-blocks is refused in one line; evaluate decodes the
     trained Dream with generate_dream (greedy, entropy order, steps = gen_length / 2)."""
     from dlmarch import generate_dream
-    from dlmarch.sampling.cli import encode_prompts, left_pad
+    from dlmarch.prompts import encode_prompts, left_pad
     from trainers.evaluate import main as evaluate_main
     from trainers.tasks import REASONING_PREFIX, get_task
 

@@ -52,13 +52,11 @@ def per_doc(values: Tensor, seg: Tensor, num_docs: int) -> Tensor:
 
 
 def predicts_next_token(model) -> bool:
-    """True for a shifted head (Dream): `logits[:, i]` is the distribution of token i+1, not token i.
-
-    Looks through the wrappers the loop puts around the transformer (DDP's `module`, L2D's `main`;
-    PEFT forwards `config`)."""
+    """True for a masked-diffusion model with a shifted head (Dream): `logits[:, i]` is the
+    distribution of token i+1, not token i. Read from the model protocol (`kind`, `shifted_logits`),
+    looking through DDP's `module` (PEFT forwards attribute reads to the model it wraps)."""
     model = getattr(model, "module", model)
-    cfg = getattr(getattr(model, "main", model), "config", None)
-    return getattr(cfg, "family", None) == "dream"
+    return getattr(model, "kind", None) == "masked-diffusion" and bool(getattr(model, "shifted_logits", False))
 
 
 def scoring_positions(positions: Tensor) -> Tensor:
