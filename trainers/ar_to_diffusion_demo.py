@@ -54,21 +54,12 @@ QUICK = Plan(hidden=32, layers=1, train_rows=64, test_rows=4, ar_steps=3, sft_st
 
 
 def build(out: Path, plan: Plan, seed: int):
-    """Tokenizer, untrained causal Llama (out/init), data (out/data). Returns (task, test rows)."""
-    from trainers.demo import TAGS, write_data
+    """Tokenizer, untrained causal Llama (out/init), data (out/data): the demo's, with a causal model.
+    Returns (task, test rows)."""
+    from trainers.demo import build as build_demo
     from trainers.experiments import new_llama
-    from trainers.tasks import get_task
-    from trainers.tokenizer import build_char_tokenizer
 
-    task = get_task("sudoku", with_system_prompt=False)  # the instruction costs ~400 characters per row
-    test = task.generate(plan.test_rows, seed + 999)
-    held_out = {r["puzzle"] for r in test}
-    train = [r for r in task.generate(plan.train_rows + plan.test_rows, seed + 1) if r["puzzle"] not in held_out]
-    write_data(out / "data", task, train[: plan.train_rows], test, task.response)
-    if not (out / "init" / "config.json").exists():
-        tok = build_char_tokenizer("0123456789 :Sudokpzle", words=TAGS, pad_to=8)
-        new_llama(out / "init", tok, plan.hidden, plan.layers, seed)
-    return task, test
+    return build_demo(out, plan, seed, new_model=new_llama)
 
 
 def convert(src: Path, dst: Path) -> None:

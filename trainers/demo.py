@@ -53,8 +53,9 @@ QUICK = Plan(hidden=64, layers=2, train_rows=1000, test_rows=64, base_steps=600,
 GEN_LENGTH, BLOCK_LENGTH = 32, 32  # d1 protocol block; the answer and its tags fit one block
 
 
-def build(out: Path, plan: Plan, seed: int):
-    """Tokenizer, untrained model, train/test JSONL. Returns (task, test rows)."""
+def build(out: Path, plan: Plan, seed: int, new_model=None):
+    """Tokenizer, untrained model (`new_model(path, tok, hidden, layers, seed)`, default a LLaDA) at
+    out/init, train/test JSONL at out/data. Returns (task, test rows)."""
     from trainers.tasks import get_task
     from trainers.tokenizer import build_char_tokenizer
 
@@ -65,7 +66,7 @@ def build(out: Path, plan: Plan, seed: int):
     write_data(out / "data", task, train[: plan.train_rows], test, task.response)
     if not (out / "init" / "config.json").exists():
         tok = build_char_tokenizer("0123456789 :Sudokpzle", words=TAGS, pad_to=8)
-        new_llada(out / "init", tok, plan.hidden, plan.layers, seed)
+        (new_model or new_llada)(out / "init", tok, plan.hidden, plan.layers, seed)
     return task, test
 
 
