@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -95,15 +94,10 @@ def main(argv=None) -> int:
     out = Path(args.output)
     plan = QUICK if args.quick else FULL
     try:
-        from trainers.demo import max_length, run_eval, train_stage
+        from trainers.demo import max_length, prepare_output, run_eval, train_stage
         from trainers.experiments import eval_causal
 
-        if out.exists() and any(out.iterdir()):
-            if args.overwrite:
-                shutil.rmtree(out)
-            elif not args.resume:
-                raise DlmarchError(f"{out} already holds a run; pass --resume to continue it or --overwrite to start over")
-        out.mkdir(parents=True, exist_ok=True)
+        prepare_output(out, args.resume, args.overwrite)
         t0 = time.time()
         say = lambda msg: print(f"ar-to-diffusion: {msg}", file=sys.stderr)  # noqa: E731
         say(f"building tokenizer, causal model and data in {out}")

@@ -195,6 +195,29 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+MARKER = ".dlmarch-demo"  # written into every demo output: --overwrite removes only what a demo made
+
+
+def prepare_output(out: Path, resume: bool, overwrite: bool) -> None:
+    """Make `out` ours before anything is written. A non-empty `out` is continued with `resume`,
+    replaced with `overwrite` only when it carries the marker a demo wrote there (never a directory
+    of the user's), and refused otherwise."""
+    if out.exists() and not out.is_dir():
+        raise DlmarchError(f"{out} is a file, not a directory")
+    if out.exists() and any(out.iterdir()):
+        ours = (out / MARKER).exists()
+        if overwrite and ours:
+            shutil.rmtree(out)
+        elif overwrite:
+            raise DlmarchError(f"{out} holds files no demo wrote (no {MARKER}); --overwrite replaces only a demo's output")
+        elif not resume:
+            raise DlmarchError(f"{out} already holds files; pass --resume to continue a run there or --overwrite to replace it")
+        elif not ours:
+            raise DlmarchError(f"{out} holds files no demo wrote (no {MARKER}); nothing to resume there")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).touch()
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m trainers.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--output", default="runs/demo")
@@ -207,12 +230,7 @@ def main(argv=None) -> int:
     out = Path(args.output)
     plan = QUICK if args.quick else FULL
     try:
-        if out.exists() and any(out.iterdir()):
-            if args.overwrite:
-                shutil.rmtree(out)
-            elif not args.resume:
-                raise DlmarchError(f"{out} already holds a demo; pass --resume to continue it or --overwrite to start over")
-        out.mkdir(parents=True, exist_ok=True)
+        prepare_output(out, args.resume, args.overwrite)
         t0 = time.time()
         print(f"demo ({'quick' if args.quick else 'full'}): building tokenizer, model and data in {out}", file=sys.stderr)
         task, test = build(out, plan, args.seed)

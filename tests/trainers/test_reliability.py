@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from dlmarch.errors import DlmarchError
 import torch
 
 from dlmarch import AutoModel, L2DModel
@@ -385,3 +387,23 @@ def test_l2d_checkpoint_refuses_a_changed_main_path_of_the_same_shape(tmp_path):
     L2DModel.from_pretrained(tmp_path / "mine")
     with pytest.raises(ConfigError, match="other weights"):
         L2DModel.from_pretrained(tmp_path / "mine", main_path=changed)
+
+
+def test_demo_overwrite_never_deletes_a_users_directory(tmp_path):
+    """`trainers.demo --overwrite` replaces only a directory a demo wrote (its marker file)."""
+    from trainers.demo import MARKER, prepare_output
+
+    user = tmp_path / "mine"
+    user.mkdir()
+    (user / "notes.txt").write_text("keep me")
+    for resume, overwrite in ((False, True), (True, False), (False, False)):
+        with pytest.raises(DlmarchError, match="mine"):
+            prepare_output(user, resume, overwrite)
+    assert (user / "notes.txt").read_text() == "keep me" and not (user / MARKER).exists()
+    ours = tmp_path / "demo"
+    prepare_output(ours, False, False)
+    (ours / "results.md").write_text("old")
+    prepare_output(ours, True, False)  # resume keeps it
+    assert (ours / "results.md").exists()
+    prepare_output(ours, False, True)  # overwrite replaces a demo's own output
+    assert (ours / MARKER).exists() and not (ours / "results.md").exists()
