@@ -129,12 +129,14 @@ def test_quick_run_writes_every_result(tmp_path):
     out = tmp_path / "exp"
     assert main(["--quick", "--output", str(out)]) == 0
     r = json.loads((out / "results.json").read_text())
-    assert set(r) == {"methods", "block_size", "l2d_steps", "cost", "config"}
+    assert set(r) == {"methods", "block_size", "l2d_steps", "cost", "config", "base", "cost_per_item"}
+    assert set(r["methods"]) == set(TASKS) and all(set(r["methods"][t]) == set(METHODS) for t in TASKS)
 
     def score(x):
         assert isinstance(x, float) and math.isfinite(x) and 0 <= x <= 1, x
         return x
 
+    assert [score(r["base"][t]) for t in TASKS]
     for task in TASKS:
         for m in METHODS:
             e = r["methods"][task][m]
@@ -150,8 +152,9 @@ def test_quick_run_writes_every_result(tmp_path):
             s = json.loads((out / "l2d" / f"eval-l2d-{solver}-{n}.summary.json").read_text())
             assert s["evaluations_per_token"] == n + 1
     score(r["l2d_steps"]["main_only"]), score(r["l2d_steps"]["ar_finetune"])
-    assert set(r["cost"]) >= set(METHODS) and r["cost"]["sft"] == {"train_step": 1.0, "eval_item": 1.0}
-    assert all(math.isfinite(v) and v > 0 for c in r["cost"].values() for v in c.values())
+    assert set(r["cost"]) == set(r["cost_per_item"]) == {*METHODS, "ar", "l2d"}
+    assert r["cost"]["sft"] == r["cost_per_item"]["sft"] == 1.0
+    assert all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in [*r["cost"].values(), *r["cost_per_item"].values()])
     for png in ("methods", "block_size", "l2d_steps", "cost"):
         assert (out / f"{png}.png").stat().st_size > 5000
     text = (out / "report.md").read_text()
