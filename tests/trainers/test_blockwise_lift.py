@@ -26,7 +26,7 @@ def batch_of(resp_lens=(9, 3, 4, 5), prompt_lens=(3, 2, 4, 1), epoch=0, seed=0, 
 
 
 @pytest.mark.parametrize("pad", ["exclude", "train"])
-def test_blockwise_masks_are_card_5_token_by_token(pad):
+def test_blockwise_masks_follow_the_reference_token_by_token(pad):
     """Partial last block (9 = 4 + 4 + 1; 5 = 4 + 1) and one-block responses (3, 4) included; under
     --eos-pad train the padding after each answer is part of the hidden suffix, never a block."""
     resp_lens = (9, 3, 4, 5)
@@ -146,6 +146,35 @@ def test_all_blocks_loss_is_the_mean_over_blocks():
     batch = batch_of(resp_lens=(9, 3), prompt_lens=(3, 2))
     out = all_blocks(model, batch, torch.Generator().manual_seed(1), mask_id=MASK, block_size=B)
     assert out.denom == 2.0 and math.isfinite(float(out.loss_sum.detach())) and out.metrics["supervised_tokens"] > 0
+
+
+def test_all_blocks_counts_and_trains_the_answer_blocks_only_under_trained_padding():
+    """--eos-pad train: padding after an answer is hidden in the noisy copy, never in the loss, and
+    never a block: each document's loss is the mean over its answer's blocks of the mean CE of their
+    masked tokens (recomputed here from the noisy copy the model was given)."""
+    model = tiny_llada()
+    batch = batch_of(resp_lens=(9, 3), prompt_lens=(3, 2), pad="train")  # doc 1: 3 answer tokens, 7 padding
+    seen = []
+    forward = model.forward
+    model.forward = lambda ids, **kw: (seen.append(ids), forward(ids, **kw))[1]
+    out = all_blocks(model, batch, torch.Generator().manual_seed(1), mask_id=MASK, block_size=B)
+    model.forward = forward
+    _, _, src = two_copy_layout(batch, batch.input_ids, B)
+    slots = seen[0][:, : src.shape[1]]
+    padding = batch.loss_mask & ~batch.answer
+    noisy = batch.input_ids.clone()
+    for row in range(src.shape[0]):
+        real = src[row] >= 0
+        noisy[row, src[row][real]] = slots[row][real]
+    assert bool((noisy[padding] == MASK).all())  # the padding is hidden ...
+    masked = batch.answer & (noisy == MASK)  # ... and only the answer's masked tokens are scored
+    assert out.metrics["supervised_tokens"] == float(masked.sum()) > 0
+    ce, doc, block, _ = all_blocks_losses(model, batch, noisy, masked, B)
+    want = 0.0
+    for d, n_blocks in enumerate((3, 1)):  # ceil(9 / 4), ceil(3 / 4): the padding adds no block
+        means = [ce[(doc == d) & (block == b)].mean() for b in range(n_blocks) if ((doc == d) & (block == b)).any()]
+        want += sum(means) / n_blocks
+    torch.testing.assert_close(out.loss_sum.detach(), torch.as_tensor(want).float(), atol=1e-5, rtol=1e-5)
 
 
 # --- LIFT --------------------------------------------------------------------------------------------------------

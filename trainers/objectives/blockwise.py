@@ -18,7 +18,8 @@ its batch-mates or on how far the batch is padded.
 All blocks in one pass (`all_blocks`, BD3-LM's training layout): the noisy copy of every response
 token is concatenated with the clean row; a noisy token of block b sees the noisy tokens of block
 b and the clean blocks before b, clean tokens see clean blocks up to their own (the prompt is
-block 0). Each block gets its own rate p_b ~ U(1e-3, 1). The loss of each block is the mean CE over
+block 0). The blocks are the answer's, as in the reference mode; trained EOS padding is hidden in the
+noisy copy and never in the loss. Each block gets its own rate p_b ~ U(1e-3, 1). The loss of each block is the mean CE over
 its masked tokens; a document's loss is the mean over its blocks (the expectation of the reference
 loss over the choice of active block), then the mean over documents. The model this trains
 conditions on a future that is cut off, not masked: decode it with generate(block_causal=True).
@@ -42,11 +43,6 @@ P_MIN = 1e-3  # the reference's MASK_PROB_EPS: p ~ U(1e-3, 1)
 def response_index(batch: Batch) -> Tensor:
     """Index of each token inside its document's response (prompt tokens negative). (B, L)"""
     return batch.positions - batch.prompt_len.to(batch.positions.device)[batch.seg.clamp(min=0)]
-
-
-def blocks_per_doc(batch: Batch, block_size: int) -> Tensor:
-    resp_len = per_doc(batch.loss_mask.flatten().long(), batch.seg.flatten().clamp(min=0), batch.num_docs)
-    return (resp_len + block_size - 1) // block_size
 
 
 def answer_blocks(batch: Batch, block_size: int) -> Tensor:
@@ -204,14 +200,17 @@ def all_blocks_losses(model, batch: Batch, noisy_ids: Tensor, masked: Tensor, bl
 
 
 def all_blocks(model, batch: Batch, generator: torch.Generator, *, mask_id: int, block_size: int = 32) -> ObjectiveOutput:
-    n_blocks = blocks_per_doc(batch, block_size)
-    max_blocks = int(n_blocks.max())
+    # The answer's blocks only, as in the reference mode: trained EOS padding (--eos-pad train) is
+    # hidden in the noisy copy and left out of the loss and of the block count.
+    n_blocks = answer_blocks(batch, block_size)
+    max_blocks = max(1, int(n_blocks.max()))
     p = P_MIN + (1 - P_MIN) * torch.rand(batch.num_docs, max_blocks, generator=generator, device=n_blocks.device)
     u = doc_uniform(batch, generator)[0]
     seg = batch.seg.clamp(min=0)
     blk = (response_index(batch) // block_size).clamp(min=0, max=max_blocks - 1)
-    masked = batch.loss_mask & (u < p[seg, blk])
-    noisy = torch.where(masked, torch.full_like(batch.input_ids, mask_id), batch.input_ids)
+    masked = batch.answer & (u < p[seg, blk])
+    padding = batch.loss_mask & ~batch.answer
+    noisy = torch.where(masked | padding, torch.full_like(batch.input_ids, mask_id), batch.input_ids)
     ce, doc, block, logits = all_blocks_losses(model, batch, noisy, masked, block_size)
     if ce.numel() == 0:
         return ObjectiveOutput(zero_loss(logits), float(batch.num_docs), {"masked_frac": 0.0})
@@ -221,6 +220,6 @@ def all_blocks(model, batch: Batch, generator: torch.Generator, *, mask_id: int,
     block_loss = (block_sum / block_cnt.clamp(min=1)).view(batch.num_docs, max_blocks)
     doc_loss = block_loss.sum(1) / n_blocks.clamp(min=1)
     metrics = {"ce": float(ce.detach().mean()), "supervised_tokens": float(masked.sum()),
-               "masked_frac": float(masked.sum() / batch.loss_mask.sum())}
+               "masked_frac": float(masked.sum() / batch.answer.sum().clamp(min=1))}
     return ObjectiveOutput(doc_loss.sum(), float(batch.num_docs), metrics)
 
