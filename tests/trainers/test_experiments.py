@@ -108,16 +108,29 @@ def test_traces_lead_to_the_answer():
 
     task, _ = task_setup("sudoku")
     for row in task.generate(20, 3):
-        grid = list(row["puzzle"])
-        for step in sudoku_trace(row["puzzle"], row["solution"]).split():
-            i = "abcdefghijklmnop".index(step[0])
-            assert grid[i] == "0"
-            grid[i] = step[1]
-        assert is_valid_solution("".join(grid)) and "".join(grid) == row["solution"]
+        trace = sudoku_trace(row["puzzle"], row["solution"])
+        assert len(trace) == 16 and [c == "." for c in trace] == [c != "0" for c in row["puzzle"]]
+        filled = "".join(p if t == "." else t for p, t in zip(row["puzzle"], trace))
+        assert is_valid_solution(filled) and filled == row["solution"]
     task, _ = task_setup("countdown")
     for row in task.generate(20, 3):
         last = countdown_trace(row["solution"]).split()[-1]
         assert countdown_correct(countdown_value(last.split("=")[1]), row["target"]), (row, last)
+
+
+def test_every_character_of_the_rows_has_a_token():
+    from trainers.demo import TAGS
+    from trainers.experiments import CHARS, TASKS, task_setup
+    from trainers.tokenizer import build_char_tokenizer
+
+    tok = build_char_tokenizer(CHARS, words=TAGS, pad_to=8)
+    for name in TASKS:
+        task, response = task_setup(name)
+        for row in task.generate(20, 0):
+            prompt = tok.apply_chat_template(task.messages(row), tokenize=True, add_generation_prompt=True)
+            ids = list(prompt["input_ids"] if hasattr(prompt, "keys") else prompt)
+            ids += tok(response(row), add_special_tokens=False)["input_ids"]
+            assert tok.unk_token_id not in ids, (name, tok.decode(ids))
 
 
 @pytest.mark.slow
