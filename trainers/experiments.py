@@ -362,12 +362,26 @@ PAPER_SETTING = {  # the settings of configs/*.yaml, each sourced there
 }
 
 
-def findings(r: dict) -> list[str]:
+def findings(r: dict, root: Path | None = None) -> list[str]:
     """What the numbers say about each claim, whichever way it points; where a claimed effect does
-    not appear, what differs from the paper's setting."""
+    not appear, what differs from the paper's setting. `root` (the output directory) adds what the
+    runs' own logs say (the L2D stage's losses)."""
     out = []
+    plan = r.get("config", {}).get("plan", {})
     for task, methods in r.get("methods", {}).items():
         sft = methods["sft"]
+        base = r.get("base", {}).get(task)
+        if base is not None:
+            means = [x["mean"] for x in methods.values()]
+            if base == 0 and not any(means):
+                out.append(f"{task}: the base solves no held-out item and no fine-tune does either: the task is not "
+                           f"learned at this scale, so this table compares nothing.")
+            else:
+                move = max(abs(m - base) for m in means)
+                out.append(f"{task}: the base scores {pct(base)}; the fine-tunes' means lie within {pct(move)} points "
+                           f"of it" + (f": {plan.get('method_steps', '?')} steps at lr {plan.get('method_lr', '?')} "
+                                       f"barely move the base, so this table has little power to separate the methods"
+                                       if move < 0.02 else "") + ".")
         for m in ("gift", "lift3", "lift2", "blockwise"):
             x = methods[m]
             if x["ci95"][0] > sft["ci95"][1]:
@@ -386,6 +400,9 @@ def findings(r: dict) -> list[str]:
         diag = sum(b == i for i, b in enumerate(best))
         line = (f"block size: the decoding block length equal to the training block size is the best of its row in "
                 f"{diag} of {len(acc)} rows (ties go to the smallest block length)")
+        if len(set(best)) == 1:
+            line += (f"; decoding block length {r['block_size']['decode'][best[0]]} is the best of every row, whatever "
+                     f"the training block size")
         if diag < len(acc):
             line += f". {PAPER_SETTING['blockwise']}"
         out.append(line + ".")
@@ -398,6 +415,15 @@ def findings(r: dict) -> list[str]:
                 f"the main model alone scores {pct(l2d['main_only'])} (one evaluation "
                 f"{'matches' if abs(e[lo] - l2d['main_only']) < 1e-9 else 'differs from'} it), the AR fine-tune "
                 f"{pct(l2d['ar_finetune'])}")
+        same = all(abs(x - l2d["main_only"]) < 1e-9 for sv in ODE_EVALS for x in l2d.get(sv, {}).values())
+        if same:
+            line += "; every L2D setting scores exactly what the main model alone scores"
+            log = root / "l2d" / "l2d" / "metrics.jsonl" if root else None
+            if log and log.exists():
+                losses = [json.loads(x)["loss"] for x in log.read_text().splitlines()[:10]]
+                line += (f" (the diffusion path's training loss starts at {statistics.fmean(losses):.4f} over its first "
+                         f"{len(losses)} steps: the main model already fits the training rows, so there is little "
+                         f"for the diffusion path to correct)")
         if trend != "rises":
             line += f". {PAPER_SETTING['l2d']}"
         out.append(line + ".")
@@ -413,7 +439,7 @@ character-level vocabulary; {seeds} seeds over {test_rows} held-out items, so in
 and one shared learning rate for every method, not each paper's tuned one."""
 
 
-def report(r: dict) -> str:
+def report(r: dict, root: Path | None = None) -> str:
     cfg = r.get("config", {})
     plan = cfg.get("plan", {})
     lines = ["# Experiments: the papers' claims at small scale", "",
@@ -463,7 +489,7 @@ def report(r: dict) -> str:
         lines += ["", "ar and l2d train and decode a Llama of the same size; l2d decodes with Euler at 8 evaluations "
                   "per token. The masked-diffusion methods share the sampler, so their evaluation ratios differ by "
                   "timing noise and EOS-early stops only.", "", "![cost](cost.png)", ""]
-    lines += ["## What comes out", ""] + [f"- {f}" for f in findings(r)] + [""]
+    lines += ["## What comes out", ""] + [f"- {f}" for f in findings(r, root)] + [""]
     if plan:
         lines += [DIFFERENCES.format(**{**plan, "seeds": len(plan["seeds"])}).replace("\n", " "), ""]
     return "\n".join(lines)
@@ -584,7 +610,7 @@ def main(argv=None) -> int:
             write_text(results_path, json.dumps(results, indent=2) + "\n")
             print(f"experiments: {name} done ({time.time() - t0:.0f}s)", file=sys.stderr)
         plots(out, results)
-        write_text(out / "report.md", report(results))
+        write_text(out / "report.md", report(results, out))
     except DlmarchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
