@@ -56,7 +56,7 @@ def build(out: Path, plan: Plan, seed: int):
     """Tokenizer, untrained causal Llama (out/init), data (out/data): the demo's, with a causal model.
     Returns (task, test rows)."""
     from trainers.demo import build as build_demo
-    from trainers.experiments import new_llama
+    from trainers.demo import new_llama
 
     return build_demo(out, plan, seed, new_model=new_llama)
 

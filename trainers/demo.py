@@ -94,6 +94,17 @@ def new_llada(path: Path, tok, hidden: int, layers: int, seed: int) -> None:
     tok.save_pretrained(path)
 
 
+def new_llama(path: Path, tok, hidden: int, layers: int, seed: int) -> None:
+    """A freshly initialised Llama of new_llada's shape (4 heads, SwiGLU of 3 x hidden) with the tokenizer."""
+    from dlmarch.models.causal import CausalLM, LlamaConfig
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, num_layers=layers, num_heads=4, num_kv_heads=4,
+                      intermediate_size=3 * hidden, eos_token_id=tok.eos_token_id, max_position_embeddings=512)
+    CausalLM(cfg).init_weights().save_pretrained(path)
+    tok.save_pretrained(path)
+
+
 def prompt_length(task, model_dir: Path, rows: list[dict]) -> int:
     """The longest prompt of `rows` in tokens, as the sampler encodes them (chat template, generation prompt)."""
     from transformers import AutoTokenizer
@@ -195,7 +206,7 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-MARKER = ".dlmarch-demo"  # written into every demo output: --overwrite removes only what a demo made
+MARKER = ".dlmarch-demo"  # written into every demo and experiment output: --overwrite removes only what they made
 
 
 def prepare_output(out: Path, resume: bool, overwrite: bool) -> None:
@@ -209,11 +220,11 @@ def prepare_output(out: Path, resume: bool, overwrite: bool) -> None:
         if overwrite and ours:
             shutil.rmtree(out)
         elif overwrite:
-            raise DlmarchError(f"{out} holds files no demo wrote (no {MARKER}); --overwrite replaces only a demo's output")
+            raise DlmarchError(f"{out} holds files no dlmarch demo or experiment wrote (no {MARKER}); --overwrite replaces only their output")
         elif not resume:
             raise DlmarchError(f"{out} already holds files; pass --resume to continue a run there or --overwrite to replace it")
         elif not ours:
-            raise DlmarchError(f"{out} holds files no demo wrote (no {MARKER}); nothing to resume there")
+            raise DlmarchError(f"{out} holds files no dlmarch demo or experiment wrote (no {MARKER}); choose another --output")
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).touch()
 

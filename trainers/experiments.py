@@ -40,7 +40,7 @@ import torch
 
 from dlmarch.errors import DlmarchError
 
-from .demo import TAGS, new_llada, prompt_length, run_eval, train_stage, write_data
+from .demo import TAGS, new_llada, new_llama, prepare_output, prompt_length, run_eval, train_stage, write_data
 
 EXPERIMENTS = ("methods", "block_size", "l2d_steps", "cost")
 TASKS = ("sudoku", "countdown")
@@ -176,18 +176,6 @@ def prepare(root: Path, name: str, plan: Plan, causal: bool = False):
             new_llada(init, tok, plan.hidden, plan.layers, 0)
     # + 1: "<reasoning>" opens the response in training and closes the prompt at evaluation
     return task, test, prompt_length(task, init, train + test) + 1 + GEN_LENGTH
-
-
-def new_llama(path: Path, tok, hidden: int, layers: int, seed: int) -> None:
-    """A freshly initialised Llama of LLaDA's shape in new_llada (4 heads, SwiGLU of 3 x hidden)."""
-    from dlmarch.models.causal import LlamaConfig
-    from dlmarch.models.causal import CausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, num_layers=layers, num_heads=4, num_kv_heads=4,
-                      intermediate_size=3 * hidden, eos_token_id=tok.eos_token_id, max_position_embeddings=512)
-    CausalLM(cfg).init_weights().save_pretrained(path)
-    tok.save_pretrained(path)
 
 
 def stage(method: str, model: Path, out: Path, data: Path, steps: int, lr: float, plan: Plan, length: int, seed: int,
@@ -586,8 +574,8 @@ def main(argv=None) -> int:
     results_path = out / "results.json"
     t0 = time.time()
     try:
-        if out.exists() and not out.is_dir():
-            raise DlmarchError(f"--output {out}: not a directory")
+        # a directory of the user's is refused before anything is written; ours (marked) is continued
+        prepare_output(out, resume=True, overwrite=False)
         try:
             results = json.loads(results_path.read_text()) if results_path.exists() else {}
         except json.JSONDecodeError as e:
@@ -596,7 +584,6 @@ def main(argv=None) -> int:
         if results and results.get("config", {}).get("quick") != args.quick:
             raise DlmarchError(f"{results_path} holds a {'quick' if results['config']['quick'] else 'full'} run; "
                                f"use another --output")
-        out.mkdir(parents=True, exist_ok=True)
         for name in args.only or EXPERIMENTS:
             got = RUNNERS[name](out, plan)
             if name in EXTRA:  # a second table beside the schema's: the base's scores, the cost per item

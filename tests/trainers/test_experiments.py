@@ -133,6 +133,17 @@ def test_every_character_of_the_rows_has_a_token():
             assert tok.unk_token_id not in ids, (name, tok.decode(ids))
 
 
+def test_a_users_directory_is_refused_untouched(tmp_path, capsys):
+    from trainers.experiments import main
+
+    user = tmp_path / "notes"
+    user.mkdir()
+    (user / "report.md").write_text("mine")
+    assert main(["--quick", "--output", str(user)]) == 2
+    assert "no dlmarch demo or experiment wrote" in capsys.readouterr().err
+    assert [p.name for p in user.iterdir()] == ["report.md"] and (user / "report.md").read_text() == "mine"
+
+
 @pytest.mark.slow
 def test_quick_run_writes_every_result(tmp_path):
     """The one end-to-end run: every experiment at tiny budgets; the schema, finite scores, plots and
