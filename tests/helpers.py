@@ -94,3 +94,16 @@ def tiny_model_dir(path: Path):
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return model, tok
+
+
+def random_examples(seed: int = 0, n: int = 4, eos: int = 61) -> list:
+    """n training examples of random ids below 59: a prompt of 2-5 tokens, a response of 3-8 and its EOS."""
+    from trainers.data import Example
+
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        P, R = int(torch.randint(2, 6, (1,), generator=g)), int(torch.randint(3, 9, (1,), generator=g))
+        ids = torch.randint(0, 59, (P + R,), generator=g).tolist() + [eos]
+        out.append(Example(ids, P, i + 1))
+    return out

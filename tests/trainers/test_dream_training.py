@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from dlmarch import DreamConfig, DreamModel
-from trainers.data import Example, pack_rows, packed_batch, pad_batch
+from tests.helpers import random_examples
+from trainers.data import pack_rows, packed_batch, pad_batch
 from trainers.objectives.blockwise import all_blocks, blockwise
 from trainers.objectives.common import masked_forward
 from trainers.objectives.gift import gift
@@ -32,13 +33,7 @@ def tiny_dream(seed=0):
 
 
 def examples(seed=0, n=4):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for i in range(n):
-        P, R = int(torch.randint(2, 6, (1,), generator=g)), int(torch.randint(3, 9, (1,), generator=g))
-        ids = torch.randint(0, 59, (P + R,), generator=g).tolist() + [EOS]
-        out.append(Example(ids, P, i + 1))
-    return out
+    return random_examples(seed, n, EOS)
 
 
 def padded():

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.helpers import tiny_llada
-from trainers.data import Example, pack_rows, packed_batch, pad_batch
+from tests.helpers import random_examples, tiny_llada
+from trainers.data import pack_rows, packed_batch, pad_batch
 from trainers.objectives.gift import entropy_from_logits, gift, token_rates
 from trainers.objectives.sft import sft, sft_loss
 
@@ -15,13 +15,7 @@ MASK, EOS = 60, 61
 
 
 def examples(seed=0, n=4):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for i in range(n):
-        P, R = int(torch.randint(2, 6, (1,), generator=g)), int(torch.randint(3, 9, (1,), generator=g))
-        ids = torch.randint(0, 59, (P + R,), generator=g).tolist() + [EOS]
-        out.append(Example(ids, P, i + 1))
-    return out
+    return random_examples(seed, n, EOS)
 
 
 def card2_loss(model, ids, response, masked, p_row, normaliser):
