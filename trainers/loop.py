@@ -44,6 +44,7 @@ from dlmarch.checkpoint import (atomic_directory, check_disjoint, clean_stale_te
                                 write_json, write_manifest, verify_manifest)
 from dlmarch.dtypes import parse_dtype
 from dlmarch.errors import DlmarchError
+from dlmarch.hub import local_model_dir
 from dlmarch.registry import load_pretrained
 
 from .data import BatchSchedule, check_layout, load_examples
@@ -434,15 +435,16 @@ def load_model_and_tokens(args, needs_mask: bool, model_loader, device):
     """(tokenizer, model, mask_id, eos_id, pad_id), every token id checked against the tokenizer."""
     from transformers import AutoTokenizer
 
+    model_dir = local_model_dir(args.model, "--model")  # a hub id: its snapshot in the hub cache
     try:
-        tokenizer = AutoTokenizer.from_pretrained(args.model, local_files_only=True, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
     except Exception as e:
         raise DlmarchError(f"{args.model}: cannot load its tokenizer ({str(e).strip().splitlines()[0]})") from None
     dtype = parse_dtype(args.dtype)
     if dtype is None:
         dtype = torch.bfloat16 if (args.lora_rank and device.type == "cuda") else torch.float32
     overrides = {"attn_backend": args.attn_backend} if args.attn_backend else {}
-    model = model_loader(args, device, dtype) if model_loader else load_pretrained(args.model, dtype=dtype, device=device, **overrides)
+    model = model_loader(args, device, dtype) if model_loader else load_pretrained(model_dir, dtype=dtype, device=device, **overrides)
     cfg = model.token_config  # the model protocol: the config holding the token ids
     mask_id = None
     if needs_mask:
