@@ -48,6 +48,7 @@ from dlmarch.hub import local_model_dir
 from dlmarch.registry import load_pretrained
 
 from .data import BatchSchedule, check_layout, load_examples
+from .sources import field_map
 from .objectives.protocol import as_objective
 from .record import TRAINING_RECORD, TrainingRecord
 
@@ -502,7 +503,8 @@ def setup(objective_factory, args, name, needs_mask, model_loader, rank, world, 
     tokenizer, base, mask_id, eos_id, pad_id = load_model_and_tokens(args, needs_mask, model_loader, device)
     examples, report = load_examples(args.data, tokenizer, args.max_length, eos_id=eos_id, over_long=args.over_long,
                                      skip_bad_rows=args.skip_bad_rows, use_template=False if args.no_chat_template else None,
-                                     full_conversation=args.render_full_conversation)
+                                     full_conversation=args.render_full_conversation,
+                                     split=getattr(args, "data_split", "train"), fields=field_map(args))
     schedule = BatchSchedule(examples, micro_batch_size=args.batch_size, micro_batches_per_step=args.grad_accum * world,
                              max_length=args.max_length, pad_id=pad_id, seed=args.seed, pack=args.pack,
                              eos_pad=args.eos_pad, pad_to=args.pad_to)
