@@ -370,10 +370,12 @@ def plot_losses(metrics_path: Path, png: Path, title: str) -> None:
 
 
 def train(objective_factory: Callable[[RunContext], Callable], args, *, name: str, needs_mask: bool = True,
-          model_loader: Callable | None = None) -> dict:
+          model_loader: Callable | None = None, example_loader: Callable | None = None) -> dict:
     """Run training; returns the summary (also printed and written to OUTPUT/summary.json).
 
     model_loader(args, device, dtype) -> model overrides how the model is built (L2D).
+    example_loader(args, tokenizer, eos_id, path) -> (examples, DataReport) overrides how --data (and
+    --eval-data) become examples (pretraining's text stream; default: `read_examples`).
 
     The output directory is checked before anything is read (check_output), owned for the whole
     run (OutputLock), and written only once the model, tokenizer and data are validated."""
@@ -385,7 +387,8 @@ def train(objective_factory: Callable[[RunContext], Callable], args, *, name: st
     barrier()
     lock = OutputLock(out) if rank == 0 else None
     try:
-        return _train(objective_factory, args, name, needs_mask, model_loader, rank, world, device, out)
+        return _train(objective_factory, args, name, needs_mask, model_loader, rank, world, device, out,
+                      example_loader or read_examples)
     finally:
         if lock is not None:
             lock.release()
@@ -416,9 +419,10 @@ class Run:
     model_loader: Callable | None = None
 
 
-def _train(objective_factory, args, name, needs_mask, model_loader, rank, world, device, out: Path) -> dict:
+def _train(objective_factory, args, name, needs_mask, model_loader, rank, world, device, out: Path,
+           example_loader: Callable) -> dict:
     """setup -> step after step (each logged, checkpointed every --save-every) -> finish."""
-    run = setup(objective_factory, args, name, needs_mask, model_loader, rank, world, device, out)
+    run = setup(objective_factory, args, name, needs_mask, model_loader, rank, world, device, out, example_loader)
     log = Progress(run)
     for step in range(run.start, run.total_steps):
         result = train_step(run, step)
@@ -492,7 +496,16 @@ def optimizer_for(params: list, args, total_steps: int, warmup: int):
     return optimizer, scheduler
 
 
-def setup(objective_factory, args, name, needs_mask, model_loader, rank, world, device, out: Path) -> Run:
+def read_examples(args, tokenizer, eos_id: int, path):
+    """--data (or --eval-data) as examples of {prompt, response} / {messages} rows (trainers/data.py)."""
+    return load_examples(path, tokenizer, args.max_length, eos_id=eos_id, over_long=args.over_long,
+                         skip_bad_rows=args.skip_bad_rows, use_template=False if args.no_chat_template else None,
+                         full_conversation=args.render_full_conversation,
+                         split=getattr(args, "data_split", "train"), fields=field_map(args))
+
+
+def setup(objective_factory, args, name, needs_mask, model_loader, rank, world, device, out: Path,
+          example_loader: Callable = read_examples) -> Run:
     """Load and check every input, build the objective, optimizer and schedule, then (every input
     valid) start writing the output directory and resume from its newest intact checkpoint."""
     if rank == 0:  # we own the output: every temporary directory in it is a killed run's
@@ -501,10 +514,7 @@ def setup(objective_factory, args, name, needs_mask, model_loader, rank, world, 
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     tokenizer, base, mask_id, eos_id, pad_id = load_model_and_tokens(args, needs_mask, model_loader, device)
-    examples, report = load_examples(args.data, tokenizer, args.max_length, eos_id=eos_id, over_long=args.over_long,
-                                     skip_bad_rows=args.skip_bad_rows, use_template=False if args.no_chat_template else None,
-                                     full_conversation=args.render_full_conversation,
-                                     split=getattr(args, "data_split", "train"), fields=field_map(args))
+    examples, report = example_loader(args, tokenizer, eos_id, args.data)
     schedule = BatchSchedule(examples, micro_batch_size=args.batch_size, micro_batches_per_step=args.grad_accum * world,
                              max_length=args.max_length, pad_id=pad_id, seed=args.seed, pack=args.pack,
                              eos_pad=args.eos_pad, pad_to=args.pad_to)

@@ -204,6 +204,7 @@ RANGES = {
     # method options
     "block_size": _at_least(1), "probe_every": _at_least(1), "l2d_lora_rank": _at_least(1),
     "flow_dim": _at_least(1), "num_classes": _at_least(1), "noise_scale": _positive,
+    "random_length_fraction": _fraction, "eval_every": _at_least(1),
 }
 
 
