@@ -66,9 +66,14 @@ def common_parser(prog: str, description: str) -> argparse.ArgumentParser:
     g = p.add_argument_group("output")
     g.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (and at the end)")
     g.add_argument("--keep", type=int, default=2, help="checkpoints kept")
-    g.add_argument("--log-every", type=int, default=1)
+    g.add_argument("--log-every", type=int, default=1,
+                   help="metrics.jsonl row (and, without a terminal or with --no-progress, a console line) every N steps")
+    g.add_argument("--report-to", choices=["tensorboard", "wandb", "none"], default=None,
+                   help="experiment tracker (default: tensorboard when installed; wandb reads WANDB_* variables)")
+    g.add_argument("--eval-data", help="held-out rows (any --data form): validation loss on fixed noise")
+    g.add_argument("--eval-every", type=int, default=None, help="validation every N steps (default: at the end only)")
     g.add_argument("--export-hf", action="store_true", help="also write the final model in its HF layout")
-    g.add_argument("--no-progress", action="store_true")
+    g.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
     return p
 
 
