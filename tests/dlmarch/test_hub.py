@@ -70,3 +70,30 @@ def test_l2d_names_its_main_path_relative_to_itself_or_by_hub_id(tmp_path):
     assert snapshot_repo_id(snap) == "GSAI-ML/LLaDA-8B"
     assert main_reference(snap, ckpt) == "GSAI-ML/LLaDA-8B"
     assert main_reference("meta-llama/Llama-3.2-1B", ckpt) == "meta-llama/Llama-3.2-1B"
+
+
+def test_l2d_checkpoint_and_its_main_path_move_together(tmp_path):
+    from conversions.l2d_reference import import_l2d_reference
+    from dlmarch.models.l2d import L2DModel
+    from tests.helpers import L2D_TINY
+
+    shutil.copytree(L2D_TINY / "base", tmp_path / "a" / "base")
+    import_l2d_reference(L2D_TINY / "l2d", tmp_path / "a" / "l2d", base=tmp_path / "a" / "base",
+                         options=L2D_TINY / "l2d" / "flow_kwargs.json")
+    assert json.loads((tmp_path / "a" / "l2d" / "config.json").read_text())["main"] == "../base"
+    shutil.move(tmp_path / "a", tmp_path / "moved")
+    model = L2DModel.from_pretrained(tmp_path / "moved" / "l2d")
+    assert model.main_source == str(tmp_path / "moved" / "l2d" / "../base")
+
+
+def test_trainer_takes_a_hub_id_for_model(hub_cache, tmp_path):
+    from tests.helpers import make_task
+    from trainers.sft import main
+
+    model_dir, data = make_task(tmp_path, n=8)
+    fake_hub_cache(hub_cache, "tiny-org/task-llada", model_dir)
+    out = tmp_path / "run"
+    assert main(["--model", "tiny-org/task-llada", "--data", str(data), "--output", str(out), "--max-steps", "1",
+                 "--batch-size", "4", "--no-progress", "--report-to", "none"]) == 0
+    assert (out / "model" / "tokenizer_config.json").exists()
+    assert json.loads((out / "run.json").read_text())["model"] == "tiny-org/task-llada"  # the id, as given
