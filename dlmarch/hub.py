@@ -3,7 +3,7 @@
 A name that is not an existing path and has the form of a hub repository id is looked up in
 huggingface_hub's cache (`HF_HUB_CACHE`, default ~/.cache/huggingface/hub) and, for models only,
 downloaded into it when `HF_HUB_OFFLINE` is not set (weights, configs and tokenizer files; code files
-come too but are never executed: see docs/hub.md). Datasets are only read from the cache. Nothing
+come too but are never executed: see docs/ecosystem.md). Datasets are only read from the cache. Nothing
 else reaches the network: every loader then reads the snapshot directory like any local directory.
 """
 
