@@ -40,7 +40,7 @@ from ..errors import ConfigError
 from ..family import Family, config_from_dict, read_native_config
 from ..hub import is_hub_id, local_model_dir, snapshot_repo_id
 from ..layers import Block, Modulation, rope_tables
-from ..attention import resolve_backend
+from ..attention import compute_dtype, resolve_backend
 from ..masks import AttentionMask, Tokens, pack_selected
 from .base import ModelOutput
 from .causal import CausalLM
@@ -552,7 +552,7 @@ class L2DModel(nn.Module):
         mods, gate = cond if cond is not None else self.condition(t, class_labels)
         h = self.flow_input(x_t, t)
         rope = rope if rope is not None else rope_tables(self.main.config, q_pos)
-        backend = resolve_backend(self.main.config.attn_backend, mask, h.device, h.dtype)
+        backend = resolve_backend(self.main.config.attn_backend, mask, h.device, compute_dtype(h))
         for i, blk in enumerate(self.blocks):
             h, _ = blk(h, rope, mask, backend, kv=kv[i], mod=mods[i])
         merged = h_main + gate * h
