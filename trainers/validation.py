@@ -9,11 +9,14 @@ with a fixed Monte-Carlo sample are. Batches are the examples in file order, --b
 
 eval_loss = sum of the batches' loss sums / sum of their denominators, as one training step's loss
 is over its micro-batches. Every rank evaluates the whole set (the same number of forwards on every
-rank, which FSDP needs; the set is small); rank 0 writes it.
+rank, which FSDP needs; the set is small); rank 0 writes it. A stateful objective (GIFT's cache of
+probed betas, keyed by row number) gets its state back after validation, so held-out rows never
+stand in for training rows.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -48,6 +51,7 @@ class Validation:
         was_training = model.training
         model.eval()
         total, denom = 0.0, 0.0
+        state = copy.deepcopy(vars(objective))
         try:
             for i, batch in enumerate(self.batches):
                 with autocast():
@@ -56,4 +60,6 @@ class Validation:
                 denom += res.denom
         finally:
             model.train(was_training)
+            vars(objective).clear()
+            vars(objective).update(state)
         return {"eval_loss": total / denom if denom > 0 else math.nan, "eval_examples": self.examples}

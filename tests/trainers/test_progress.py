@@ -75,3 +75,18 @@ def test_wandb_offline_run_records_the_metrics(tmp_path, monkeypatch):
                  "--batch-size", "4", "--report-to", "wandb", "--no-progress"]) == 0
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("*.wandb"))
+
+
+def test_validation_leaves_a_stateful_objective_as_it_was():
+    """GIFT's amortised probe caches betas by row number: held-out rows must not land in that cache."""
+    from tests.helpers import random_examples, tiny_llada
+    from trainers.objectives.gift import GIFTObjective
+
+    model = tiny_llada()
+    objective = GIFTObjective(mask_id=60, probe_every=2)
+    objective.cache = {99: torch.ones(3)}
+    args = SimpleNamespace(pack=False, max_length=64, batch_size=2, pad_to="batch", eos_pad="train")
+    val = Validation(random_examples(n=4), args, 61)
+    out = val.loss(model, objective, torch.device("cpu"), lambda: torch.autocast("cpu", enabled=False))
+    assert out["eval_loss"] > 0
+    assert list(objective.cache) == [99] and objective.calls == 0 and objective.fresh == {}
