@@ -48,7 +48,9 @@ def test_every_file_kind_gives_the_jsonl_examples(tmp_path):
         w.write_table(table)
     write_csv(tmp_path / "d.csv", ROWS)
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ROWS))
-    for name in ("d.parquet", "d.arrow", "d.csv", "d.jsonl"):
+    datasets.Dataset.from_list(ROWS).save_to_disk(str(tmp_path / "saved"))  # its .arrow: the IPC stream format
+    (tmp_path / "saved" / "data-00000-of-00001.arrow").rename(tmp_path / "stream.arrow")
+    for name in ("d.parquet", "d.arrow", "stream.arrow", "d.csv", "d.jsonl"):
         got, report = load_examples(tmp_path / name, TOK, 64, eos_id=TOK.eos_token_id, fields=FIELDS)
         assert ids(got) == want, name
         assert report.kept == 5
