@@ -386,9 +386,9 @@ def main(argv=None) -> int:
     if cuda:
         # Every mask kind and shape compiles FlexAttention anew; the default limit (8) would send the
         # later sections to eager FlexAttention and time that instead.
-        import torch._dynamo
+        import torch._dynamo as dynamo
 
-        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, 64)
     t0 = time.time()
     print(f"gpu_check on {machine()}", flush=True)
     rows = []
