@@ -170,7 +170,7 @@ RUN_ARTEFACTS = {"run.json", "metrics.jsonl", "metrics.tmp", "loss.png", "summar
                  "adapter", "adapter-hf", "model-hf", "tensorboard", "wandb", LOCK_NAME}
 # Options a resumed run may change: where and how often it reports and saves, not what it trains.
 RESUME_MAY_CHANGE = {"resume", "overwrite", "config", "no_progress", "log_every", "save_every", "keep", "device",
-                     "report_to", "eval_data", "eval_every"}
+                     "report_to", "eval_data", "eval_every", "print_every"}
 
 
 def _is_temp(name: str) -> bool:

@@ -68,6 +68,8 @@ def common_parser(prog: str, description: str) -> argparse.ArgumentParser:
     g.add_argument("--keep", type=int, default=2, help="checkpoints kept")
     g.add_argument("--log-every", type=int, default=1,
                    help="metrics.jsonl row (and, without a terminal or with --no-progress, a console line) every N steps")
+    g.add_argument("--print-every", type=int, default=None,
+                   help="console line every N steps without a progress bar (default: --log-every, at most ~100 a run)")
     g.add_argument("--report-to", choices=["tensorboard", "wandb", "none"], default=None,
                    help="experiment tracker (default: tensorboard when installed; wandb reads WANDB_* variables)")
     g.add_argument("--eval-data", help="held-out rows (any --data form): validation loss on fixed noise")
@@ -209,7 +211,7 @@ RANGES = {
     # method options
     "block_size": _at_least(1), "probe_every": _at_least(1), "l2d_lora_rank": _at_least(1),
     "flow_dim": _at_least(1), "num_classes": _at_least(1), "noise_scale": _positive,
-    "random_length_fraction": _fraction, "eval_every": _at_least(1),
+    "random_length_fraction": _fraction, "eval_every": _at_least(1), "print_every": _at_least(1),
 }
 
 

@@ -9,7 +9,8 @@
   not installed is refused in one line before the run starts.
 - The console: a tqdm bar on a terminal; with --no-progress, or when stdout or stderr is not a
   terminal (a redirected log, a batch job), one plain line every --log-every steps instead of bar
-  frames (which would fill the log with carriage-return frames).
+  frames (which would fill the log with carriage-return frames); with the default --log-every 1, at
+  most about 100 lines a run (every ceil(steps / 100) steps); --print-every N sets the cadence.
 - loss.png: the loss and its EMA, with the validation loss when there is one.
 """
 
@@ -98,6 +99,7 @@ class Progress:
         self.tracker = Tracker(kind, run.out, run.name, args) if run.rank == 0 else None
         self.bar = None
         self.plain = run.rank == 0 and (args.no_progress or not _tty())
+        self.print_every = getattr(args, "print_every", None) or max(args.log_every, -(-run.total_steps // 100))
         if run.rank == 0 and not self.plain:
             from tqdm.auto import tqdm
 
@@ -116,19 +118,19 @@ class Progress:
         self.first_loss = r.loss if self.first_loss is None else self.first_loss
         self.last_loss = r.loss
         self.ema = r.loss if self.ema is None else 0.95 * self.ema + 0.05 * r.loss
-        due = done % args.log_every == 0 or done == run.total_steps
-        if run.rank == 0 and due:
+        last = done == run.total_steps
+        if run.rank == 0 and (done % args.log_every == 0 or last):
             row = {"step": done, "epoch": round(done / run.schedule.steps_per_epoch, 4), "loss": r.loss,
                    "lr": run.scheduler.get_last_lr()[0], "grad_norm": r.grad_norm, "tokens": r.tokens,
                    "tokens_per_s": r.tokens / max(r.seconds, 1e-9), "elapsed_s": time.time() - self.t_start, **r.metrics}
             self._write(row, done)
-            if self.plain:
-                elapsed = time.time() - self.t_start
-                left = elapsed / max(done - run.start, 1) * (run.total_steps - done)
-                print(f"{run.name} step {done}/{run.total_steps} loss {r.loss:.4f} (EMA {self.ema:.4f}) "
-                      f"lr {row['lr']:.3g} grad_norm {r.grad_norm:.3g} "
-                      f"{self.tokens_run / max(elapsed, 1e-9):.0f} tok/s elapsed {_duration(elapsed)} "
-                      f"eta {_duration(left)}", file=sys.stderr, flush=True)
+        if self.plain and (done % self.print_every == 0 or last):
+            elapsed = time.time() - self.t_start
+            left = elapsed / max(done - run.start, 1) * (run.total_steps - done)
+            print(f"{run.name} step {done}/{run.total_steps} loss {r.loss:.4f} (EMA {self.ema:.4f}) "
+                  f"lr {run.scheduler.get_last_lr()[0]:.3g} grad_norm {r.grad_norm:.3g} "
+                  f"{self.tokens_run / max(elapsed, 1e-9):.0f} tok/s elapsed {_duration(elapsed)} "
+                  f"eta {_duration(left)}", file=sys.stderr, flush=True)
         if self.bar:
             postfix = dict(loss=f"{self.ema:.4f}", tok_s=f"{self.tokens_run / max(time.time() - self.t_start, 1e-9):.0f}")
             if self.last_eval is not None:

@@ -37,6 +37,7 @@ def test_validation_loss_is_logged_and_identical_for_the_same_weights(tmp_path, 
     assert "\r" not in err
     assert [line.split()[2] for line in err.splitlines() if line.startswith("sft step") and "eval_loss" not in line] \
         == ["2/6", "4/6", "6/6"]
+    assert [r["step"] for r in rows(out / "metrics.jsonl") if "loss" in r] == [2, 4, 6]
     assert "sft step 6/6 eval_loss" in err
     # The final weights, evaluated afresh in another process state: the number logged at step 6.
     tok = build_char_tokenizer("abcdefgh", pad_to=8)
@@ -50,6 +51,15 @@ def test_validation_loss_is_logged_and_identical_for_the_same_weights(tmp_path, 
     assert again["eval_loss"] == pytest.approx(evals[-1]["eval_loss"], abs=1e-6)
     assert val.loss(model, objective, torch.device("cpu"), lambda: torch.autocast("cpu", enabled=False)) == again
     assert (out / "loss.png").exists()
+
+
+def test_print_every_sets_the_console_cadence_apart_from_metrics(tmp_path, capsys):
+    model_dir, data = make_task(tmp_path, n=64)
+    assert main(["--model", str(model_dir), "--data", str(data), "--output", str(tmp_path / "run"), "--max-steps", "3",
+                 "--batch-size", "2", "--print-every", "2", "--report-to", "none"]) == 0  # no terminal: plain lines
+    err = capsys.readouterr().err
+    assert [line.split()[2] for line in err.splitlines() if line.startswith("sft step")] == ["2/3", "3/3"]
+    assert len(rows(tmp_path / "run" / "metrics.jsonl")) == 3  # metrics.jsonl keeps --log-every 1
 
 
 def test_a_tracker_that_is_not_installed_is_refused_before_the_run(tmp_path, capsys, monkeypatch):
