@@ -15,6 +15,8 @@ import bisect
 import sys
 from functools import partial
 
+from dlmarch.errors import DlmarchError
+
 from .cli import run
 from .data import DataError, DataReport, Example, _kind
 from .objectives.pt import RANDOM_LENGTH_FRACTION, pretrain
@@ -33,9 +35,7 @@ def load_text(args, tokenizer, eos_id: int, path) -> tuple[list[Example], DataRe
     try:
         source = open_source(path, split=getattr(args, "data_split", "train"), fields=field_map(args))
         rows = list(source.rows)
-    except DataError:
-        raise
-    except Exception as e:  # the sources' one-line errors
+    except DlmarchError as e:  # the sources' one-line errors
         raise DataError(str(e)) from None
     report, stream, starts, numbers = DataReport(), [], [], []
     for n, row, error in rows:
