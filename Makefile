@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # wheels). On a machine with an NVIDIA driver we keep whatever torch is installed, or let pip choose.
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: setup test demo experiments bench clean
+.PHONY: setup test demo experiments bench gpu-check clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,11 @@ demo: setup
 # The papers' claims at small scale (about an hour on 2 CPU cores; re-run the same command to resume).
 experiments: setup
 	$(BIN)/python -m trainers.experiments --output runs/experiments
+
+# On a GPU machine: attention parity (sdpa/flex/flash, bf16, fwd+bwd, every mask kind), kernel speed, a ~1B
+# training step's MFU, sampler tokens/s per KV cache, FSDP2 (under 8 minutes). On CPU: the parity part.
+gpu-check: setup
+	$(BIN)/python benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

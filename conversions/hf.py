@@ -38,6 +38,29 @@ from dlmarch.registry import FAMILIES, HF_FAMILIES
 
 
 
+# The hub repositories whose remote code defines the families that transformers does not ship (their
+# config.json's `auto_map`): GSAI-ML/LLaDA-8B-Instruct (configuration_llada.py, modeling_llada.py) and
+# Dream-org/Dream-v0-Instruct-7B (configuration_dream.py, modeling_dream.py).
+REMOTE_CODE_REPOS = {"llada": "GSAI-ML/LLaDA-8B-Instruct", "dream": "Dream-org/Dream-v0-Instruct-7B"}
+
+
+def remote_code_map(auto_map: dict, family: str, present: set[str]) -> dict:
+    """`auto_map` for a directory holding the files `present`: an entry whose module file
+    (`modeling_llada.LLaDAModelLM` -> modeling_llada.py) travelled with the checkpoint stays local;
+    one whose file is absent names the reference repository's code instead, in transformers'
+    `repo--module.Class` form (transformers downloads it from there when the user passes
+    trust_remote_code=True; we never run it). Entries already naming a repository are kept."""
+    repo = REMOTE_CODE_REPOS.get(family)
+
+    def one(ref):
+        if not isinstance(ref, str) or "--" in ref or repo is None:
+            return ref
+        module = ref.rsplit(".", 1)[0]
+        return ref if f"{module}.py" in present else f"{repo}--{ref}"
+
+    return {k: ([one(r) for r in v] if isinstance(v, list) else one(v)) for k, v in auto_map.items()}
+
+
 @dataclass
 class Report:
     family: str
@@ -163,7 +186,9 @@ def export_hf(src: str | Path, dst: str | Path, dtype: str | None = None, overwr
         hf_config["torch_dtype"] = HF_DTYPE_NAMES[torch_dtype]
     with atomic_directory(dst, overwrite=overwrite) as tmp:
         shards, nbytes = _stream(files, groups, tmp, torch_dtype)
+        copied = copy_aux_files(src, tmp)  # the reference's modeling code among them when the source had it
+        if isinstance(hf_config.get("auto_map"), dict):
+            hf_config["auto_map"] = remote_code_map(hf_config["auto_map"], config.family, set(copied))
         write_json(tmp / "config.json", hf_config)
-        copy_aux_files(src, tmp)
     return Report(config.family, len(mapping), shards, nbytes, time.time() - t0)
 

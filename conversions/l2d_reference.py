@@ -17,6 +17,7 @@ import torch
 from dlmarch.checkpoint import atomic_directory, copy_aux_files, load_pickled_state_dict
 from dlmarch.config import read_json
 from dlmarch.errors import CheckpointError, ConfigError
+from dlmarch.hub import local_model_dir
 from dlmarch.keymaps import plan
 from dlmarch.models.l2d import L2DConfig, L2DModel, load_main, reference_name
 
@@ -31,6 +32,7 @@ def import_l2d_reference(src: str | Path, dst: str | Path, *, base: str | Path, 
         raise CheckpointError(f"{src}: no pytorch_model.bin")
     opts = read_json(options)
     torch_dtype = parse_dtype(dtype)
+    base = local_model_dir(base, "--base")  # a hub id: its snapshot in the hub cache
     main = load_main(base, dtype=torch_dtype)
     config = L2DConfig.from_reference(opts, main.config.hidden_size)
     model = L2DModel(main, config)
@@ -62,6 +64,8 @@ def import_l2d_reference(src: str | Path, dst: str | Path, *, base: str | Path, 
     with torch.no_grad():
         for name, native in mapping.items():
             params[native].copy_(flow[name].to(params[native].dtype))
+    # Written into a sibling of dst, so the main path's reference relative to it (or its hub id, for a
+    # hub-cache snapshot) is the one relative to dst (L2DModel.save_pretrained, main_reference).
     main_ref = str(base.resolve())
     with atomic_directory(dst, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp, main_path=main_ref)

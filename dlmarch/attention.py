@@ -21,6 +21,14 @@ def flash_available() -> bool:
     return torch.cuda.is_available()
 
 
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype q, k and v will have: autocast's when autocast is on for x's device (they come out of
+    autocast linears, while x, an embedding output, stays fp32), else x's own."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
 def resolve_backend(requested: str, mask: AttentionMask | None, device: torch.device, dtype: torch.dtype) -> str:
     """The backend that runs this batch. An explicit request is honoured or refused, never swapped."""
     if requested == "flash":
@@ -100,5 +108,5 @@ def attend(q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask | None, backend:
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.dense(), scale=scale, enable_gqa=gqa)
 
 
-__all__ = ["attend", "resolve_backend", "flash_available"]
+__all__ = ["attend", "compute_dtype", "resolve_backend", "flash_available"]
 

@@ -83,8 +83,11 @@ def read_native_config(directory: str | Path) -> dict:
 def load_transformer(path: str | Path, families, dtype: torch.dtype | None = None, device=None,
                      **config_overrides) -> torch.nn.Module:
     """A TransformerLM of one of `families` from a native directory or an HF directory: built on the
-    meta device, every tensor assigned as it is read (no second copy in memory)."""
-    path = Path(path)
+    meta device, every tensor assigned as it is read (no second copy in memory). `path` may be a hub
+    id (dlmarch.hub)."""
+    from .hub import local_model_dir
+
+    path = local_model_dir(path)
     if not path.is_dir():
         raise ConfigError(f"{path}: not a directory")
     raw = read_json(path / "config.json")

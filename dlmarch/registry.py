@@ -15,6 +15,7 @@ from .checkpoint import NATIVE_FORMAT
 from .config import TransformerConfig, read_json
 from .errors import ConfigError
 from .family import Family, config_from_hf, config_from_native
+from .hub import local_model_dir
 from .models import causal, dream, l2d, llada
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (llada.FAMILY, causal.LLAMA, causal.QWEN2, dream.FAMILY, l2d.FAMILY)}
@@ -49,7 +50,7 @@ def config_from_pretrained(path: str | Path) -> TransformerConfig:
 
 def load_pretrained(path: str | Path, dtype: torch.dtype | None = None, device=None, **config_overrides) -> nn.Module:
     """A model of any family from its directory (native, or HF converted on the fly)."""
-    path = Path(path)
+    path = local_model_dir(path)
     if not path.is_dir():
         raise ConfigError(f"{path}: not a directory")
     cls = model_class_of(read_json(path / "config.json"), path / "config.json")

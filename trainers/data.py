@@ -39,8 +39,9 @@ import torch
 from jinja2 import TemplateError
 from torch import Tensor
 
-from dlmarch.config import jsonl_rows
 from dlmarch.errors import DlmarchError
+
+from .sources import open_source
 
 
 class DataError(DlmarchError):
@@ -156,8 +157,10 @@ def check_row(row, where: str) -> None:
 
 def load_examples(path: str | Path, tokenizer, max_length: int, *, eos_id: int, over_long: str = "drop",
                   skip_bad_rows: bool = False, use_template: bool | None = None,
-                  full_conversation: bool = False) -> tuple[list[Example], DataReport]:
-    """Read and tokenize a JSONL file.
+                  full_conversation: bool = False, split: str = "train",
+                  fields: dict[str, str] | None = None) -> tuple[list[Example], DataReport]:
+    """Read and tokenize the rows of `path`: a JSONL, parquet, arrow or CSV file, a datasets folder or
+    a cached hub dataset (trainers/sources.py, which `split` and the column renames `fields` go to).
 
     over_long: "drop" rows longer than max_length, or "truncate" their response (a prompt that alone
     does not fit, leaving no response, is an error either way). Bad rows (invalid JSON, wrong keys,
@@ -171,12 +174,13 @@ def load_examples(path: str | Path, tokenizer, max_length: int, *, eos_id: int, 
         use_template = bool(getattr(tokenizer, "chat_template", None))
     report, out = DataReport(), []
     try:
-        lines = list(jsonl_rows(path))
+        source = open_source(path, split=split, fields=fields)
+        lines = list(source.rows)
     except DlmarchError as e:
         raise DataError(str(e)) from None
     for n, row, error in lines:
         report.rows += 1
-        where = f"{path}: line {n}"
+        where = f"{source.name}: {source.unit} {n}"
         try:
             if error:
                 raise DataError(error)

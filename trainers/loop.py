@@ -44,11 +44,15 @@ from dlmarch.checkpoint import (atomic_directory, check_disjoint, clean_stale_te
                                 write_json, write_manifest, verify_manifest)
 from dlmarch.dtypes import parse_dtype
 from dlmarch.errors import DlmarchError
+from dlmarch.hub import local_model_dir
 from dlmarch.registry import load_pretrained
 
 from .data import BatchSchedule, check_layout, load_examples
+from .sources import field_map
 from .objectives.protocol import as_objective
+from .progress import Progress, check_tracker, plot_losses
 from .record import TRAINING_RECORD, TrainingRecord
+from .validation import Validation
 
 
 
@@ -163,9 +167,10 @@ def lr_lambda(total: int, warmup: int, schedule: str, min_ratio: float) -> Calla
 LOCK_NAME = ".lock"
 # What a run writes into its output directory; --overwrite replaces a directory holding only these.
 RUN_ARTEFACTS = {"run.json", "metrics.jsonl", "metrics.tmp", "loss.png", "summary.json", "checkpoints", "model",
-                 "adapter", "adapter-hf", "model-hf", "tensorboard", LOCK_NAME}
+                 "adapter", "adapter-hf", "model-hf", "tensorboard", "wandb", LOCK_NAME}
 # Options a resumed run may change: where and how often it reports and saves, not what it trains.
-RESUME_MAY_CHANGE = {"resume", "overwrite", "config", "no_progress", "log_every", "save_every", "keep", "device"}
+RESUME_MAY_CHANGE = {"resume", "overwrite", "config", "no_progress", "log_every", "save_every", "keep", "device",
+                     "report_to", "eval_data", "eval_every", "print_every"}
 
 
 def _is_temp(name: str) -> bool:
@@ -338,40 +343,16 @@ def truncate_metrics(path: Path, last_step: int) -> None:
     os.replace(tmp, path)
 
 
-def plot_losses(metrics_path: Path, png: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()]
-    if not rows:
-        return
-    steps, losses = [r["step"] for r in rows], [r["loss"] for r in rows]
-    ema, smooth = None, []
-    for v in losses:
-        ema = v if ema is None else 0.9 * ema + 0.1 * v
-        smooth.append(ema)
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(steps, losses, alpha=0.3, label="loss")
-    ax.plot(steps, smooth, label="EMA 0.9")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(png, dpi=120)
-    plt.close(fig)
-
-
 # --- the loop ------------------------------------------------------------------------------------------------
 
 
 def train(objective_factory: Callable[[RunContext], Callable], args, *, name: str, needs_mask: bool = True,
-          model_loader: Callable | None = None) -> dict:
+          model_loader: Callable | None = None, example_loader: Callable | None = None) -> dict:
     """Run training; returns the summary (also printed and written to OUTPUT/summary.json).
 
     model_loader(args, device, dtype) -> model overrides how the model is built (L2D).
+    example_loader(args, tokenizer, eos_id, path) -> (examples, DataReport) overrides how --data (and
+    --eval-data) become examples (pretraining's text stream; default: `read_examples`).
 
     The output directory is checked before anything is read (check_output), owned for the whole
     run (OutputLock), and written only once the model, tokenizer and data are validated."""
@@ -383,7 +364,8 @@ def train(objective_factory: Callable[[RunContext], Callable], args, *, name: st
     barrier()
     lock = OutputLock(out) if rank == 0 else None
     try:
-        return _train(objective_factory, args, name, needs_mask, model_loader, rank, world, device, out)
+        return _train(objective_factory, args, name, needs_mask, model_loader, rank, world, device, out,
+                      example_loader or read_examples)
     finally:
         if lock is not None:
             lock.release()
@@ -412,15 +394,21 @@ class Run:
     total_steps: int
     start: int = 0
     model_loader: Callable | None = None
+    validation: Validation | None = None  # --eval-data
 
 
-def _train(objective_factory, args, name, needs_mask, model_loader, rank, world, device, out: Path) -> dict:
+def _train(objective_factory, args, name, needs_mask, model_loader, rank, world, device, out: Path,
+           example_loader: Callable) -> dict:
     """setup -> step after step (each logged, checkpointed every --save-every) -> finish."""
-    run = setup(objective_factory, args, name, needs_mask, model_loader, rank, world, device, out)
+    run = setup(objective_factory, args, name, needs_mask, model_loader, rank, world, device, out, example_loader)
     log = Progress(run)
     for step in range(run.start, run.total_steps):
         result = train_step(run, step)
         log.step(step + 1, result)
+        if run.validation is not None and ((step + 1) % (args.eval_every or run.total_steps) == 0
+                                           or step + 1 == run.total_steps):
+            log.eval(step + 1, run.validation.loss(run.train_model, run.objective, run.device,
+                                                   lambda: autocast_ctx(args, run.device)))
         if (step + 1) % args.save_every == 0 or step + 1 == run.total_steps:
             save_checkpoint(out, step + 1, run.model, run.optimizer, run.scheduler, rank, args.keep, run.objective)
     log.close()
@@ -434,15 +422,16 @@ def load_model_and_tokens(args, needs_mask: bool, model_loader, device):
     """(tokenizer, model, mask_id, eos_id, pad_id), every token id checked against the tokenizer."""
     from transformers import AutoTokenizer
 
+    model_dir = local_model_dir(args.model, "--model")  # a hub id: its snapshot in the hub cache
     try:
-        tokenizer = AutoTokenizer.from_pretrained(args.model, local_files_only=True, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
     except Exception as e:
         raise DlmarchError(f"{args.model}: cannot load its tokenizer ({str(e).strip().splitlines()[0]})") from None
     dtype = parse_dtype(args.dtype)
     if dtype is None:
         dtype = torch.bfloat16 if (args.lora_rank and device.type == "cuda") else torch.float32
     overrides = {"attn_backend": args.attn_backend} if args.attn_backend else {}
-    model = model_loader(args, device, dtype) if model_loader else load_pretrained(args.model, dtype=dtype, device=device, **overrides)
+    model = model_loader(args, device, dtype) if model_loader else load_pretrained(model_dir, dtype=dtype, device=device, **overrides)
     cfg = model.token_config  # the model protocol: the config holding the token ids
     mask_id = None
     if needs_mask:
@@ -489,7 +478,16 @@ def optimizer_for(params: list, args, total_steps: int, warmup: int):
     return optimizer, scheduler
 
 
-def setup(objective_factory, args, name, needs_mask, model_loader, rank, world, device, out: Path) -> Run:
+def read_examples(args, tokenizer, eos_id: int, path):
+    """--data (or --eval-data) as examples of {prompt, response} / {messages} rows (trainers/data.py)."""
+    return load_examples(path, tokenizer, args.max_length, eos_id=eos_id, over_long=args.over_long,
+                         skip_bad_rows=args.skip_bad_rows, use_template=False if args.no_chat_template else None,
+                         full_conversation=args.render_full_conversation,
+                         split=getattr(args, "data_split", "train"), fields=field_map(args))
+
+
+def setup(objective_factory, args, name, needs_mask, model_loader, rank, world, device, out: Path,
+          example_loader: Callable = read_examples) -> Run:
     """Load and check every input, build the objective, optimizer and schedule, then (every input
     valid) start writing the output directory and resume from its newest intact checkpoint."""
     if rank == 0:  # we own the output: every temporary directory in it is a killed run's
@@ -498,9 +496,11 @@ def setup(objective_factory, args, name, needs_mask, model_loader, rank, world, 
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     tokenizer, base, mask_id, eos_id, pad_id = load_model_and_tokens(args, needs_mask, model_loader, device)
-    examples, report = load_examples(args.data, tokenizer, args.max_length, eos_id=eos_id, over_long=args.over_long,
-                                     skip_bad_rows=args.skip_bad_rows, use_template=False if args.no_chat_template else None,
-                                     full_conversation=args.render_full_conversation)
+    examples, report = example_loader(args, tokenizer, eos_id, args.data)
+    validation = None
+    if getattr(args, "eval_data", None):
+        validation = Validation(example_loader(args, tokenizer, eos_id, args.eval_data)[0], args, pad_id)
+    check_tracker(getattr(args, "report_to", None))
     schedule = BatchSchedule(examples, micro_batch_size=args.batch_size, micro_batches_per_step=args.grad_accum * world,
                              max_length=args.max_length, pad_id=pad_id, seed=args.seed, pack=args.pack,
                              eos_pad=args.eos_pad, pad_to=args.pad_to)
@@ -519,7 +519,7 @@ def setup(objective_factory, args, name, needs_mask, model_loader, rank, world, 
     optimizer, scheduler = optimizer_for(params, args, total_steps, warmup)
     record_run(out, args, rank)  # every input is valid: from here on the output directory is written
     run = Run(name, args, out, rank, world, device, tokenizer, base, model, train_model, objective, schedule, report,
-              params, optimizer, scheduler, total_steps, model_loader=model_loader)
+              params, optimizer, scheduler, total_steps, model_loader=model_loader, validation=validation)
     run.start = resume(run) if args.resume else 0
     if rank == 0:
         n_train = sum(p.numel() for p in params)
@@ -603,49 +603,6 @@ def train_step(run: Run, step: int) -> StepResult:
 # --- logging and finish -----------------------------------------------------------------------------------------
 
 
-class Progress:
-    """What rank 0 reports as steps complete: metrics.jsonl every --log-every steps (and the last),
-    TensorBoard when installed, a progress bar; the first, last and smoothed losses for the summary."""
-
-    def __init__(self, run: Run):
-        self.run = run
-        self.metrics_path = run.out / "metrics.jsonl"
-        self.t_start, self.tokens_run, self.first_loss, self.last_loss, self.ema = time.time(), 0, None, None, None
-        self.writer = _tensorboard(run.out) if run.rank == 0 else None
-        self.bar = None
-        if run.rank == 0 and not run.args.no_progress:
-            from tqdm.auto import tqdm
-
-            self.bar = tqdm(total=run.total_steps, initial=run.start, desc=run.name, unit="step", dynamic_ncols=True)
-
-    def step(self, done: int, r: StepResult) -> None:
-        run, args = self.run, self.run.args
-        self.tokens_run += r.tokens
-        self.first_loss = r.loss if self.first_loss is None else self.first_loss
-        self.last_loss = r.loss
-        self.ema = r.loss if self.ema is None else 0.95 * self.ema + 0.05 * r.loss
-        if run.rank == 0 and (done % args.log_every == 0 or done == run.total_steps):
-            row = {"step": done, "epoch": round(done / run.schedule.steps_per_epoch, 4), "loss": r.loss,
-                   "lr": run.scheduler.get_last_lr()[0], "grad_norm": r.grad_norm, "tokens": r.tokens,
-                   "tokens_per_s": r.tokens / max(r.seconds, 1e-9), "elapsed_s": time.time() - self.t_start, **r.metrics}
-            with open(self.metrics_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-            if self.writer:
-                for k, v in row.items():
-                    if k != "step":
-                        self.writer.add_scalar(k, v, done)
-        if self.bar:
-            self.bar.set_postfix(loss=f"{self.ema:.4f}", tok_s=f"{self.tokens_run / max(time.time() - self.t_start, 1e-9):.0f}")
-            self.bar.update(1)
-
-    def close(self) -> None:
-        if self.bar:
-            self.bar.close()
-        if self.writer:
-            self.writer.close()
-        self.elapsed = time.time() - self.t_start
-
-
 def finish_run(run: Run, log: Progress) -> dict:
     """Final artefacts (finish), then the summary: OUTPUT/summary.json, loss.png and one line."""
     args, name, out, rank = run.args, run.name, run.out, run.rank
@@ -665,14 +622,6 @@ def finish_run(run: Run, log: Progress) -> dict:
               f"(EMA); model: {summary.get('model')}; curve: {out / 'loss.png'}")
     barrier()
     return summary
-
-
-def _tensorboard(out: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except Exception:
-        return None
-    return SummaryWriter(str(out / "tensorboard"))
 
 
 # --- checkpoints ------------------------------------------------------------------------------------------------

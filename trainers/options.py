@@ -11,6 +11,8 @@ import yaml
 
 from dlmarch.errors import DlmarchError
 
+from .sources import add_options as add_source_options, is_dataset_folder
+
 
 def common_parser(prog: str, description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=description,
@@ -18,7 +20,8 @@ def common_parser(prog: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--config", help="YAML file of option values (option names as keys); flags override it")
     g = p.add_argument_group("run")
     g.add_argument("--model", help="model directory: HF (LLaDA, Llama, Qwen2) or native, with its tokenizer")
-    g.add_argument("--data", help="training data, JSONL of {prompt, response} or {messages}")
+    g.add_argument("--data", help="training data: rows of {prompt, response} or {messages} in a JSONL, parquet, arrow or "
+                                  "CSV file, a datasets save_to_disk folder, or a hub dataset id in the local cache")
     g.add_argument("--output", help="run directory: checkpoints, metrics.jsonl, loss.png, the final model")
     g.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
     g.add_argument("--overwrite", action="store_true", help="replace a run already in --output")
@@ -36,6 +39,7 @@ def common_parser(prog: str, description: str) -> argparse.ArgumentParser:
     g.add_argument("--adam-betas", type=float, nargs=2, default=(0.9, 0.95))
     g.add_argument("--clip", type=float, default=1.0, help="gradient norm clipping (0 = off)")
     g = p.add_argument_group("data")
+    add_source_options(g)
     g.add_argument("--max-length", type=int, default=1024)
     g.add_argument("--over-long", choices=["drop", "truncate"], default="drop", help="rows longer than --max-length")
     g.add_argument("--skip-bad-rows", action="store_true", help="skip and count malformed rows instead of stopping")
@@ -62,9 +66,16 @@ def common_parser(prog: str, description: str) -> argparse.ArgumentParser:
     g = p.add_argument_group("output")
     g.add_argument("--save-every", type=int, default=500, help="checkpoint every N steps (and at the end)")
     g.add_argument("--keep", type=int, default=2, help="checkpoints kept")
-    g.add_argument("--log-every", type=int, default=1)
+    g.add_argument("--log-every", type=int, default=1,
+                   help="metrics.jsonl row (and, without a terminal or with --no-progress, a console line) every N steps")
+    g.add_argument("--print-every", type=int, default=None,
+                   help="console line every N steps without a progress bar (default: --log-every, at most ~100 a run)")
+    g.add_argument("--report-to", choices=["tensorboard", "wandb", "none"], default=None,
+                   help="experiment tracker (default: tensorboard when installed; wandb reads WANDB_* variables)")
+    g.add_argument("--eval-data", help="held-out rows (any --data form): validation loss on fixed noise")
+    g.add_argument("--eval-every", type=int, default=None, help="validation every N steps (default: at the end only)")
     g.add_argument("--export-hf", action="store_true", help="also write the final model in its HF layout")
-    g.add_argument("--no-progress", action="store_true")
+    g.add_argument("--no-progress", action="store_true", help="plain log lines instead of a progress bar")
     return p
 
 
@@ -200,6 +211,7 @@ RANGES = {
     # method options
     "block_size": _at_least(1), "probe_every": _at_least(1), "l2d_lora_rank": _at_least(1),
     "flow_dim": _at_least(1), "num_classes": _at_least(1), "noise_scale": _positive,
+    "random_length_fraction": _fraction, "eval_every": _at_least(1), "print_every": _at_least(1),
 }
 
 
@@ -224,5 +236,6 @@ def _check_paths(args: argparse.Namespace) -> None:
     out, data = Path(args.output), Path(args.data)
     if out.exists() and not out.is_dir():
         raise DlmarchError(f"--output {out} is a file, not a directory")
-    if data.is_dir():
-        raise DlmarchError(f"--data {data} is a directory, not a JSONL file")
+    if data.is_dir() and not is_dataset_folder(data):
+        raise DlmarchError(f"--data {data} is a directory, but not a datasets save_to_disk folder; "
+                           f"pass a JSONL, parquet, arrow or CSV file")

@@ -18,7 +18,7 @@ from ..checkpoint import save_native
 from ..config import TransformerConfig
 from ..family import load_transformer
 from ..layers import Block, RMSNorm, Rope, rope_tables
-from ..attention import resolve_backend
+from ..attention import compute_dtype, resolve_backend
 from ..masks import AttentionMask
 
 KVCache = list  # per layer: (k, v), each (B, Hkv, T, D), post-RoPE
@@ -209,7 +209,8 @@ class TransformerLM(nn.Module):
             position_ids = mask.q.pos
         x = self.wte(input_ids)
         rope = rope_tables(self.config, position_ids)
-        backend = resolve_backend(self.config.attn_backend, mask, x.device, x.dtype)
+        # Under bf16 autocast x (an embedding) is fp32 but q/k/v are bf16: the backend is chosen for those.
+        backend = resolve_backend(self.config.attn_backend, mask, x.device, compute_dtype(x))
         x, kv = self.run_blocks(x, rope, mask, backend, past_kv=past_kv, return_kv=return_kv)
         logits = None
         if compute_logits:

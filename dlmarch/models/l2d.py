@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,8 +38,9 @@ from ..checkpoint import (NATIVE_FORMAT, WeightFiles, atomic_update, copy_weight
 from ..config import read_json, strict_dataclass
 from ..errors import ConfigError
 from ..family import Family, config_from_dict, read_native_config
+from ..hub import is_hub_id, local_model_dir, snapshot_repo_id
 from ..layers import Block, Modulation, rope_tables
-from ..attention import resolve_backend
+from ..attention import compute_dtype, resolve_backend
 from ..masks import AttentionMask, Tokens, pack_selected
 from .base import ModelOutput
 from .causal import CausalLM
@@ -326,7 +328,7 @@ def load_main(path_or_model, dtype=None, device=None, **config_overrides) -> Cau
     if isinstance(path_or_model, nn.Module):
         main = path_or_model
     else:
-        path = Path(path_or_model)
+        path = local_model_dir(path_or_model, "L2D main path")
         raw = read_json(path / "config.json")
         if raw.get("format") == NATIVE_FORMAT:
             found = raw["config"].get("family") if isinstance(raw.get("config"), dict) else raw.get("model")
@@ -550,7 +552,7 @@ class L2DModel(nn.Module):
         mods, gate = cond if cond is not None else self.condition(t, class_labels)
         h = self.flow_input(x_t, t)
         rope = rope if rope is not None else rope_tables(self.main.config, q_pos)
-        backend = resolve_backend(self.main.config.attn_backend, mask, h.device, h.dtype)
+        backend = resolve_backend(self.main.config.attn_backend, mask, h.device, compute_dtype(h))
         for i, blk in enumerate(self.blocks):
             h, _ = blk(h, rope, mask, backend, kv=kv[i], mod=mods[i])
         merged = h_main + gate * h
@@ -614,8 +616,9 @@ class L2DModel(nn.Module):
         return model
 
     def save_pretrained(self, path: str | Path, main_path: str | Path | None = None, decoding: dict | None = None) -> None:
-        """The diffusion path's weights and options, plus a reference to the main path (its path as
-        given, resolved relative to this directory when it is relative). The main path is not copied."""
+        """The diffusion path's weights and options, plus a reference to the main path, which is not
+        copied: its hub id when it came from the Hub (an id, or a snapshot in the hub cache), else its
+        path relative to this directory, so that the two can move together (`main_reference`)."""
         main_path = main_path or getattr(self, "main_source", None)
         if main_path is None:
             raise ValueError("save_pretrained needs main_path: where the main path's checkpoint lives")
@@ -623,7 +626,7 @@ class L2DModel(nn.Module):
         state = [(k, v.detach()) for k, v in self.diffusion_state_dict().items()]
         with atomic_update(path, stale=is_weight_file) as tmp:
             write_weights(tmp, state, 5 * 2**30, metadata={"format": "pt"})
-            write_json(tmp / "config.json", native_header(type(self).__name__, main=str(main_path),
+            write_json(tmp / "config.json", native_header(type(self).__name__, main=main_reference(main_path, path),
                                                                     main_config=self.main.config.to_dict(),
                                                                     main_fingerprint=main_fingerprint(self.main),
                                                                     l2d=self.config.to_dict(),
@@ -638,9 +641,14 @@ class L2DModel(nn.Module):
         raw = read_native_config(path)
         if raw.get("model") != "L2DModel":
             raise ConfigError(f"{path}: not an L2D checkpoint")
-        main_dir = Path(main_path or raw["main"])
-        if not main_dir.is_absolute() and not main_dir.exists():
-            main_dir = path / main_dir
+        if main_path is not None:
+            main_dir = main_path
+        elif is_hub_id(raw["main"]) and not (path / raw["main"]).exists():
+            main_dir = raw["main"]
+        else:  # recorded relative to this directory (older checkpoints: as given, relative to where they ran)
+            main_dir = Path(raw["main"])
+            if not main_dir.is_absolute() and (path / main_dir).exists():
+                main_dir = path / main_dir
         main = load_main(main_dir, dtype=dtype, device=device, **main_overrides)
         want = config_from_dict(raw["main_config"], CausalLM.families)
         if want.replace(attn_backend=main.config.attn_backend) != main.config:
@@ -653,6 +661,22 @@ class L2DModel(nn.Module):
         copy_weights(model.diffusion_state_dict(), WeightFiles(path), f"{path} (L2D)")
         model.main_source = str(main_dir)
         return model
+
+
+def main_reference(main_path: str | Path, checkpoint: str | Path) -> str:
+    """How an L2D checkpoint at `checkpoint` names its main path: a hub id as is (or the id of a hub-cache
+    snapshot), a local directory relative to the checkpoint (absolute only across filesystem roots)."""
+    text = str(main_path)
+    if is_hub_id(text):
+        return text
+    main = Path(main_path).resolve()
+    repo_id = snapshot_repo_id(main)
+    if repo_id is not None:
+        return repo_id
+    try:
+        return os.path.relpath(main, Path(checkpoint).resolve())
+    except ValueError:  # another drive (Windows)
+        return str(main)
 
 
 FAMILY = Family(name="l2d", model_class=L2DModel, config_class=L2DConfig)
