@@ -368,10 +368,12 @@ def plot_losses(metrics_path: Path, png: Path, title: str) -> None:
 
 
 def train(objective_factory: Callable[[RunContext], Callable], args, *, name: str, needs_mask: bool = True,
-          model_loader: Callable | None = None) -> dict:
+          model_loader: Callable | None = None, data_loader: Callable | None = None) -> dict:
     """Run training; returns the summary (also printed and written to OUTPUT/summary.json).
 
     model_loader(args, device, dtype) -> model overrides how the model is built (L2D).
+    data_loader(args, tokenizer, eos_id, pad_id, world) -> (schedule, report) overrides what the
+    steps read (diffu-GRPO: prompts and their task rows, each batch kept for mu steps).
 
     The output directory is checked before anything is read (check_output), owned for the whole
     run (OutputLock), and written only once the model, tokenizer and data are validated."""
@@ -383,7 +385,7 @@ def train(objective_factory: Callable[[RunContext], Callable], args, *, name: st
     barrier()
     lock = OutputLock(out) if rank == 0 else None
     try:
-        return _train(objective_factory, args, name, needs_mask, model_loader, rank, world, device, out)
+        return _train(objective_factory, args, name, needs_mask, model_loader, rank, world, device, out, data_loader)
     finally:
         if lock is not None:
             lock.release()
@@ -414,9 +416,10 @@ class Run:
     model_loader: Callable | None = None
 
 
-def _train(objective_factory, args, name, needs_mask, model_loader, rank, world, device, out: Path) -> dict:
+def _train(objective_factory, args, name, needs_mask, model_loader, rank, world, device, out: Path,
+           data_loader=None) -> dict:
     """setup -> step after step (each logged, checkpointed every --save-every) -> finish."""
-    run = setup(objective_factory, args, name, needs_mask, model_loader, rank, world, device, out)
+    run = setup(objective_factory, args, name, needs_mask, model_loader, rank, world, device, out, data_loader)
     log = Progress(run)
     for step in range(run.start, run.total_steps):
         result = train_step(run, step)
@@ -489,7 +492,8 @@ def optimizer_for(params: list, args, total_steps: int, warmup: int):
     return optimizer, scheduler
 
 
-def setup(objective_factory, args, name, needs_mask, model_loader, rank, world, device, out: Path) -> Run:
+def setup(objective_factory, args, name, needs_mask, model_loader, rank, world, device, out: Path,
+          data_loader=None) -> Run:
     """Load and check every input, build the objective, optimizer and schedule, then (every input
     valid) start writing the output directory and resume from its newest intact checkpoint."""
     if rank == 0:  # we own the output: every temporary directory in it is a killed run's
@@ -498,12 +502,16 @@ def setup(objective_factory, args, name, needs_mask, model_loader, rank, world, 
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     tokenizer, base, mask_id, eos_id, pad_id = load_model_and_tokens(args, needs_mask, model_loader, device)
-    examples, report = load_examples(args.data, tokenizer, args.max_length, eos_id=eos_id, over_long=args.over_long,
-                                     skip_bad_rows=args.skip_bad_rows, use_template=False if args.no_chat_template else None,
-                                     full_conversation=args.render_full_conversation)
-    schedule = BatchSchedule(examples, micro_batch_size=args.batch_size, micro_batches_per_step=args.grad_accum * world,
-                             max_length=args.max_length, pad_id=pad_id, seed=args.seed, pack=args.pack,
-                             eos_pad=args.eos_pad, pad_to=args.pad_to)
+    if data_loader is not None:
+        schedule, report = data_loader(args, tokenizer, eos_id, pad_id, world)
+    else:
+        examples, report = load_examples(args.data, tokenizer, args.max_length, eos_id=eos_id, over_long=args.over_long,
+                                         skip_bad_rows=args.skip_bad_rows,
+                                         use_template=False if args.no_chat_template else None,
+                                         full_conversation=args.render_full_conversation)
+        schedule = BatchSchedule(examples, micro_batch_size=args.batch_size, micro_batches_per_step=args.grad_accum * world,
+                                 max_length=args.max_length, pad_id=pad_id, seed=args.seed, pack=args.pack,
+                                 eos_pad=args.eos_pad, pad_to=args.pad_to)
     total_steps = args.max_steps or max(1, int(args.epochs * schedule.steps_per_epoch))
     warmup = args.warmup_steps if args.warmup_steps is not None else int(0.03 * total_steps)
     if args.grad_checkpointing:
@@ -566,6 +574,7 @@ def train_step(run: Run, step: int) -> StepResult:
     fsdp = world > 1 and args.distributed == "fsdp"
     t0 = time.time()
     loss_sum, denom, tokens, metrics = 0.0, 0.0, 0, {}
+    run.objective.begin_step(step)
     for a in range(args.grad_accum):
         index = a * world + rank
         batch = run.schedule.micro_batch(step, index).to(run.device)
