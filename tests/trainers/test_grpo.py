@@ -212,3 +212,58 @@ def test_mask_seed_is_fixed_without_random_masking():
     b = per_token_logps(model, ids, P, MASK, 0.3, 7)
     assert not torch.allclose(a, b)  # the prompt's mask depends on the seed
     torch.testing.assert_close(a, D1(0.3, 1, 0.2, 0.0)._get_per_token_logps(model, ids[None], C, [42])[0])
+
+
+# --- the command -------------------------------------------------------------------------------------
+
+
+def varied_rewards(task, texts, rows):
+    """A reward that differs within a group (a random tiny model never earns d1's Sudoku reward)."""
+    return {"chars": [len(set(t)) / 10 for t in texts]}
+
+
+def test_killed_run_resumes_to_the_same_losses(tmp_path, monkeypatch):
+    from tests.helpers import tiny_model_dir
+    from trainers import grpo
+
+    monkeypatch.setattr(grpo, "score_completions", varied_rewards)
+    tiny_model_dir(tmp_path / "model")
+    data = tmp_path / "puzzles.jsonl"
+    data.write_text("".join(json.dumps({"puzzle": f"{i:016d}", "solution": "1234" * 4}) + "\n" for i in range(6)))
+    out = tmp_path / "run"
+    argv = ["--model", str(tmp_path / "model"), "--data", str(data), "--task", "sudoku", "--system-prompt", "none",
+            "--output", str(out), "--max-steps", "5", "--batch-size", "1", "--num-generations", "3",
+            "--num-iterations", "2", "--gen-length", "8", "--block-length", "4", "--diffusion-steps", "4",
+            "--lr", "3e-2", "--schedule", "constant", "--warmup-steps", "0", "--save-every", "1", "--keep", "10",
+            "--lora-rank", "4", "--lora-targets", "q_proj", "v_proj", "--no-progress"]
+    assert grpo.main(argv) == 0
+    first = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in first] == [0, 1, 0, 1, 0]
+    assert all(r["rollout_s"] > 0 for r in first[::2]) and all("rewards/chars" in r and "kl" in r for r in first)
+    assert any(r["loss"] != 0 for r in first) and any(r["kl"] > 0 for r in first[1:])
+    assert (out / "adapter").is_dir() and (out / "model" / "config.json").exists()
+    for step in (4, 5):  # killed after step 3: mid rollout batch (step 4 reuses step 3's rollouts)
+        shutil.rmtree(out / "checkpoints" / f"step-{step:08d}")
+    assert grpo.main(argv + ["--resume"]) == 0
+    again = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in again] == [1, 2, 3, 4, 5]
+    for a, b in zip(first[3:], again[3:]):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5, abs=1e-7)
+        assert b["reward"] == pytest.approx(a["reward"]) and b["kl"] == pytest.approx(a["kl"], rel=1e-4, abs=1e-8)
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    from tests.helpers import tiny_model_dir
+    from trainers import grpo
+
+    tiny_model_dir(tmp_path / "model")
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps({"question": "q"}) + "\n")
+    base = ["--model", str(tmp_path / "model"), "--data", str(data), "--output", str(tmp_path / "run"), "--no-progress"]
+    assert grpo.main(base) == 2
+    assert "--task is required" in capsys.readouterr().err
+    assert grpo.main(base + ["--task", "gsm8k"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "line 1" in err[0] and "answer" in err[0]
+    assert grpo.main(base + ["--task", "gsm8k", "--num-generations", "1"]) == 2
+    assert not (tmp_path / "run").exists()
