@@ -21,6 +21,8 @@ REQUIRED = ["--model", "x", "--data", "y", "--output", "z"]
 
 def methods_for(path: Path) -> tuple[str, ...]:
     """A config named <method>-... is for that method; any other is for every LLaDA method."""
+    if path.name.startswith("diffu-grpo"):
+        return ("grpo",)
     prefix = path.name.split("-")[0]
     if prefix in LLADA_METHODS + ("l2d",):
         return (prefix,)
