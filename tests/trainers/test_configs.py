@@ -83,7 +83,7 @@ def test_config_parses_for_its_method(path, method):
 
 
 @pytest.mark.parametrize("name", ["gift-llada-8b.yaml", "lift-llada-8b.yaml", "blockwise-llada-8b.yaml",
-                                  "l2d-llama-3.2-1b.yaml"])
+                                  "l2d-llama-3.2-1b.yaml", "diffu-grpo-llada-8b.yaml"])
 def test_paper_config_states_its_source(name):
     """Each paper's config exists and its header names the paper and the reference's commit."""
     text = (CONFIGS / name).read_text()
