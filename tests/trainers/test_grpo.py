@@ -267,3 +267,32 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert len(err) == 1 and "line 1" in err[0] and "answer" in err[0]
     assert grpo.main(base + ["--task", "gsm8k", "--num-generations", "1"]) == 2
     assert not (tmp_path / "run").exists()
+
+
+def test_scale_rewards_is_trls_normalisation():
+    from trainers.objectives.grpo import group_advantages
+
+    r = torch.tensor([1.0, 0.0, 2.5, 0.5, 0.5, 0.5])
+    adv, std = group_advantages(r, 3, scale=True)
+    g = r.view(-1, 3)  # TRL GRPOTrainer: (r - mean) / (std + 1e-4), per group
+    expected = (r - g.mean(1).repeat_interleave(3)) / (g.std(1).repeat_interleave(3) + 1e-4)
+    torch.testing.assert_close(adv, expected)
+    assert adv[3:].abs().max() == 0
+
+
+def test_rollout_options_reach_the_sampler(monkeypatch):
+    import dlmarch.sampling as sampling
+
+    seen = {}
+
+    def fake_generate(model, prompt, **kw):
+        seen.update(kw)
+        return torch.cat([prompt, torch.full((prompt.shape[0], kw["gen_length"]), EOS)], 1)
+
+    monkeypatch.setattr(sampling, "generate", fake_generate)
+    s = GRPOSettings(task="t", num_generations=2, gen_length=8, block_length=4, steps=4, kv_cache="dual",
+                     threshold=0.8, temperature=0.9, remasking="random")
+    obj = GRPOObjective(s, tokenizer=None, rows={}, mask_id=MASK, eos_id=EOS, pad_id=EOS, reward_fn=None)
+    obj._generate(tiny_llada(), torch.zeros(2, 3, dtype=torch.long), None)
+    assert {k: seen[k] for k in ("kv_cache", "threshold", "temperature", "remasking", "block_length", "steps")} == \
+        {"kv_cache": "dual", "threshold": 0.8, "temperature": 0.9, "remasking": "random", "block_length": 4, "steps": 4}
