@@ -5,7 +5,8 @@
    SFT (the cold start: the format learned, the cells often wrong).
 2. Runs `python -m trainers.grpo --task sudoku` from that model with d1's Sudoku reward (the share
    of empty cells filled right, dllm-reasoning/d1 `diffu-grpo/reward_func.py`), d1's defaults
-   otherwise scaled down (group of 8, mu = 2, blocks of 32 tokens).
+   otherwise scaled down (4 prompts x a group of 8 per step, mu = 2, one block of 32 tokens,
+   16 diffusion steps, lr 1e-4, full fine-tuning).
 3. Plots the reward per step (and its moving average) to --figure.
 
 Seeds are fixed; a killed run continues with --resume.
@@ -30,9 +31,9 @@ def grpo_stage(base: Path, out: Path, data: Path, steps: int, seed: int, resume:
     if (out / "summary.json").exists():
         return json.loads((out / "summary.json").read_text())
     args = ["--model", str(base), "--data", str(data), "--task", "sudoku", "--system-prompt", "none",
-            "--output", str(out), "--max-steps", str(steps), "--batch-size", "2", "--num-generations", "8",
+            "--output", str(out), "--max-steps", str(steps), "--batch-size", "4", "--num-generations", "8",
             "--num-iterations", "2", "--gen-length", "32", "--block-length", "32", "--diffusion-steps", "16",
-            "--lr", "3e-4", "--schedule", "constant", "--warmup-steps", "0", "--save-every", "20",
+            "--lr", "1e-4", "--schedule", "constant", "--warmup-steps", "0", "--save-every", "20",
             "--seed", str(seed), "--no-progress", *extra]
     if resume and out.exists():
         args.append("--resume")
@@ -71,7 +72,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m trainers.grpo_demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--output", default="runs/grpo-demo")
     p.add_argument("--base-steps", type=int, default=600, help="SFT steps of the cold start (the demo's quick base)")
-    p.add_argument("--steps", type=int, default=60, help="GRPO optimizer steps")
+    p.add_argument("--steps", type=int, default=80, help="GRPO optimizer steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--figure", default=None, help="PNG of the reward curve (default: OUTPUT/reward.png)")
     p.add_argument("--resume", action="store_true")
