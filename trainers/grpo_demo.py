@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m trainers.grpo_demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--output", default="runs/grpo-demo")
     p.add_argument("--base-steps", type=int, default=600, help="SFT steps of the cold start (the demo's quick base)")
-    p.add_argument("--steps", type=int, default=80, help="GRPO optimizer steps")
+    p.add_argument("--steps", type=int, default=40, help="GRPO optimizer steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--figure", default=None, help="PNG of the reward curve (default: OUTPUT/reward.png)")
     p.add_argument("--resume", action="store_true")
