@@ -347,12 +347,15 @@ def truncate_metrics(path: Path, last_step: int) -> None:
 
 
 def train(objective_factory: Callable[[RunContext], Callable], args, *, name: str, needs_mask: bool = True,
-          model_loader: Callable | None = None, example_loader: Callable | None = None) -> dict:
+          model_loader: Callable | None = None, example_loader: Callable | None = None,
+          data_loader: Callable | None = None) -> dict:
     """Run training; returns the summary (also printed and written to OUTPUT/summary.json).
 
     model_loader(args, device, dtype) -> model overrides how the model is built (L2D).
     example_loader(args, tokenizer, eos_id, path) -> (examples, DataReport) overrides how --data (and
     --eval-data) become examples (pretraining's text stream; default: `read_examples`).
+    data_loader(args, tokenizer, eos_id, pad_id, world) -> (schedule, report) overrides what the
+    steps read (diffu-GRPO: prompts and their task rows, each batch kept for mu steps).
 
     The output directory is checked before anything is read (check_output), owned for the whole
     run (OutputLock), and written only once the model, tokenizer and data are validated."""
@@ -365,7 +368,7 @@ def train(objective_factory: Callable[[RunContext], Callable], args, *, name: st
     lock = OutputLock(out) if rank == 0 else None
     try:
         return _train(objective_factory, args, name, needs_mask, model_loader, rank, world, device, out,
-                      example_loader or read_examples)
+                      example_loader or read_examples, data_loader)
     finally:
         if lock is not None:
             lock.release()
@@ -398,9 +401,10 @@ class Run:
 
 
 def _train(objective_factory, args, name, needs_mask, model_loader, rank, world, device, out: Path,
-           example_loader: Callable) -> dict:
+           example_loader: Callable, data_loader: Callable | None = None) -> dict:
     """setup -> step after step (each logged, checkpointed every --save-every) -> finish."""
-    run = setup(objective_factory, args, name, needs_mask, model_loader, rank, world, device, out, example_loader)
+    run = setup(objective_factory, args, name, needs_mask, model_loader, rank, world, device, out, example_loader,
+                data_loader)
     log = Progress(run)
     for step in range(run.start, run.total_steps):
         result = train_step(run, step)
@@ -487,7 +491,7 @@ def read_examples(args, tokenizer, eos_id: int, path):
 
 
 def setup(objective_factory, args, name, needs_mask, model_loader, rank, world, device, out: Path,
-          example_loader: Callable = read_examples) -> Run:
+          example_loader: Callable = read_examples, data_loader: Callable | None = None) -> Run:
     """Load and check every input, build the objective, optimizer and schedule, then (every input
     valid) start writing the output directory and resume from its newest intact checkpoint."""
     if rank == 0:  # we own the output: every temporary directory in it is a killed run's
@@ -496,14 +500,17 @@ def setup(objective_factory, args, name, needs_mask, model_loader, rank, world, 
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     tokenizer, base, mask_id, eos_id, pad_id = load_model_and_tokens(args, needs_mask, model_loader, device)
-    examples, report = example_loader(args, tokenizer, eos_id, args.data)
     validation = None
-    if getattr(args, "eval_data", None):
-        validation = Validation(example_loader(args, tokenizer, eos_id, args.eval_data)[0], args, pad_id)
+    if data_loader is not None:
+        schedule, report = data_loader(args, tokenizer, eos_id, pad_id, world)
+    else:
+        examples, report = example_loader(args, tokenizer, eos_id, args.data)
+        if getattr(args, "eval_data", None):
+            validation = Validation(example_loader(args, tokenizer, eos_id, args.eval_data)[0], args, pad_id)
+        schedule = BatchSchedule(examples, micro_batch_size=args.batch_size, micro_batches_per_step=args.grad_accum * world,
+                                 max_length=args.max_length, pad_id=pad_id, seed=args.seed, pack=args.pack,
+                                 eos_pad=args.eos_pad, pad_to=args.pad_to)
     check_tracker(getattr(args, "report_to", None))
-    schedule = BatchSchedule(examples, micro_batch_size=args.batch_size, micro_batches_per_step=args.grad_accum * world,
-                             max_length=args.max_length, pad_id=pad_id, seed=args.seed, pack=args.pack,
-                             eos_pad=args.eos_pad, pad_to=args.pad_to)
     total_steps = args.max_steps or max(1, int(args.epochs * schedule.steps_per_epoch))
     warmup = args.warmup_steps if args.warmup_steps is not None else int(0.03 * total_steps)
     if args.grad_checkpointing:
@@ -566,6 +573,7 @@ def train_step(run: Run, step: int) -> StepResult:
     fsdp = world > 1 and args.distributed == "fsdp"
     t0 = time.time()
     loss_sum, denom, tokens, metrics = 0.0, 0.0, 0, {}
+    run.objective.begin_step(step)
     for a in range(args.grad_accum):
         index = a * world + rank
         batch = run.schedule.micro_batch(step, index).to(run.device)

@@ -3,6 +3,8 @@
 An objective is called once per micro-batch, `objective(model, batch, generator) -> ObjectiveOutput`
 (common.py), and the loop calls nothing else by name:
 
+- `begin_step(step)` before the first micro-batch of each optimizer step (0-based): an objective
+  that keeps work across steps (diffu-GRPO's rollouts, reused for mu steps) keys it on the step;
 - `sync()` after every optimizer step: a stateful objective (GIFT's running betas) shares its state
   across ranks here;
 - `state_dict()` / `load_state_dict(state)`: its state, saved with each checkpoint (as
@@ -26,6 +28,9 @@ class Objective:
 
     def __call__(self, model, batch, generator):
         raise NotImplementedError
+
+    def begin_step(self, step: int) -> None:
+        """Before the micro-batches of optimizer step `step`; nothing to do for most objectives."""
 
     def sync(self) -> None:
         """After each optimizer step; nothing to share for a stateless objective."""

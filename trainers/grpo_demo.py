@@ -1,0 +1,114 @@
+"""`python -m trainers.grpo_demo`: diffu-GRPO's mean reward rising on a toy, on a fresh CPU machine.
+
+1. Builds the Sudoku 4x4 toy of `trainers.demo` (character tokenizer, a small LLaDA, generated
+   puzzles with unique solutions) and teaches it the answer format with a short masked-diffusion
+   SFT (the cold start: the format learned, the cells often wrong).
+2. Runs `python -m trainers.grpo --task sudoku` from that model with d1's Sudoku reward (the share
+   of empty cells filled as the row's "solution", dllm-reasoning/d1 `diffu-grpo/reward_func.py`)
+   towards a synthetic target the cold start never saw: every empty cell holds 1. (Real 4x4 Sudoku is
+   not a toy target here: a 0.1M-parameter model after a minute of SFT fills cells at chance, 25%, and
+   reinforcement learning sharpens what a model can already sample, it does not teach a skill from
+   nothing; on the real solutions the reward did not rise: 0.15-0.36 per rollout batch, means of
+   five batches 0.26, 0.24, 0.24, 0.17 over 32 steps.) d1's defaults
+   otherwise scaled down (4 prompts x a group of 8 per step, mu = 2, one block of 32 tokens,
+   16 diffusion steps, lr 2e-4, full fine-tuning).
+3. Plots the reward per step (and its moving average) to --figure.
+
+Seeds are fixed; a killed run continues with --resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from dlmarch.errors import DlmarchError
+
+from .demo import QUICK, build, max_length, prepare_output, train_stage
+
+
+def grpo_stage(base: Path, out: Path, data: Path, steps: int, seed: int, resume: bool, extra: list[str]) -> dict:
+    from . import grpo
+
+    if (out / "summary.json").exists():
+        return json.loads((out / "summary.json").read_text())
+    args = ["--model", str(base), "--data", str(data), "--task", "sudoku", "--system-prompt", "none",
+            "--output", str(out), "--max-steps", str(steps), "--batch-size", "4", "--num-generations", "8",
+            "--num-iterations", "2", "--gen-length", "32", "--block-length", "32", "--diffusion-steps", "16",
+            "--lr", "2e-4", "--schedule", "constant", "--warmup-steps", "0", "--save-every", "20",
+            "--seed", str(seed), "--no-progress", *extra]
+    if resume and out.exists():
+        args.append("--resume")
+    if grpo.main(args) != 0:
+        raise DlmarchError(f"the grpo stage failed; see {out}")
+    return json.loads((out / "summary.json").read_text())
+
+
+def plot(metrics: Path, figure: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(x) for x in metrics.read_text().splitlines()]
+    steps = [r["step"] for r in rows]
+    reward = [r["reward"] for r in rows]
+    ema, smooth = None, []
+    for v in reward:
+        ema = v if ema is None else 0.9 * ema + 0.1 * v
+        smooth.append(ema)
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(steps, reward, alpha=0.35, label="mean reward of the step's rollouts")
+    ax.plot(steps, smooth, label="EMA (0.9)")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("d1 Sudoku reward (share of empty cells = target)")
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    figure.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(figure, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m trainers.grpo_demo", description=__doc__.split("\n\n")[0])
+    p.add_argument("--output", default="runs/grpo-demo")
+    p.add_argument("--base-steps", type=int, default=600, help="SFT steps of the cold start (the demo's quick base)")
+    p.add_argument("--steps", type=int, default=40, help="GRPO optimizer steps")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--figure", default=None, help="PNG of the reward curve (default: OUTPUT/reward.png)")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--overwrite", action="store_true")
+    args = p.parse_args(argv)
+    out = Path(args.output)
+    try:
+        prepare_output(out, args.resume, args.overwrite)
+        t0 = time.time()
+        task, _ = build(out, QUICK, args.seed)
+        length = max_length(task, out / "init")
+        print(f"grpo demo: cold start ({args.base_steps} steps of sft)", file=sys.stderr)
+        train_stage("sft", out / "init", out / "base", out / "data" / "train.jsonl", args.base_steps, QUICK.base_lr,
+                    QUICK.batch, length, args.seed, args.resume, [])
+        rows = [json.loads(x) for x in (out / "data" / "train.jsonl").read_text().splitlines()]
+        puzzles = out / "data" / "puzzles.jsonl"
+        with open(puzzles, "w") as f:  # the same puzzles, with the toy's target as their "solution"
+            for r in rows:
+                puzzle = r["messages"][0]["content"].split(": ")[1].strip()
+                f.write(json.dumps({"puzzle": puzzle, "solution": puzzle.replace("0", "1")}) + "\n")
+        print(f"grpo demo: diffu-GRPO ({args.steps} steps)", file=sys.stderr)
+        summary = grpo_stage(out / "base" / "model", out / "grpo", puzzles, args.steps, args.seed, args.resume, [])
+        figure = Path(args.figure) if args.figure else out / "reward.png"
+        plot(out / "grpo" / "metrics.jsonl", figure,
+             f"diffu-GRPO, Sudoku toy (target: empty cells = 1), LLaDA {QUICK.hidden}x{QUICK.layers} after {args.base_steps} SFT steps")
+    except DlmarchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"grpo demo finished in {time.time() - t0:.0f}s: {figure}; {summary.get('model')}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
