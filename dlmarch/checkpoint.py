@@ -401,6 +401,23 @@ def _cast(t: torch.Tensor, dtype: torch.dtype | None, device) -> torch.Tensor:
     return t.to(device) if device is not None else t
 
 
+def check_tied_head(files: WeightFiles, table, tied: bool) -> None:
+    """Refuse a tied config beside a stored head that is not the embedding. With the head tied, the
+    loader drops the stored head (HF writes it or not), so a distinct one would vanish silently and
+    the model would not be the one that was trained; transformers drops it the same way."""
+    if not tied or table.tied_head is None:
+        return
+    found = files.all_tensors()
+    embedding = table.hf_name("wte.weight")
+    if table.tied_head not in found or embedding not in found:
+        return  # no head stored (the usual tied layout); a missing embedding is `plan`'s error
+    head, wte = files.read(table.tied_head), files.read(embedding)
+    if head.shape != wte.shape or not torch.equal(head, wte):
+        raise CheckpointError(
+            f"{files.dir / found[table.tied_head][1]}: {table.tied_head!r} differs from {embedding!r}, but config.json "
+            f"ties the head to the embedding; set tie_word_embeddings (LLaDA: weight_tying) to false to keep it")
+
+
 def load_weights(model: nn.Module, files: WeightFiles, rename, where: str, ignorable=lambda n: False, dtype=None, device=None) -> None:
     """Check `files` against the model's expected tensors, then assign them one at a time."""
     mapping = plan(files.all_tensors(), expected_shapes(model), rename, where, ignorable)

@@ -139,10 +139,14 @@ class TransformerConfig:
             value = getattr(self, f.name)
             if f.type == "bool":
                 _flag(value, f.name)
-            # Token ids index the embedding; pad_token_id is exempt because HF configs write -1 for
-            # "none" and nothing here embeds it.
-            elif f.name.endswith("_token_id") and f.name != "pad_token_id" and value is not None:
-                if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < self.vocab_size:
+            # Token ids are JSON integers ("5", 5.0 and true are refused, not cast); a mask token is
+            # required where the family has one (the sampler writes it). They index the embedding;
+            # pad_token_id's range is exempt because HF configs write -1 for "none" and nothing here
+            # embeds it.
+            elif f.name.endswith("_token_id") and (value is not None or f.name == "mask_token_id"):
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise ConfigError(f"{f.name} must be an integer token id, found {value!r}")
+                if f.name != "pad_token_id" and not 0 <= value < self.vocab_size:
                     raise ConfigError(f"{f.name} {value!r} is outside the vocabulary of {self.vocab_size}")
         if not isinstance(self.attn_backend, str):
             raise ConfigError(f"attn_backend must be one of {ATTN_BACKENDS}, found {self.attn_backend!r}")

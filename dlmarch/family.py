@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import NATIVE_FORMAT, WeightFiles, build_on_meta, load_weights
+from .checkpoint import NATIVE_FORMAT, WeightFiles, build_on_meta, check_tied_head, load_weights
 from .config import TransformerConfig, located, read_json
 from .errors import ConfigError
 from .keymaps import KeyTable
@@ -97,6 +97,7 @@ def load_transformer(path: str | Path, families, dtype: torch.dtype | None = Non
         tied = config.tie_word_embeddings
         rename, ignorable = table.native_name, (lambda n: table.is_ignorable(n, tied))
         where = f"{path} ({config.family} checkpoint)"
+        check_tied_head(WeightFiles(path), table, tied)
     if config_overrides:
         config = config.replace(**config_overrides)
     family = next(f for f in families if f.name == config.family)

@@ -15,11 +15,13 @@ import sys
 
 import pytest
 
-from tests.helpers import L2D_TINY, LLADA_TINY, make_task
+from tests.helpers import FIXTURES, L2D_TINY, LLADA_TINY, make_task
 
 LLAMA_TINY = L2D_TINY / "base"  # a transformers Llama checkpoint
 CONFIG = json.loads((LLADA_TINY / "config.json").read_text())
 LLAMA_CONFIG = json.loads((LLAMA_TINY / "config.json").read_text())
+DREAM_TINY = FIXTURES / "dream-tiny"
+DREAM_CONFIG = json.loads((DREAM_TINY / "config.json").read_text())
 
 
 def assert_refused(rc, stderr: str, dst, *names):
@@ -87,6 +89,47 @@ def test_malformed_llama_config_values(tmp_path, capsys, change):
     (src / "config.json").write_text(json.dumps({**LLAMA_CONFIG, **change}))
     rc, err = _convert(["import", src, dst], capsys)
     assert_refused(rc, err, dst, src / "config.json")
+
+
+DREAM_CASES = [{"mask_token_id": "159"}, {"mask_token_id": 159.0}, {"mask_token_id": True}, {"mask_token_id": []},
+               {"mask_token_id": {"id": 159}}, {"mask_token_id": None}, {"mask_token_id": 160}, {"mask_token_id": ["x"]},
+               {"pad_token_id": "150"}, {"pad_token_id": 1.5}, {"pad_token_id": False}, {"eos_token_id": "150"},
+               {"use_sliding_window": True}, {"vocab_size": "160"}, {"tie_word_embeddings": True}]
+
+
+@pytest.mark.parametrize("change", DREAM_CASES, ids=[json.dumps(c)[:40] for c in DREAM_CASES])
+def test_malformed_dream_config_values(tmp_path, capsys, change):
+    """Dream's config.json, refused as LLaDA's and Llama's are: by import, and by loading it directly.
+    tie_word_embeddings true beside the fixture's own (distinct) lm_head.weight would drop the head."""
+    from dlmarch import AutoModel
+    from dlmarch.errors import DlmarchError
+
+    src, dst = tmp_path / "src", tmp_path / "out" / "native"
+    shutil.copytree(DREAM_TINY, src)
+    (src / "config.json").write_text(json.dumps({**DREAM_CONFIG, **change}))
+    rc, err = _convert(["import", src, dst], capsys)
+    assert_refused(rc, err, dst, src / "config.json", src / "model.safetensors")
+    with pytest.raises(DlmarchError, match="config.json|model.safetensors") as e:
+        AutoModel.from_pretrained(src)
+    assert len(str(e.value).splitlines()) == 1
+
+
+def test_a_tied_dream_config_with_the_embedding_as_head_loads(tmp_path):
+    """The refusal above is for a head that differs: a stored head equal to the embedding is what a
+    tied checkpoint may hold (HF writes it or not)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from dlmarch import AutoModel
+
+    src = tmp_path / "src"
+    shutil.copytree(DREAM_TINY, src)
+    (src / "config.json").write_text(json.dumps({**DREAM_CONFIG, "tie_word_embeddings": True}))
+    sd = load_file(src / "model.safetensors")
+    sd["lm_head.weight"] = sd["model.embed_tokens.weight"].clone()
+    save_file(sd, src / "model.safetensors", metadata={"format": "pt"})
+    model = AutoModel.from_pretrained(src)
+    assert model.config.tie_word_embeddings and torch.equal(model.wte.weight, sd["model.embed_tokens.weight"])
 
 
 @pytest.mark.parametrize("raw", RAW_CONFIGS, ids=range(len(RAW_CONFIGS)))
