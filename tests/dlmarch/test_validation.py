@@ -278,3 +278,36 @@ def test_conversion_destination_that_is_a_file(tmp_path, capsys, where):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"{f} is a file" in err[0], err
     assert f.read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+
+
+# --- native configs that named what they are not ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def native_llada(tmp_path_factory):
+    from conversions.__main__ import main
+
+    dst = tmp_path_factory.mktemp("native") / "llada"
+    assert main(["import", str(LLADA_TINY), str(dst)]) == 0
+    return dst
+
+
+@pytest.mark.parametrize("model", ["EvilModel", "os.system", 5, None, "CausalLM"])
+def test_a_native_config_naming_another_model_class_is_refused(tmp_path, capsys, native_llada, model):
+    """It used to load as LLaDA whatever `model` said (and export as LLaDA)."""
+    import shutil
+
+    from conversions.__main__ import main
+    from dlmarch import AutoModel, LLaDAModel
+
+    src = tmp_path / "src"
+    shutil.copytree(native_llada, src)
+    raw = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps({**raw, "model": model}))
+    for load in (AutoModel.from_pretrained, LLaDAModel.from_pretrained):
+        with pytest.raises(ConfigError, match=f"{src / 'config.json'}: model {model!r} is not a llada model class"):
+            load(src)
+    dst = tmp_path / "hf"
+    assert main(["export", str(src), str(dst)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is not a llada model class" in err[0] and not dst.exists(), err
