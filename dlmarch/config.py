@@ -129,6 +129,10 @@ class TransformerConfig:
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size",
                      "max_position_embeddings"):
             _positive_int(getattr(self, name), name)
+        if self.max_position_embeddings < 2:
+            # Every objective and sampler here conditions on at least one token to predict another.
+            raise ConfigError(f"max_position_embeddings {self.max_position_embeddings} leaves no room for a prompt "
+                              "token and a token to predict (at least 2)")
         if self.num_layers > MAX_LAYERS:
             raise ConfigError(f"num_layers {self.num_layers} is more than {MAX_LAYERS}; is the config right?")
         if self.head_dim != 0:

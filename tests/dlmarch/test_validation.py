@@ -104,6 +104,8 @@ def test_non_positive_shard_size_is_refused(tmp_path, capsys, size):
     (dict(rope_scaling={"rope_type": "llama3", "factor": 8.0}), "llama3 rope scaling needs"),
     (dict(rms_norm_eps=0.0), "rms_norm_eps must be positive"),
     (dict(qkv_bias="yes"), "qkv_bias must be true or false, found 'yes'"),
+    (dict(max_position_embeddings=1), "max_position_embeddings 1 leaves no room"),
+    (dict(pad_token_id="61"), "pad_token_id must be an integer token id, found '61'"),
 ])
 def test_absurd_configs_are_refused_before_building(changes, message):
     with pytest.raises(ConfigError, match=message):
@@ -131,6 +133,7 @@ def _edit_config(tmp_path, **changes):
     (dict(rope_theta="big"), "rope_theta must be a number, found 'big'"),
     (dict(n_layers=10**6), "num_layers 1000000 is more than"),
     (dict(embedding_size=96.7), "embedding_size must be a positive integer, found 96.7"),
+    (dict(max_sequence_length=1), "max_position_embeddings 1 leaves no room"),
 ])
 def test_wrong_types_in_config_json(tmp_path, capsys, changes, message):
     from conversions.__main__ import main
@@ -290,6 +293,22 @@ def native_llada(tmp_path_factory):
     dst = tmp_path_factory.mktemp("native") / "llada"
     assert main(["import", str(LLADA_TINY), str(dst)]) == 0
     return dst
+
+
+def test_a_native_config_of_one_position_does_not_export(tmp_path, capsys, native_llada):
+    import shutil
+
+    from conversions.__main__ import main
+
+    src, dst = tmp_path / "src", tmp_path / "hf"
+    shutil.copytree(native_llada, src)
+    raw = json.loads((src / "config.json").read_text())
+    raw["config"]["max_position_embeddings"] = 1
+    (src / "config.json").write_text(json.dumps(raw))
+    assert main(["export", str(src), str(dst)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(src / "config.json") in err[0] and "max_position_embeddings 1" in err[0], err
+    assert not dst.exists()
 
 
 @pytest.mark.parametrize("model", ["EvilModel", "os.system", 5, None, "CausalLM"])
