@@ -44,6 +44,7 @@ class WeightFiles:
 
     def __init__(self, directory: str | Path):
         self.dir = Path(directory)
+        self.weight_map: dict[str, str] | None = None  # an index's name -> shard, checked against the shards
         self.kind, self.files = self._find()
         self._headers: dict[Path, dict[str, tuple[tuple[int, ...], torch.dtype]]] = {}
         self._infos: dict[str, st.TensorInfo] = {}  # safetensors: where each tensor lives
@@ -68,6 +69,7 @@ class WeightFiles:
                 for f in files:
                     if not f.exists():
                         raise CheckpointError(f"{index}: lists {f.name}, which is missing")
+                self.weight_map = weight_map
                 return kind, files
             if (d / single).exists():
                 return kind, [d / single]
@@ -105,6 +107,19 @@ class WeightFiles:
                 if name in out:
                     raise CheckpointError(f"{self.dir}: tensor {name!r} appears in both {out[name][1]} and {f.name}")
                 out[name] = (shape, f.name)
+        if self.weight_map is not None:
+            # The index is what transformers trusts (it opens a shard by it): one that disagrees with
+            # the shards describes another checkpoint, and loading by either would be wrong.
+            index = self.dir / (INDEX_NAME if self.kind == "safetensors" else "pytorch_model.bin.index.json")
+            for name, file in sorted(self.weight_map.items()):
+                if name not in out:
+                    raise CheckpointError(f"{index}: weight_map lists {name!r} in {file}, which does not hold it")
+                if out[name][1] != file:
+                    raise CheckpointError(f"{index}: weight_map puts {name!r} in {file}, but {out[name][1]} holds it")
+            unlisted = sorted(set(out) - set(self.weight_map))
+            if unlisted:
+                raise CheckpointError(f"{index}: weight_map does not list {unlisted[0]!r} (in {out[unlisted[0]][1]})"
+                                      + (f" and {len(unlisted) - 1} more" if len(unlisted) > 1 else ""))
         return out
 
     def read(self, name: str) -> torch.Tensor:

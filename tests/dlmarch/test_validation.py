@@ -330,3 +330,93 @@ def test_a_native_config_naming_another_model_class_is_refused(tmp_path, capsys,
     assert main(["export", str(src), str(dst)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "is not a llada model class" in err[0] and not dst.exists(), err
+
+
+# --- weights: an index that disagrees with its shards, unreadable files --------------------------------------
+
+
+def _sharded_llada(tmp_path):
+    """llada-tiny split into two safetensors shards with their index (as transformers writes them)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    src = tmp_path / "src"
+    shutil.copytree(LLADA_TINY, src)
+    sd = load_file(src / "model.safetensors")
+    (src / "model.safetensors").unlink()
+    names = sorted(sd)
+    shards = {"model-00001-of-00002.safetensors": names[: len(names) // 2],
+              "model-00002-of-00002.safetensors": names[len(names) // 2:]}
+    for file, keys in shards.items():
+        save_file({k: sd[k] for k in keys}, src / file, metadata={"format": "pt"})
+    weight_map = {k: file for file, keys in shards.items() for k in keys}
+    return src, weight_map
+
+
+def _index(src, weight_map):
+    (src / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+
+
+@pytest.mark.parametrize("case", ["moved", "listed, not held", "held, not listed"])
+def test_an_index_that_disagrees_with_its_shards_is_refused(tmp_path, capsys, case):
+    from conversions.__main__ import main
+    from dlmarch import AutoModel
+
+    src, weight_map = _sharded_llada(tmp_path)
+    _index(src, weight_map)
+    assert AutoModel.from_pretrained(src) is not None  # the honest index loads
+    first, last = sorted(weight_map)[0], sorted(weight_map)[-1]
+    if case == "moved":
+        weight_map[first] = weight_map[last]
+    elif case == "listed, not held":
+        weight_map["model.transformer.extra.weight"] = weight_map[first]
+    else:
+        del weight_map[first]
+    _index(src, weight_map)
+    index = src / "model.safetensors.index.json"
+    with pytest.raises(CheckpointError, match=f"{index}: weight_map"):
+        AutoModel.from_pretrained(src)
+    dst = tmp_path / "dst"
+    assert main(["import", str(src), str(dst)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{index}: weight_map" in err[0] and not dst.exists(), err
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "config.json", "tokenizer_config.json"])
+def test_unreadable_files_are_named_in_one_line(tmp_path, capsys, monkeypatch, name):
+    """What a user without read permission gets (root reads everything, so the refusal is simulated):
+    PermissionError from every way of opening the file, as a mode-000 file gives it."""
+    import builtins
+    import io
+    import os
+    import pathlib
+    import shutil
+
+    from conversions.__main__ import main
+
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    shutil.copytree(LLADA_TINY, src)
+    (src / "tokenizer_config.json").write_text("{}")
+    blocked = str(src / name)
+
+    def denied(path):
+        if os.fspath(path) == blocked:
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+
+    real_open, real_io_open, real_os_open = builtins.open, io.open, os.open
+    real_read_bytes, real_read_text = pathlib.Path.read_bytes, pathlib.Path.read_text
+    monkeypatch.setattr(builtins, "open", lambda p, *a, **k: denied(p) or real_open(p, *a, **k))
+    monkeypatch.setattr(io, "open", lambda p, *a, **k: denied(p) or real_io_open(p, *a, **k))
+    monkeypatch.setattr(os, "open", lambda p, *a, **k: denied(p) or real_os_open(p, *a, **k))
+    monkeypatch.setattr(pathlib.Path, "read_bytes", lambda p: denied(p) or real_read_bytes(p))
+    monkeypatch.setattr(pathlib.Path, "read_text", lambda p, *a, **k: denied(p) or real_read_text(p, *a, **k))
+    if name != "tokenizer_config.json":
+        with pytest.raises(DlmarchError, match="Permission denied"):
+            from dlmarch import AutoModel
+
+            AutoModel.from_pretrained(src)
+    assert main(["import", str(src), str(dst)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and blocked in err[0] and "Permission denied" in err[0], err
+    assert not dst.exists()
