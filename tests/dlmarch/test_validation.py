@@ -420,3 +420,33 @@ def test_unreadable_files_are_named_in_one_line(tmp_path, capsys, monkeypatch, n
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and blocked in err[0] and "Permission denied" in err[0], err
     assert not dst.exists()
+
+
+# --- sizes that cannot be built ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("changes", [dict(vocab_size=2**40), dict(hidden_size=2**24, num_heads=2**10, num_kv_heads=2**10),
+                                     dict(intermediate_size=2**42)])
+def test_a_model_that_cannot_fit_in_memory_is_refused_before_allocating(changes):
+    """Building it used to fail inside the allocator (a RuntimeError, or the machine swapping)."""
+    from dlmarch import LLaDAModel
+
+    cfg = tiny_llada_config(**{"mask_token_id": 0, "eos_token_id": 1, "pad_token_id": 1, **changes})
+    with pytest.raises(ConfigError, match=r"a llada model .* has [\d,]+ parameters, .* GiB .*; is the config right\?"):
+        LLaDAModel(cfg)
+    with torch.device("meta"):
+        assert LLaDAModel(cfg).num_parameters() == cfg.num_params()  # loading builds on meta: never refused
+
+
+@pytest.mark.parametrize("options,message", [(dict(flow_dim="16"), "L2D flow_dim must be a positive integer, found '16'"),
+                                             (dict(lora_rank=0), "L2D lora_rank must be a positive integer, found 0"),
+                                             (dict(time_hidden=2.5), "L2D time_hidden must be a positive integer"),
+                                             (dict(flow_dim=2**40), "the L2D diffusion path of flow_dim 1099511627776")])
+def test_l2d_sizes_are_checked_before_building(options, message):
+    from dlmarch.models.causal import CausalLM, LlamaConfig
+    from dlmarch.models.l2d import L2DConfig, L2DModel
+
+    main = CausalLM(LlamaConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                                intermediate_size=48, max_position_embeddings=64))
+    with pytest.raises(ConfigError, match=message):
+        L2DModel(main, L2DConfig(**options))
