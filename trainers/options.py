@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from dlmarch.config import read_text
 from dlmarch.errors import DlmarchError
 
 
@@ -95,13 +96,9 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> arg
 def _yaml_values(parser: argparse.ArgumentParser, path: Path) -> dict:
     """{dest: value} of a YAML option file, each value converted and checked like its flag's text."""
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise DlmarchError(f"{path}: no such file") from None
-    except UnicodeDecodeError as e:
-        raise DlmarchError(f"{path}: invalid UTF-8 at byte {e.start}") from None
-    except OSError as e:
-        raise DlmarchError(f"{path}: cannot read ({e.strerror})") from None
+        values = yaml.safe_load(read_text(path, "YAML file")) or {}
+    except RecursionError:
+        raise DlmarchError(f"{path}: invalid YAML (nested too deeply)") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -200,7 +197,13 @@ RANGES = {
     # method options
     "block_size": _at_least(1), "probe_every": _at_least(1), "l2d_lora_rank": _at_least(1),
     "flow_dim": _at_least(1), "num_classes": _at_least(1), "noise_scale": _positive,
+    "seed": lambda v: seed_problem(v),
 }
+
+
+def seed_problem(v: int) -> str | None:
+    """A seed torch and every generator derived from it can take (64-bit: 2**70 overflows inside torch)."""
+    return None if 0 <= v < 2**63 else f"must be between 0 and 2**63 - 1, found {v}"
 
 
 def _out_of_range(dest: str, value) -> str | None:
