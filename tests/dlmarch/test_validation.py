@@ -450,3 +450,87 @@ def test_l2d_sizes_are_checked_before_building(options, message):
                                 intermediate_size=48, max_position_embeddings=64))
     with pytest.raises(ConfigError, match=message):
         L2DModel(main, L2DConfig(**options))
+
+
+# --- flags and run files named in the one line ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--pass-k", "a,b"], "error: --pass-k must be comma-separated integers (1,8), found 'a,b'"),
+    (["--seed", str(2**70)], f"error: --seed must be between 0 and 2**63 - 1, found {2**70}"),
+    (["--seed", "-1"], "error: --seed must be between 0 and 2**63 - 1, found -1"),
+])
+def test_evaluate_flags_are_named(tmp_path, capsys, argv, message):
+    from trainers.evaluate import main
+
+    rc = main(["--task", "sudoku", "--model", str(tmp_path / "none"), *argv])
+    assert rc == 2 and capsys.readouterr().err.strip().splitlines() == [message]
+
+
+def test_a_seed_beyond_64_bits_is_refused_by_the_trainers(tmp_path, capsys):
+    out = tmp_path / "run"
+    rc, err = _sft(["--model", tmp_path / "m", "--data", tmp_path / "d.jsonl", "--output", out, "--seed", 2**70], capsys)
+    assert rc == 2 and err == [f"error: --seed must be between 0 and 2**63 - 1, found {2**70}"], err
+    assert not out.exists()
+
+
+def test_micro_batch_generators_take_any_allowed_seed():
+    from trainers.loop import micro_generator
+
+    micro_generator(2**63 - 1, 10**6, 7, "cpu")  # used to overflow inside torch
+    a, b = micro_generator(3, 5, 1, "cpu"), torch.Generator().manual_seed((3 * 1_000_003 + 5) * 10_007 + 1)
+    assert torch.equal(torch.rand(4, generator=a), torch.rand(4, generator=b))  # small seeds: the same stream
+
+
+@pytest.mark.parametrize("text", ["a: " + "[" * 100_000 + "]" * 100_000, "a: " + "{b: " * 5_000 + "1" + "}" * 5_000])
+def test_a_deeply_nested_yaml_config_is_one_line(tmp_path, capsys, text):
+    cfg, out = tmp_path / "c.yaml", tmp_path / "run"
+    cfg.write_text(text + "\n")
+    rc, err = _sft(["--config", cfg, "--model", tmp_path, "--data", tmp_path / "d.jsonl", "--output", out], capsys)
+    assert rc == 2 and len(err) == 1 and str(cfg) in err[0], err
+
+
+def test_a_lone_surrogate_in_jsonl_names_its_line(tmp_path):
+    from trainers.data import DataError, load_examples
+    from trainers.tokenizer import build_char_tokenizer
+
+    tok = build_char_tokenizer(pad_to=8)
+    p = _rows(tmp_path, [GOOD, b'{"prompt": "a\\ud800", "response": "b"}', b'{"prompt": "\\ud83d\\ude00", "response": "b"}'])
+    with pytest.raises(DataError, match=rf"{p}: line 2: a lone surrogate \\ud800 is not text"):
+        load_examples(p, tok, 64, eos_id=tok.eos_token_id)
+
+
+@pytest.mark.parametrize("run_json", [b"[1, 2]", b'"run"', b"\xff\xfe", b"[" * 100_000])
+def test_run_json_of_the_wrong_type_on_resume(tmp_path, run_json):
+    from argparse import Namespace
+
+    from trainers.loop import record_run
+
+    (tmp_path / "run.json").write_bytes(run_json)
+    with pytest.raises(DlmarchError, match=f"{tmp_path / 'run.json'}: ") as e:
+        record_run(tmp_path, Namespace(resume=True, overwrite=False, lr=1.0), 0)
+    assert len(str(e.value).splitlines()) == 1
+
+
+@pytest.mark.parametrize("lines,message", [
+    ([b'{"step": 1, "loss": 1}', b"[1]", b'{"step": 2, "loss": 1}'], "line 2: expected a metrics object with an integer step"),
+    ([b'{"step": 1, "loss": 1}', b'{"step": "2"}'], "line 2: expected a metrics object with an integer step"),
+    ([b'{"step": 1, "loss": 1}', b'{"step": 2, "lo\xffss": 1}', b'{"step": 3}'], "line 2: invalid UTF-8"),
+    ([b'{"step": 1, "loss": 1}', b"{not json", b'{"step": 3}'], "line 2: invalid JSON"),
+])
+def test_damaged_metrics_on_resume_are_named(tmp_path, lines, message):
+    from trainers.loop import truncate_metrics
+
+    p = tmp_path / "metrics.jsonl"
+    p.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(DlmarchError, match=f"{p}: {message}"):
+        truncate_metrics(p, 5)
+
+
+def test_a_torn_last_metrics_line_is_dropped(tmp_path):
+    from trainers.loop import truncate_metrics
+
+    p = tmp_path / "metrics.jsonl"
+    p.write_bytes(b'{"step": 1, "loss": 1}\n{"step": 2, "loss": 1}\n{"step": 3, "lo\xc3')
+    truncate_metrics(p, 2)
+    assert p.read_text() == '{"step": 1, "loss": 1}\n{"step": 2, "loss": 1}\n'
