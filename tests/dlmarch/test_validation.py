@@ -534,3 +534,62 @@ def test_a_torn_last_metrics_line_is_dropped(tmp_path):
     p.write_bytes(b'{"step": 1, "loss": 1}\n{"step": 2, "loss": 1}\n{"step": 3, "lo\xc3')
     truncate_metrics(p, 2)
     assert p.read_text() == '{"step": 1, "loss": 1}\n{"step": 2, "loss": 1}\n'
+
+
+# --- chat templates: code from the model directory -------------------------------------------------------------
+
+LOOPING = "{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}{% endfor %}"
+ESCAPE = "{{ ''.__class__.__mro__[1].__subclasses__() }}"
+RAISING = "{{ raise_exception('no prompts today') }}"
+HUGE = "{% for i in range(99999) %}{{ 'x' * 200 }}{% endfor %}"
+TEMPLATES = {"loops": (LOOPING, "did not finish in 0.5 s"), "escapes": (ESCAPE, "unsafe"),
+             "raises": (RAISING, "no prompts today"), "writes too much": (HUGE, "characters, more than")}
+
+
+@pytest.fixture(scope="module")
+def templated(tmp_path_factory):
+    """A tiny model directory per bad template (the template in tokenizer_config.json, as HF saves it)."""
+    import shutil
+
+    from tests.helpers import tiny_model_dir
+
+    base = tmp_path_factory.mktemp("tpl") / "base"
+    tiny_model_dir(base)
+    out = {}
+    for name, (template, _) in TEMPLATES.items():
+        d = base.parent / name.replace(" ", "-")
+        shutil.copytree(base, d)
+        cfg = json.loads((d / "tokenizer_config.json").read_text())
+        cfg["chat_template"] = template
+        (d / "tokenizer_config.json").write_text(json.dumps(cfg))
+        (d / "chat_template.jinja").unlink(missing_ok=True)
+        out[name] = d
+    return out
+
+
+@pytest.mark.parametrize("case", list(TEMPLATES))
+@pytest.mark.parametrize("command", ["generate", "evaluate", "sft"])
+def test_bad_chat_templates_are_one_line(tmp_path, capsys, monkeypatch, templated, case, command):
+    import dlmarch.prompts
+
+    monkeypatch.setattr(dlmarch.prompts, "TEMPLATE_SECONDS", 0.5)
+    monkeypatch.setattr(dlmarch.prompts, "TEMPLATE_MAX_CHARS", 1_000_000)
+    model, out = templated[case], tmp_path / "out"
+    if command == "generate":
+        from dlmarch.sampling.cli import main
+
+        rc = main(["--model", str(model), "--prompt", "abc", "--gen-length", "8", "--steps", "2", "--block-length", "8"])
+        err = capsys.readouterr().err.strip().splitlines()
+    elif command == "evaluate":
+        from trainers.evaluate import main
+
+        rc = main(["--model", str(model), "--task", "sudoku", "--num", "1", "--gen-length", "8", "--block-length", "8",
+                   "--output", str(out / "eval.jsonl")])
+        err = capsys.readouterr().err.strip().splitlines()
+    else:
+        data = tmp_path / "d.jsonl"
+        data.write_text(json.dumps({"prompt": "ab", "response": "cd"}) + "\n")
+        rc, err = _sft(["--model", model, "--data", data, "--output", out, "--max-steps", 1, "--no-progress"], capsys)
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: "), err
+    assert TEMPLATES[case][1] in err[0] and f"template of {model}" in err[0], err
+    assert "Traceback" not in err[0]

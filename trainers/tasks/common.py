@@ -9,6 +9,7 @@ from pathlib import Path
 
 from dlmarch.config import jsonl_rows, read_text
 from dlmarch.errors import DlmarchError
+from dlmarch.prompts import render_chat
 
 from .d1 import user_message
 
@@ -111,7 +112,7 @@ class Task:
 
     def prompt_text(self, tokenizer, row: dict, reasoning_prefix: bool = True) -> str:
         """The prompt string d1 feeds the model: chat template with its generation prompt, then <reasoning>."""
-        text = tokenizer.apply_chat_template(self.messages(row), add_generation_prompt=True, tokenize=False)
+        text = render_chat(tokenizer, self.messages(row), add_generation_prompt=True)
         return text + (REASONING_PREFIX if reasoning_prefix else "")
 
     def score(self, generation: str, row: dict) -> dict:
