@@ -86,7 +86,7 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> arg
         parser.error("missing " + ", ".join(f"--{m}" for m in missing) + " (on the command line or in --config)")
     actions = {a.dest: a for a in parser._actions}
     for dest, value in vars(args).items():
-        problem = _out_of_range(dest, value)
+        problem = _not_finite(value) or _out_of_range(dest, value)
         if problem:
             raise DlmarchError(f"{_flag(actions[dest])} {problem}")
     _check_paths(args)
@@ -116,7 +116,7 @@ def _yaml_values(parser: argparse.ArgumentParser, path: Path) -> dict:
             out[dest] = _convert(actions[dest], value)
         except _Invalid as e:
             raise DlmarchError(f"{where}: {e}") from None
-        problem = _out_of_range(dest, out[dest])
+        problem = _not_finite(out[dest]) or _out_of_range(dest, out[dest])
         if problem:
             raise DlmarchError(f"{where} {problem}")
     return out
@@ -197,6 +197,7 @@ RANGES = {
     # method options
     "block_size": _at_least(1), "probe_every": _at_least(1), "l2d_lora_rank": _at_least(1),
     "flow_dim": _at_least(1), "num_classes": _at_least(1), "noise_scale": _positive,
+    "prefix_mask_rate": _fraction, "suffix_mask_prob": _fraction, "l2d_lora_alpha": _positive, "cart_p": _positive,
     "seed": lambda v: seed_problem(v),
 }
 
@@ -215,6 +216,14 @@ def _out_of_range(dest: str, value) -> str | None:
             problem = rule(v)
             if problem:
                 return problem
+    return None
+
+
+def _not_finite(value) -> str | None:
+    """nan and inf pass every comparison-based range the wrong way (nan >= 0 is False, but so is nan < 0)."""
+    for v in value if isinstance(value, (list, tuple)) else [value]:
+        if isinstance(v, float) and not math.isfinite(v):
+            return f"must be a finite number, found {v}"
     return None
 
 
