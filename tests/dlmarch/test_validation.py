@@ -593,3 +593,66 @@ def test_bad_chat_templates_are_one_line(tmp_path, capsys, monkeypatch, template
     assert rc == 2 and len(err) == 1 and err[0].startswith("error: "), err
     assert TEMPLATES[case][1] in err[0] and f"template of {model}" in err[0], err
     assert "Traceback" not in err[0]
+
+
+@pytest.mark.parametrize("flag,value,message", [
+    ("--lr", "nan", "--lr must be a finite number, found nan"),
+    ("--clip", "nan", "--clip must be a finite number, found nan"),
+    ("--weight-decay", "inf", "--weight-decay must be a finite number, found inf"),
+    ("--cart-p", "nan", "--cart-p must be a finite number, found nan"),
+    ("--cart-p", "-0.5", "--cart-p must be a positive number, found -0.5"),
+])
+def test_trainer_floats_must_be_finite(tmp_path, capsys, flag, value, message):
+    out = tmp_path / "run"
+    rc, err = _sft(["--model", tmp_path / "m", "--data", tmp_path / "d.jsonl", "--output", out, flag, value], capsys)
+    assert rc == 2 and err == [f"error: {message}"], err
+    assert not out.exists()
+
+
+def test_method_floats_must_be_in_range(tmp_path, capsys):
+    from trainers.blockwise import main
+
+    rc = main(["--model", str(tmp_path / "m"), "--data", str(tmp_path / "d.jsonl"), "--output", str(tmp_path / "run"),
+               "--suffix-mask-prob", "nan"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == ["error: --suffix-mask-prob must be a finite number, found nan"], err
+
+
+@pytest.mark.parametrize("messages,message", [
+    ([{"role": "user", "content": 5}], "messages[0].content must be a string, found 5"),
+    ([{"role": "user", "content": ["a"]}], "messages[0].content must be a string, found ['a']"),
+    ([{"role": "user"}], "messages[0].content must be a string, found nothing"),
+    (["hi"], "messages[0] must be an object, found str"),
+    ([{"role": None, "content": "a"}], "messages[0].role must be a string, found None"),
+])
+def test_generate_prompts_with_non_string_messages(tmp_path, capsys, templated, messages, message):
+    """An int content used to be accepted silently (and a list one to crash in the template)."""
+    from dlmarch.sampling.cli import main
+
+    p = tmp_path / "prompts.jsonl"
+    p.write_text(json.dumps({"prompt": "ok"}) + "\n" + json.dumps({"messages": messages}) + "\n")
+    rc = main(["--model", str(templated["raises"].parent / "base"), "--prompts", str(p)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and f"{p}: line 2: {message}" in err[0], err
+
+
+@pytest.mark.parametrize("case", ["under a file", "results not an object", "results not UTF-8", "config not an object"])
+def test_experiments_output_problems_are_one_line(tmp_path, capsys, case):
+    from trainers.demo import prepare_output
+    from trainers.experiments import main
+
+    if case == "under a file":
+        (tmp_path / "f").write_text("mine")
+        out = tmp_path / "f" / "exp"
+    else:
+        out = tmp_path / "exp"
+        prepare_output(out, resume=True, overwrite=False)  # a directory this command made
+        raw = {"results not an object": b"[1, 2]", "results not UTF-8": b'{"a": "\xff"}',
+               "config not an object": b'{"config": 5}'}[case]
+        (out / "results.json").write_bytes(raw)
+    rc = main(["--output", str(out), "--quick", "--only", "methods"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith("error: "), err
+    assert (str(tmp_path / "f") if case == "under a file" else str(out / "results.json")) in err[0], err
+    if case == "under a file":
+        assert (tmp_path / "f").read_text() == "mine"
