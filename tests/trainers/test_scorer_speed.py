@@ -1,8 +1,8 @@
 """d1's answer extraction in linear time, with d1's verdicts.
 
 d1's patterns backtrack quadratically on what a model in a loop writes (`<answer>` 32000 times took
-98 s). `trainers/tasks/d1.py` replaces them with scans; here (1) a timing bound per adversarial
-pattern, each far under a second at lengths where the patterns took a minute or more, and (2) the
+100 s on a 2-core CPU). `trainers/tasks/d1.py` replaces them with scans; here (1) a timing bound per adversarial
+pattern, each far under a second at the lengths of a looping model's output, and (2) the
 scans against d1's own extraction code, transcribed below from dllm-reasoning/d1
 `eval/parse_and_get_acc.py` and `eval/parser_helper.py`, on a fuzzed corpus of the tokens the
 patterns look for and on d1's generation files.
@@ -23,13 +23,13 @@ SUDOKU_ROW = {"puzzle": "3102200002100320", "solution": "3142243142131324"}
 ROWS = {"countdown": {"numbers": [1, 2, 3], "target": 6}, "sudoku": SUDOKU_ROW,
         "gsm8k": {"question": "q", "answer": "#### 3"}, "math500": {"problem": "p", "answer": "3"}}
 
-# The issue's generations (one each, with the time d1's patterns took at that length), and neighbours.
+# What a model in a loop writes, at lengths where d1's patterns take a minute or more, and neighbours.
 ADVERSARIAL = {
-    "<answer> x32000 (sudoku 98 s, gsm8k 56 s)": "<answer>" * 32000,
-    "1+ x64000 (countdown 69 s)": "1+" * 64000,
-    "128000 digits (countdown 70 s)": "1" * 128000,
-    "boxed sum of 10^5 terms (countdown > 120 s)": "\\boxed{" + "+".join(["1"] * 100_000) + "}",
-    "\\boxed{ x32000 (gsm8k 47 s)": "\\boxed{" * 32000,
+    "<answer> x32000": "<answer>" * 32000,
+    "1+ x64000": "1+" * 64000,
+    "128000 digits": "1" * 128000,
+    "boxed sum of 10^5 terms": "\\boxed{" + "+".join(["1"] * 100_000) + "}",
+    "\\boxed{ x32000": "\\boxed{" * 32000,
     "unclosed fence of spaces": "<answer>```" + " " * 200_000,
     "fences without a close": "<answer>" + "```1" * 60_000,
     "expression without a value": "1 " * 100_000 + "= x",

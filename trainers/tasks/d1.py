@@ -11,9 +11,9 @@ nothing raises: an input that makes d1's code raise or hang is scored as d1 scor
 (wrong), not propagated; and every extraction runs in time linear in the generation. d1's patterns
 `<answer>(.*?)</answer>`, `\\boxed{(.*?)}`, `([0-9+\\-*/() ]+)=[0-9. ]+` and
 `<answer>.*?```\\s*([\\d\\s]+)```` backtrack quadratically on text a looping model writes (`<answer>`
-repeated 32000 times took 98 s); each is replaced by a scan that finds the match Python's `re` finds
-(the leftmost, with the same group), documented beside it and checked against the patterns
-themselves on a fuzzed corpus (tests/trainers/test_scorer_speed.py).
+repeated 32000 times took 100 s for one Sudoku verdict); each is replaced by a scan that finds the
+match Python's `re` finds (the leftmost, with the same group), documented beside it and checked
+against d1's parser on a fuzzed corpus (tests/trainers/test_scorer_speed.py).
 """
 
 from __future__ import annotations
