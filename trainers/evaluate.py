@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from dlmarch.config import jsonl_rows, read_text
+from dlmarch.config import jsonl_rows, read_json, read_text
 from dlmarch.errors import DlmarchError
 from dlmarch.prompts import encode_prompts, left_pad
 from dlmarch.sampling.cli import sampler_warnings
@@ -211,7 +211,7 @@ def _read_done(out: Path, with_final: bool) -> dict[tuple[int, int], dict]:
     skipped, and its batch redone), and with `with_final` those of a merged output already there."""
     done = {}
     for p in ([out] if with_final and out.exists() else []) + _partials(out):
-        for line in p.read_text().splitlines():
+        for line in read_text(p, "JSONL file").splitlines():  # invalid UTF-8 named with its file
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError:
@@ -439,7 +439,7 @@ def _check_run(out: Path, run: dict, resume: bool, rank: int) -> None:
     if _partials(out) and not resume:
         raise DlmarchError(f"{out}: an interrupted run's partial files are there; pass --resume or another --output")
     if resume and marker.exists():
-        before = json.loads(marker.read_text())
+        before = read_json(marker)  # one line naming it when it is not a JSON object
         changed = [k for k in RUN_KEYS if before.get(k) != run.get(k)]
         if changed:
             raise DlmarchError(f"{marker}: --resume with other options than the interrupted run: {changed}")

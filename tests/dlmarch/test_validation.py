@@ -656,3 +656,17 @@ def test_experiments_output_problems_are_one_line(tmp_path, capsys, case):
     assert (str(tmp_path / "f") if case == "under a file" else str(out / "results.json")) in err[0], err
     if case == "under a file":
         assert (tmp_path / "f").read_text() == "mine"
+
+
+@pytest.mark.parametrize("name,raw,message", [
+    ("eval.jsonl.partial-0.jsonl", b'{"index": 0, "sample": 0, "generation": "\xff"}\n', "invalid UTF-8"),
+    ("eval.jsonl.run.json", b"[1, 2]", "expected a JSON object, found list"),
+])
+def test_evaluate_resume_files_are_named(tmp_path, capsys, templated, name, raw, message):
+    from trainers.evaluate import main
+
+    (tmp_path / name).write_bytes(raw)
+    rc = main(["--task", "sudoku", "--num", "1", "--model", str(templated["raises"].parent / "base"), "--output",
+               str(tmp_path / "eval.jsonl"), "--resume"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and f"{tmp_path / name}: {message}" in err[0], err
