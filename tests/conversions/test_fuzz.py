@@ -479,3 +479,28 @@ def test_a_device_as_a_file_is_refused(tmp_path, capsys, flag):
     rc = main(argv + (["--model", str(tmp_path / "none")] if flag == "--data" else []))
     err = capsys.readouterr().err
     assert_refused(rc, err, out, "/dev/zero: not a regular file")
+
+
+# --- to-diffusion: sources and ids -----------------------------------------------------------------------------
+
+TO_DIFFUSION_CASES = [  # (config change of the Llama source, extra flags)
+    ({"num_hidden_layers": "2"}, []), ({"vocab_size": 96.5}, []), ({"eos_token_id": "1"}, []),
+    ({"pad_token_id": "x"}, []), ({"max_position_embeddings": 1}, []), ({"tie_word_embeddings": True}, []),
+    ({"model_type": "gpt2"}, []), ({}, ["--mask-token-id", "-1"]), ({}, ["--mask-token-id", str(10**6)]),
+    ({}, ["--mask-token-id", "x"]), ({"rope_scaling": {"rope_type": "yarn", "factor": 2}}, []),
+]
+
+
+@pytest.mark.parametrize("style", ["dream", "llada"])
+@pytest.mark.parametrize("change,flags", TO_DIFFUSION_CASES, ids=[json.dumps(c)[:30] + " ".join(f) for c, f in TO_DIFFUSION_CASES])
+def test_malformed_to_diffusion_inputs(tmp_path, capsys, style, change, flags):
+    src, dst = tmp_path / "src", tmp_path / "out" / "diffusion"
+    shutil.copytree(LLAMA_TINY, src)
+    (src / "config.json").write_text(json.dumps({**LLAMA_CONFIG, **change}))
+    try:
+        rc, err = _convert(["to-diffusion", src, dst, "--style", style, *flags], capsys)
+    except SystemExit as e:  # argparse: a flag that is not an integer
+        rc, err = e.code, capsys.readouterr().err
+        assert rc == 2 and "--mask-token-id" in err and not dst.exists()
+        return
+    assert_refused(rc, err, dst, src / "config.json", src / "model.safetensors", "--mask-token-id", "mask")
