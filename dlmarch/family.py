@@ -114,12 +114,14 @@ def load_transformer(path: str | Path, families, dtype: torch.dtype | None = Non
         tied = config.tie_word_embeddings
         rename, ignorable = table.native_name, (lambda n: table.is_ignorable(n, tied))
         where = f"{path} ({config.family} checkpoint)"
-        check_tied_head(WeightFiles(path), table, tied)
+    files = WeightFiles(path)
+    if raw.get("format") != NATIVE_FORMAT:
+        check_tied_head(files, table, tied)
     if config_overrides:
         config = config.replace(**config_overrides)
     family = next(f for f in families if f.name == config.family)
     model = build_on_meta(family.model_class, config)
-    load_weights(model, WeightFiles(path), rename, where, ignorable, dtype=dtype, device=device)
+    load_weights(model, files, rename, where, ignorable, dtype=dtype, device=device)
     model.source_dir = str(path)
     return model
 
