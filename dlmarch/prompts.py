@@ -56,9 +56,10 @@ class _TooLong(Exception):
 
 @contextlib.contextmanager
 def _time_limit(seconds: float):
-    """Raise _TooLong in the block after `seconds` (SIGALRM: the main thread of a Unix process only;
-    elsewhere the block runs unbounded)."""
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+    """Raise _TooLong in the block after `seconds` (SIGALRM: the main thread of a Unix process only,
+    and only when no one else's alarm is set, which is left alone; elsewhere the block runs unbounded)."""
+    if (threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer")
+            or signal.getitimer(signal.ITIMER_REAL)[0] > 0):
         yield
         return
 
