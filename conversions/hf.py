@@ -21,6 +21,7 @@ from dlmarch.checkpoint import (
     aux_files,
     build_on_meta,
     check_disjoint,
+    check_tied_head,
     copy_aux_files,
     foreign_entries,
     is_weight_file,
@@ -154,6 +155,7 @@ def import_hf(src: str | Path, dst: str | Path, dtype: str | None = None, overwr
     found = files.all_tensors()
     mapping = plan(found, expected_shapes(model), table.native_name, f"{src} ({family.name} checkpoint)",
                    lambda n: table.is_ignorable(n, config.tie_word_embeddings))
+    check_tied_head(files, table, config.tie_word_embeddings)
     torch_dtype = parse_dtype(dtype)
     groups = _groups(files, mapping, mapping.get, max_shard_size, files.tensor_bytes())
     with atomic_directory(dst, overwrite=overwrite) as tmp:

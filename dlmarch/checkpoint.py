@@ -44,6 +44,7 @@ class WeightFiles:
 
     def __init__(self, directory: str | Path):
         self.dir = Path(directory)
+        self.weight_map: dict[str, str] | None = None  # an index's name -> shard, checked against the shards
         self.kind, self.files = self._find()
         self._headers: dict[Path, dict[str, tuple[tuple[int, ...], torch.dtype]]] = {}
         self._infos: dict[str, st.TensorInfo] = {}  # safetensors: where each tensor lives
@@ -68,6 +69,7 @@ class WeightFiles:
                 for f in files:
                     if not f.exists():
                         raise CheckpointError(f"{index}: lists {f.name}, which is missing")
+                self.weight_map = weight_map
                 return kind, files
             if (d / single).exists():
                 return kind, [d / single]
@@ -105,6 +107,19 @@ class WeightFiles:
                 if name in out:
                     raise CheckpointError(f"{self.dir}: tensor {name!r} appears in both {out[name][1]} and {f.name}")
                 out[name] = (shape, f.name)
+        if self.weight_map is not None:
+            # The index is what transformers trusts (it opens a shard by it): one that disagrees with
+            # the shards describes another checkpoint, and loading by either would be wrong.
+            index = self.dir / (INDEX_NAME if self.kind == "safetensors" else "pytorch_model.bin.index.json")
+            for name, file in sorted(self.weight_map.items()):
+                if name not in out:
+                    raise CheckpointError(f"{index}: weight_map lists {name!r} in {file}, which does not hold it")
+                if out[name][1] != file:
+                    raise CheckpointError(f"{index}: weight_map puts {name!r} in {file}, but {out[name][1]} holds it")
+            unlisted = sorted(set(out) - set(self.weight_map))
+            if unlisted:
+                raise CheckpointError(f"{index}: weight_map does not list {unlisted[0]!r} (in {out[unlisted[0]][1]})"
+                                      + (f" and {len(unlisted) - 1} more" if len(unlisted) > 1 else ""))
         return out
 
     def read(self, name: str) -> torch.Tensor:
@@ -399,6 +414,23 @@ def _cast(t: torch.Tensor, dtype: torch.dtype | None, device) -> torch.Tensor:
     if dtype is not None and t.is_floating_point():
         t = t.to(dtype)
     return t.to(device) if device is not None else t
+
+
+def check_tied_head(files: WeightFiles, table, tied: bool) -> None:
+    """Refuse a tied config beside a stored head that is not the embedding. With the head tied, the
+    loader drops the stored head (HF writes it or not), so a distinct one would vanish silently and
+    the model would not be the one that was trained; transformers drops it the same way."""
+    if not tied or table.tied_head is None:
+        return
+    found = files.all_tensors()
+    embedding = table.hf_name("wte.weight")
+    if table.tied_head not in found or embedding not in found:
+        return  # no head stored (the usual tied layout); a missing embedding is `plan`'s error
+    head, wte = files.read(table.tied_head), files.read(embedding)
+    if head.shape != wte.shape or not torch.equal(head, wte):
+        raise CheckpointError(
+            f"{files.dir / found[table.tied_head][1]}: {table.tied_head!r} differs from {embedding!r}, but config.json "
+            f"ties the head to the embedding; set tie_word_embeddings (LLaDA: weight_tying) to false to keep it")
 
 
 def load_weights(model: nn.Module, files: WeightFiles, rename, where: str, ignorable=lambda n: False, dtype=None, device=None) -> None:

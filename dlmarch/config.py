@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
@@ -129,6 +131,10 @@ class TransformerConfig:
         for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size",
                      "max_position_embeddings"):
             _positive_int(getattr(self, name), name)
+        if self.max_position_embeddings < 2:
+            # Every objective and sampler here conditions on at least one token to predict another.
+            raise ConfigError(f"max_position_embeddings {self.max_position_embeddings} leaves no room for a prompt "
+                              "token and a token to predict (at least 2)")
         if self.num_layers > MAX_LAYERS:
             raise ConfigError(f"num_layers {self.num_layers} is more than {MAX_LAYERS}; is the config right?")
         if self.head_dim != 0:
@@ -139,10 +145,14 @@ class TransformerConfig:
             value = getattr(self, f.name)
             if f.type == "bool":
                 _flag(value, f.name)
-            # Token ids index the embedding; pad_token_id is exempt because HF configs write -1 for
-            # "none" and nothing here embeds it.
-            elif f.name.endswith("_token_id") and f.name != "pad_token_id" and value is not None:
-                if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < self.vocab_size:
+            # Token ids are JSON integers ("5", 5.0 and true are refused, not cast); a mask token is
+            # required where the family has one (the sampler writes it). They index the embedding;
+            # pad_token_id's range is exempt because HF configs write -1 for "none" and nothing here
+            # embeds it.
+            elif f.name.endswith("_token_id") and (value is not None or f.name == "mask_token_id"):
+                if isinstance(value, bool) or not isinstance(value, int):
+                    raise ConfigError(f"{f.name} must be an integer token id, found {value!r}")
+                if f.name != "pad_token_id" and not 0 <= value < self.vocab_size:
                     raise ConfigError(f"{f.name} {value!r} is outside the vocabulary of {self.vocab_size}")
         if not isinstance(self.attn_backend, str):
             raise ConfigError(f"attn_backend must be one of {ATTN_BACKENDS}, found {self.attn_backend!r}")
@@ -282,19 +292,42 @@ def _eos_out(cfg: "TransformerConfig"):
     return cfg.eos_token_id
 
 
-def read_json(path: str | Path) -> dict:
-    """Read a JSON file; a one-line ConfigError names the file and the line of a syntax error."""
+def check_regular_file(path: str | Path, kind: str = "file") -> None:
+    """Refuse what is not a regular file before reading it: a directory, and a device or FIFO
+    (`/dev/zero` never ends, a FIFO blocks); one line naming the path."""
     path = Path(path)
     try:
-        text = path.read_bytes().decode("utf-8")
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
+    if stat.S_ISDIR(mode):
+        raise ConfigError(f"{path}: is a directory, not a {kind}")
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"{path}: not a regular file (a device, FIFO or socket), expected a {kind}")
+
+
+def read_text(path: str | Path, kind: str = "file") -> str:
+    """A regular UTF-8 text file's text; one-line ConfigError naming the file otherwise."""
+    path = Path(path)
+    check_regular_file(path, kind)
+    try:
+        return path.read_bytes().decode("utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
     except IsADirectoryError:
-        raise ConfigError(f"{path}: is a directory, not a JSON file") from None
+        raise ConfigError(f"{path}: is a directory, not a {kind}") from None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: invalid UTF-8 at byte {e.start}") from None
+
+
+def read_json(path: str | Path) -> dict:
+    """Read a JSON file; a one-line ConfigError names the file and the line of a syntax error."""
+    path = Path(path)
+    text = read_text(path, "JSON file")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
@@ -312,10 +345,7 @@ def jsonl_rows(path: str | Path):
     line does not parse. Lines are decoded one at a time, so one bad byte spoils one row, not the
     file. Callers decide whether a bad line stops them or is skipped and counted."""
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path}: no such file")
-    if path.is_dir():
-        raise ConfigError(f"{path}: is a directory, not a JSONL file")
+    check_regular_file(path, "JSONL file")
     try:
         with open(path, "rb") as f:
             for n, raw in enumerate(f, 1):
@@ -327,13 +357,35 @@ def jsonl_rows(path: str | Path):
                 if not line.strip():
                     continue
                 try:
-                    yield n, json.loads(line), None
+                    value = json.loads(line)
                 except json.JSONDecodeError as e:
                     yield n, None, f"{path}: line {n}: invalid JSON ({e.msg} at column {e.colno})"
+                    continue
                 except RecursionError:
                     yield n, None, f"{path}: line {n}: invalid JSON (nested too deeply)"
+                    continue
+                surrogate = _lone_surrogate(line, value)
+                if surrogate:
+                    yield n, None, f"{path}: line {n}: a lone surrogate {surrogate} is not text (an unpaired UTF-16 escape)"
+                else:
+                    yield n, value, None
     except OSError as e:
         raise ConfigError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _lone_surrogate(line: str, value) -> str | None:
+    """The first unpaired surrogate escape of a JSON line (`"\\ud800"` parses, then fails where the
+    text is encoded: a tokenizer, a file), or None. Only lines that write such an escape are checked."""
+    if not _SURROGATE_ESCAPE.search(line):
+        return None
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+        return None
+    except UnicodeEncodeError as e:
+        return f"\\u{ord(e.object[e.start]):04x}"
 
 
 def strict_dataclass(cls, d: dict, what: str):

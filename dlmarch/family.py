@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import NATIVE_FORMAT, WeightFiles, build_on_meta, load_weights
+from .checkpoint import NATIVE_FORMAT, WeightFiles, build_on_meta, check_tied_head, load_weights
 from .config import TransformerConfig, located, read_json
 from .errors import ConfigError
 from .keymaps import KeyTable
@@ -67,9 +67,26 @@ def config_from_native(raw: dict, families, where) -> TransformerConfig:
         found = "none" if "config" not in raw else type(raw["config"]).__name__
         raise ConfigError(f"{where}: a dlmarch config.json needs a 'config' object, found {found}")
     try:
-        return config_from_dict(raw["config"], families)
+        config = config_from_dict(raw["config"], families)
     except ConfigError as e:
         raise located(e, where) from None
+    # `model` names the class that wrote the checkpoint; one that is not this family's (a typo, a
+    # "os.system") must not load as the family's model. A subclass of it wrote it just as well.
+    cls = next(f.model_class for f in families if f.name == config.family)
+    if "model" in raw and raw["model"] not in _class_names(cls):
+        raise ConfigError(f"{where}: model {raw['model']!r} is not a {config.family} model class "
+                          f"(expected {cls.__name__!r})")
+    return config
+
+
+def _class_names(cls: type) -> set[str]:
+    """The names of a class and of every subclass of it."""
+    names, todo = set(), [cls]
+    while todo:
+        c = todo.pop()
+        names.add(c.__name__)
+        todo += c.__subclasses__()
+    return names
 
 
 def read_native_config(directory: str | Path) -> dict:
@@ -100,11 +117,14 @@ def load_transformer(path: str | Path, families, dtype: torch.dtype | None = Non
         tied = config.tie_word_embeddings
         rename, ignorable = table.native_name, (lambda n: table.is_ignorable(n, tied))
         where = f"{path} ({config.family} checkpoint)"
+    files = WeightFiles(path)
+    if raw.get("format") != NATIVE_FORMAT:
+        check_tied_head(files, table, tied)
     if config_overrides:
         config = config.replace(**config_overrides)
     family = next(f for f in families if f.name == config.family)
     model = build_on_meta(family.model_class, config)
-    load_weights(model, WeightFiles(path), rename, where, ignorable, dtype=dtype, device=device)
+    load_weights(model, files, rename, where, ignorable, dtype=dtype, device=device)
     model.source_dir = str(path)
     return model
 

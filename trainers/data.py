@@ -36,10 +36,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import torch
-from jinja2 import TemplateError
 from torch import Tensor
 
 from dlmarch.errors import DlmarchError
+from dlmarch.prompts import ChatTemplateError, render_chat
 
 from .sources import open_source
 
@@ -100,10 +100,10 @@ def render(tokenizer, row: dict, where: str, use_template: bool, full_conversati
     if not str(response).strip():
         raise DataError(f"{where}: empty response")
     if use_template:
-        prompt_text = tokenizer.apply_chat_template(context, add_generation_prompt=True, tokenize=False)
+        prompt_text = render_chat(tokenizer, context, add_generation_prompt=True)
         if not full_conversation:
             return prompt_text, response, False
-        full = tokenizer.apply_chat_template(context + [{"role": "assistant", "content": response}], tokenize=False)
+        full = render_chat(tokenizer, context + [{"role": "assistant", "content": response}])
         if not full.startswith(prompt_text):
             raise DataError(f"{where}: the chat template does not render the prompt as a prefix of the conversation")
         return prompt_text, full[len(prompt_text):], False
@@ -187,10 +187,9 @@ def load_examples(path: str | Path, tokenizer, max_length: int, *, eos_id: int, 
             check_row(row, where)
             try:
                 prompt, response = tokenize_row(tokenizer, row, where, eos_id, use_template, full_conversation)
-            except TemplateError as e:
+            except ChatTemplateError as e:
                 # The template is the model directory's code, run on this row: name both.
-                reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise DataError(f"{where}: the chat template failed: {reason}") from None
+                raise DataError(f"{where}: {e}") from None
             if len(prompt) >= max_length:
                 raise DataError(f"{where}: prompt of {len(prompt)} tokens leaves no room for a response "
                                 f"within --max-length {max_length}")

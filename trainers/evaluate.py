@@ -29,11 +29,14 @@ from pathlib import Path
 
 import torch
 
+from dlmarch.config import jsonl_rows, read_json, read_text
 from dlmarch.errors import DlmarchError
 from dlmarch.prompts import encode_prompts, left_pad
 from dlmarch.sampling.cli import sampler_warnings
 
 from .tasks import REASONING_PREFIX, TASKS, get_task, pass_at_k
+from .options import seed_problem
+from .tasks.common import is_int, wrong
 
 RUN_KEYS = ("task", "rows", "samples", "gen_length", "block_length", "steps", "temperature", "batch_size", "seed",
             "kv_cache", "threshold", "block_causal", "reasoning_prefix", "system_prompt")
@@ -104,36 +107,63 @@ def table(task, summary: dict) -> str:
 
 
 def read_generations(task, path: Path) -> list[dict]:
-    """(generation, row) records of a d1 generation file or of this command's JSONL."""
-    text = path.read_text()
+    """(generation, row) records of a d1 generation file or of this command's JSONL. Every value a
+    record needs is checked where it is read, so a bad file is one line naming it (and the item or
+    line), never a traceback or a silently wrong score."""
+    text = read_text(path, "generation file")
     try:
         data = json.loads(text)
     except json.JSONDecodeError:
-        data = None
+        data = None  # not one JSON document: JSONL, read line by line below
+    except RecursionError:
+        raise DlmarchError(f"{path}: invalid JSON (nested too deeply)") from None
     if isinstance(data, dict) and "generation" not in data:  # one JSON document: d1's file, not our JSONL
         if not isinstance(data.get("generations"), list):
             raise DlmarchError(f"{path}: a d1 generation file needs a \"generations\" list")
         out = []
         for i, item in enumerate(data["generations"]):
+            where = f"{path}: generations[{i}]"
             if not isinstance(item, dict) or "generations" not in item:
-                raise DlmarchError(f"{path}: generations[{i}]: expected {{question, generations, ground_truth}}")
-            out.append({"index": i, "generation": item["generations"], "reference": task.from_d1(item),
+                raise DlmarchError(f"{where}: expected {{question, generations, ground_truth}}")
+            for key in ("generations", "question"):
+                if key in item and not isinstance(item[key], str):
+                    raise DlmarchError(f"{where}: {wrong(key, 'a string', item[key])}")
+            try:
+                reference = task.from_d1(item)
+            except DlmarchError as e:
+                raise DlmarchError(f"{where}: {e}") from None
+            problem = task.check_row(reference)
+            if problem:
+                raise DlmarchError(f"{where}: {problem}")
+            out.append({"index": i, "generation": item["generations"], "reference": reference,
                         "question": item.get("question", "")})
         return out
     out = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DlmarchError(f"{path}: line {n}: not JSON ({e.msg})") from None
+    for n, rec, error in jsonl_rows(path):
+        if error:
+            raise DlmarchError(error)
         if not isinstance(rec, dict) or "generation" not in rec or "reference" not in rec:
             raise DlmarchError(f"{path}: line {n}: expected a record with \"generation\" and \"reference\"")
+        problem = _record_problem(task, rec)
+        if problem:
+            raise DlmarchError(f"{path}: line {n}: {problem}")
         out.append(rec)
     if not out:
         raise DlmarchError(f"{path}: no generations")
     return out
+
+
+def _record_problem(task, rec: dict) -> str | None:
+    """What is wrong with one record of our JSONL (index, sample, generation, reference), or None."""
+    for key in ("index", "sample"):
+        if key in rec and not (is_int(rec[key]) and rec[key] >= 0):
+            return wrong(key, "a non-negative integer", rec[key])
+    if not isinstance(rec["generation"], str):
+        return wrong("generation", "a string", rec["generation"])
+    if not isinstance(rec["reference"], dict):
+        return wrong("reference", "an object (the task's row)", rec["reference"])
+    problem = task.check_row(rec["reference"])
+    return f"reference: {problem}" if problem else None
 
 
 def rescore(task, paths: list[Path], extra=None, ks=None) -> tuple[dict, list[dict]]:
@@ -181,7 +211,7 @@ def _read_done(out: Path, with_final: bool) -> dict[tuple[int, int], dict]:
     skipped, and its batch redone), and with `with_final` those of a merged output already there."""
     done = {}
     for p in ([out] if with_final and out.exists() else []) + _partials(out):
-        for line in p.read_text().splitlines():
+        for line in read_text(p, "JSONL file").splitlines():  # invalid UTF-8 named with its file
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError:
@@ -248,7 +278,7 @@ def evaluate(model, tokenizer, task, rows: list[dict], *, gen_length: int = 128,
         ids, am = left_pad([encoded[i] for i, _ in batch], pad)
         ids, am = ids.to(model.device), am.to(model.device)
         # One generator per batch: its draws depend on the batch alone, not on which process runs it.
-        gen = torch.Generator(device=model.device).manual_seed(seed * 1_000_003 + b)
+        gen = torch.Generator(device=model.device).manual_seed((seed * 1_000_003 + b) % (1 << 62))
         with torch.no_grad():
             if is_l2d:
                 x = generate_l2d(model, ids, am, max_new_tokens=gen_length, temperature=temperature, generator=gen,
@@ -343,9 +373,15 @@ def main(argv=None) -> int:
         for name in ("steps", "gen_length", "block_length", "batch_size", "num"):  # 0 would otherwise fall back to the default
             if getattr(args, name) is not None and getattr(args, name) < 1:
                 raise DlmarchError(f"--{name.replace('_', '-')} must be at least 1, found {getattr(args, name)}")
-        ks = [int(k) for k in args.pass_k.split(",")] if args.pass_k else None
+        try:
+            ks = [int(k) for k in args.pass_k.split(",")] if args.pass_k else None
+        except ValueError:
+            raise DlmarchError(f"--pass-k must be comma-separated integers (1,8), found {args.pass_k!r}") from None
         if ks and min(ks) < 1:
             raise ValueError(f"--pass-k: k must be positive, found {args.pass_k}")
+        problem = seed_problem(args.seed)
+        if problem:
+            raise DlmarchError(f"--seed {problem}")
         task = get_task(args.task, **({"with_system_prompt": False} if args.no_system_prompt else {}))
         if args.no_system_prompt:
             task.system_prompt = None
@@ -403,7 +439,7 @@ def _check_run(out: Path, run: dict, resume: bool, rank: int) -> None:
     if _partials(out) and not resume:
         raise DlmarchError(f"{out}: an interrupted run's partial files are there; pass --resume or another --output")
     if resume and marker.exists():
-        before = json.loads(marker.read_text())
+        before = read_json(marker)  # one line naming it when it is not a JSON object
         changed = [k for k in RUN_KEYS if before.get(k) != run.get(k)]
         if changed:
             raise DlmarchError(f"{marker}: --resume with other options than the interrupted run: {changed}")

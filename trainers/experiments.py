@@ -38,7 +38,8 @@ from pathlib import Path
 
 import torch
 
-from dlmarch.errors import DlmarchError
+from dlmarch.config import read_json
+from dlmarch.errors import DlmarchError, os_error_line
 
 from .demo import TAGS, new_llada, new_llama, prepare_output, prompt_length, run_eval, train_stage, write_data
 
@@ -575,11 +576,18 @@ def main(argv=None) -> int:
     t0 = time.time()
     try:
         # a directory of the user's is refused before anything is written; ours (marked) is continued
+        blocking = next((d for d in [out, *out.parents] if d.exists() and not d.is_dir()), None)
+        if blocking is not None:
+            raise DlmarchError(f"--output {out}: {blocking} is a file, not a directory")
         prepare_output(out, resume=True, overwrite=False)
         try:
-            results = json.loads(results_path.read_text()) if results_path.exists() else {}
-        except json.JSONDecodeError as e:
-            raise DlmarchError(f"{results_path}: not JSON ({e}); move it away to start over") from None
+            results = read_json(results_path) if results_path.exists() else {}
+            config = results.get("config", {})
+            if not isinstance(config, dict) or isinstance(config.get("seconds", 0.0), bool) \
+                    or not isinstance(config.get("seconds", 0.0), (int, float)):
+                raise DlmarchError(f"{results_path}: 'config' is not the object this command writes")
+        except DlmarchError as e:
+            raise DlmarchError(f"{e}; move it away to start over") from None
         spent = results.get("config", {}).get("seconds", 0.0)  # earlier commands on this output (resumed, --only)
         if results and results.get("config", {}).get("quick") != args.quick:
             raise DlmarchError(f"{results_path} holds a {'quick' if results['config']['quick'] else 'full'} run; "
@@ -600,6 +608,9 @@ def main(argv=None) -> int:
         write_text(out / "report.md", report(results, out))
     except DlmarchError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: {os_error_line(e)}", file=sys.stderr)
         return 2
     print(f"experiments finished in {time.time() - t0:.0f}s: {out / 'report.md'}, {results_path}")
     return 0

@@ -42,6 +42,7 @@ from torch import nn
 from dlmarch import safetensors_io as st
 from dlmarch.checkpoint import (atomic_directory, check_disjoint, clean_stale_temps, foreign_entries,
                                 write_json, write_manifest, verify_manifest)
+from dlmarch.config import read_json
 from dlmarch.dtypes import parse_dtype
 from dlmarch.errors import DlmarchError
 from dlmarch.hub import local_model_dir
@@ -114,7 +115,7 @@ def barrier():
 def micro_generator(seed: int, step: int, index: int, device) -> torch.Generator:
     """The generator of micro-batch `index` of step `step`: a pure function of the three."""
     g = torch.Generator(device=device)
-    g.manual_seed((seed * 1_000_003 + step) * 10_007 + index)
+    g.manual_seed(((seed * 1_000_003 + step) * 10_007 + index) % (1 << 62))  # torch takes 64 bits; smaller seeds unchanged
     return g
 
 
@@ -263,7 +264,7 @@ def record_run(out: Path, args, rank: int) -> None:
         run_json = out / "run.json"
         now = _run_options(args)
         if args.resume and run_json.exists():
-            recorded = json.loads(run_json.read_text())
+            recorded = read_json(run_json)  # one line naming it when it is not a JSON object of options
             changed = {}
             for k, v in now.items():
                 if k not in recorded or recorded[k] == v:
@@ -331,13 +332,20 @@ def truncate_metrics(path: Path, last_step: int) -> None:
     if not path.exists():
         return
     keep = []
-    for line in path.read_text().splitlines():
+    lines = [x for x in path.read_bytes().split(b"\n") if x.strip()]
+    for n, raw in enumerate(lines, 1):
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            break
-        if row.get("step", 0) <= last_step:
-            keep.append(line)
+            row = json.loads(raw.decode("utf-8"))
+        except (ValueError, RecursionError) as e:  # JSON or UTF-8: a kill's half line is the last one
+            if n == len(lines):
+                break
+            what = "invalid UTF-8" if isinstance(e, UnicodeDecodeError) else "invalid JSON"
+            raise DlmarchError(f"{path}: line {n}: {what}; the run's metrics are damaged (remove the line to resume)") from None
+        if not isinstance(row, dict) or isinstance(row.get("step"), bool) or not isinstance(row.get("step"), int):
+            raise DlmarchError(f"{path}: line {n}: expected a metrics object with an integer step, found "
+                               f"{raw.decode('utf-8')[:60]!r}")
+        if row["step"] <= last_step:
+            keep.append(raw.decode("utf-8"))
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(x + "\n" for x in keep))
     os.replace(tmp, path)

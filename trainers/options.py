@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from dlmarch.config import read_text
 from dlmarch.errors import DlmarchError
 
 from .sources import add_options as add_source_options, is_dataset_folder
@@ -96,7 +97,7 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> arg
         parser.error("missing " + ", ".join(f"--{m}" for m in missing) + " (on the command line or in --config)")
     actions = {a.dest: a for a in parser._actions}
     for dest, value in vars(args).items():
-        problem = _out_of_range(dest, value)
+        problem = _not_finite(value) or _out_of_range(dest, value)
         if problem:
             raise DlmarchError(f"{_flag(actions[dest])} {problem}")
     _check_paths(args)
@@ -106,13 +107,9 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> arg
 def _yaml_values(parser: argparse.ArgumentParser, path: Path) -> dict:
     """{dest: value} of a YAML option file, each value converted and checked like its flag's text."""
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise DlmarchError(f"{path}: no such file") from None
-    except UnicodeDecodeError as e:
-        raise DlmarchError(f"{path}: invalid UTF-8 at byte {e.start}") from None
-    except OSError as e:
-        raise DlmarchError(f"{path}: cannot read ({e.strerror})") from None
+        values = yaml.safe_load(read_text(path, "YAML file")) or {}
+    except RecursionError:
+        raise DlmarchError(f"{path}: invalid YAML (nested too deeply)") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -130,7 +127,7 @@ def _yaml_values(parser: argparse.ArgumentParser, path: Path) -> dict:
             out[dest] = _convert(actions[dest], value)
         except _Invalid as e:
             raise DlmarchError(f"{where}: {e}") from None
-        problem = _out_of_range(dest, out[dest])
+        problem = _not_finite(out[dest]) or _out_of_range(dest, out[dest])
         if problem:
             raise DlmarchError(f"{where} {problem}")
     return out
@@ -212,7 +209,14 @@ RANGES = {
     "block_size": _at_least(1), "probe_every": _at_least(1), "l2d_lora_rank": _at_least(1),
     "flow_dim": _at_least(1), "num_classes": _at_least(1), "noise_scale": _positive,
     "random_length_fraction": _fraction, "eval_every": _at_least(1), "print_every": _at_least(1),
+    "prefix_mask_rate": _fraction, "suffix_mask_prob": _fraction, "l2d_lora_alpha": _positive, "cart_p": _positive,
+    "seed": lambda v: seed_problem(v),
 }
+
+
+def seed_problem(v: int) -> str | None:
+    """A seed torch and every generator derived from it can take (64-bit: 2**70 overflows inside torch)."""
+    return None if 0 <= v < 2**63 else f"must be between 0 and 2**63 - 1, found {v}"
 
 
 def _out_of_range(dest: str, value) -> str | None:
@@ -224,6 +228,14 @@ def _out_of_range(dest: str, value) -> str | None:
             problem = rule(v)
             if problem:
                 return problem
+    return None
+
+
+def _not_finite(value) -> str | None:
+    """nan and inf pass every comparison-based range the wrong way (nan >= 0 is False, but so is nan < 0)."""
+    for v in value if isinstance(value, (list, tuple)) else [value]:
+        if isinstance(v, float) and not math.isfinite(v):
+            return f"must be a finite number, found {v}"
     return None
 
 

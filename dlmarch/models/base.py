@@ -6,6 +6,7 @@ attention mask is built once per forward (`build_mask`) and handed to every bloc
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..checkpoint import save_native
 from ..config import TransformerConfig
+from ..errors import ConfigError
 from ..family import load_transformer
 from ..layers import Block, RMSNorm, Rope, rope_tables
 from ..attention import compute_dtype, resolve_backend
@@ -47,6 +49,32 @@ def positions_from_docs(doc_ids: Tensor) -> Tensor:
     return idx - first
 
 
+def memory_of(device: torch.device) -> int | None:
+    """Bytes of memory of a device: the machine's RAM for the CPU, the card's for CUDA; None when unknown."""
+    try:
+        if device.type == "cpu":
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        if device.type == "cuda":
+            return torch.cuda.get_device_properties(device).total_memory
+    except (ValueError, OSError, RuntimeError, AssertionError):
+        pass
+    return None
+
+
+def check_fits(n_params: int, what: str, device: torch.device | None = None) -> None:
+    """Refuse to build `n_params` parameters on `device` (default: the current default device) when they
+    cannot fit in its memory at the default dtype: the allocation would fail (or the machine swap to a
+    halt) before any other check. Building on the meta device (loading) costs nothing and is never refused."""
+    device = torch.device(device) if device is not None else torch.get_default_device()
+    if device.type == "meta":
+        return
+    dtype = torch.get_default_dtype()
+    need, have = n_params * dtype.itemsize, memory_of(device)
+    if have is not None and need > have:
+        raise ConfigError(f"{what} has {n_params:,} parameters, {need / 2**30:,.1f} GiB in {dtype} on {device}, "
+                          f"which has {have / 2**30:,.1f} GiB; is the config right?")
+
+
 class TransformerLM(nn.Module):
     """wte -> blocks -> ln_f -> lm_head. Native parameter names: `wte`, `blocks.N.*`, `ln_f`, `lm_head`."""
 
@@ -66,6 +94,8 @@ class TransformerLM(nn.Module):
         if not isinstance(config, self.config_class):
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
         self.config = config
+        check_fits(config.num_params(), f"a {config.family} model of hidden_size {config.hidden_size}, "
+                                        f"{config.num_layers} layers and a vocabulary of {config.vocab_size}")
         c = config.hidden_size
         self.wte = nn.Embedding(config.vocab_size, c)
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))

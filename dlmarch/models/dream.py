@@ -16,6 +16,7 @@ padded slots get 1). `build_mask` below derives those positions when none are gi
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -58,10 +59,12 @@ class DreamConfig(Qwen2Config):
         if hf.get("pad_token_id") is None:
             kw["pad_token_id"] = DREAM_PAD_TOKEN_ID
         mask = hf.get("mask_token_id", DREAM_MASK_TOKEN_ID)
-        if mask is None:
-            raise ConfigError("Dream config.json: mask_token_id is null (the sampler needs it)")
+        if mask is None or mask == []:
+            raise ConfigError(f"Dream config.json: mask_token_id is {json.dumps(mask)} (the sampler needs one)")
         kw["hf_extra"].pop("mask_token_id", None)
-        return cls(qkv_bias=True, out_bias=False, mlp_bias=False, mask_token_id=int(_first(mask)), **kw)
+        # A list keeps its first id, as for eos_token_id; the value is checked (an integer in the
+        # vocabulary) with every other token id, never cast.
+        return cls(qkv_bias=True, out_bias=False, mlp_bias=False, mask_token_id=_first(mask), **kw)
 
     def to_hf(self) -> dict:
         """The 7B's layout: Qwen2's fields, `mask_token_id`, the remote-code `auto_map`; no

@@ -35,14 +35,14 @@ from torch import Tensor, nn
 
 from ..checkpoint import (NATIVE_FORMAT, WeightFiles, atomic_update, copy_weights, is_weight_file, native_header,
                           write_json, write_weights)
-from ..config import read_json, strict_dataclass
+from ..config import _positive_int, read_json, strict_dataclass
 from ..errors import ConfigError
 from ..family import Family, config_from_dict, read_native_config
 from ..hub import is_hub_id, local_model_dir, snapshot_repo_id
 from ..layers import Block, Modulation, rope_tables
 from ..attention import compute_dtype, resolve_backend
 from ..masks import AttentionMask, Tokens, pack_selected
-from .base import ModelOutput
+from .base import ModelOutput, check_fits
 from .causal import CausalLM
 
 
@@ -86,6 +86,13 @@ class L2DConfig:
     guidance: float | None = None  # nstep_guidance_parameter (w); None: 1.0 when classes exist
 
     def __post_init__(self):
+        # Sizes first: a string or an absurd count would otherwise reach a Linear's allocation.
+        for name in ("flow_dim", "flow_embed_layers", "flow_in_layers", "time_freq_size", "time_layers", "lora_rank",
+                     "ode_steps"):
+            _positive_int(getattr(self, name), f"L2D {name}")
+        for name in ("flow_in_hidden", "time_hidden", "num_classes"):
+            if getattr(self, name) is not None:
+                _positive_int(getattr(self, name), f"L2D {name}")
         if self.adapter not in ("lora", "full"):
             raise ConfigError(f"L2D adapter must be 'lora' or 'full', found {self.adapter!r}")
         if self.flow_rescaling not in ("mult", "div", "none"):
@@ -99,6 +106,21 @@ class L2DConfig:
         x1_temperature_schedule(self.temperature)  # refuses an unknown schedule by name
         if self.freeze_modulation_at_flow_start and not self.preserve_behavior_at_flow_start:
             raise ConfigError("freeze_modulation_at_flow_start needs preserve_behavior_at_flow_start")
+
+    def num_params(self, main) -> int:
+        """Parameters of the diffusion path on a main path of config `main` (its blocks are built at
+        the main's shape, then LoRA-wrapped or kept): for the memory check before building it."""
+        H, Fd, ht = main.hidden_size, self.flow_dim, self.time_hidden or main.hidden_size
+        fh = self.flow_in_hidden or H
+
+        def mlp_params(sizes):
+            return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
+
+        n = mlp_params([H] + [Fd] * self.flow_embed_layers) + mlp_params([Fd] + [fh] * (self.flow_in_layers - 1) + [H])
+        n += mlp_params([self.time_freq_size] + [ht] * self.time_layers) + mlp_params([ht, ht, H])
+        n += ((self.num_classes or 0) + 1) * ht
+        per_layer = mlp_params([ht, ht, 6 * H]) + main.num_params(include_embedding=False) // main.num_layers
+        return n + main.num_layers * per_layer
 
     @property
     def flow_scale(self) -> float:
@@ -357,6 +379,7 @@ class L2DModel(nn.Module):
         H, Fd = mc.hidden_size, config.flow_dim
         ht = config.time_hidden or H
         device = main.wte.weight.device
+        check_fits(config.num_params(mc), f"the L2D diffusion path of flow_dim {Fd} on a hidden size of {H}", device)
         with torch.device(device):
             self.flow_embed = mlp([H] + [Fd] * config.flow_embed_layers)
             self.flow_in = mlp([Fd] + [config.flow_in_hidden or H] * (config.flow_in_layers - 1) + [H])

@@ -15,11 +15,13 @@ import sys
 
 import pytest
 
-from tests.helpers import L2D_TINY, LLADA_TINY, make_task
+from tests.helpers import FIXTURES, L2D_TINY, LLADA_TINY, make_task
 
 LLAMA_TINY = L2D_TINY / "base"  # a transformers Llama checkpoint
 CONFIG = json.loads((LLADA_TINY / "config.json").read_text())
 LLAMA_CONFIG = json.loads((LLAMA_TINY / "config.json").read_text())
+DREAM_TINY = FIXTURES / "dream-tiny"
+DREAM_CONFIG = json.loads((DREAM_TINY / "config.json").read_text())
 
 
 def assert_refused(rc, stderr: str, dst, *names):
@@ -87,6 +89,47 @@ def test_malformed_llama_config_values(tmp_path, capsys, change):
     (src / "config.json").write_text(json.dumps({**LLAMA_CONFIG, **change}))
     rc, err = _convert(["import", src, dst], capsys)
     assert_refused(rc, err, dst, src / "config.json")
+
+
+DREAM_CASES = [{"mask_token_id": "159"}, {"mask_token_id": 159.0}, {"mask_token_id": True}, {"mask_token_id": []},
+               {"mask_token_id": {"id": 159}}, {"mask_token_id": None}, {"mask_token_id": 160}, {"mask_token_id": ["x"]},
+               {"pad_token_id": "150"}, {"pad_token_id": 1.5}, {"pad_token_id": False}, {"eos_token_id": "150"},
+               {"use_sliding_window": True}, {"vocab_size": "160"}, {"tie_word_embeddings": True}]
+
+
+@pytest.mark.parametrize("change", DREAM_CASES, ids=[json.dumps(c)[:40] for c in DREAM_CASES])
+def test_malformed_dream_config_values(tmp_path, capsys, change):
+    """Dream's config.json, refused as LLaDA's and Llama's are: by import, and by loading it directly.
+    tie_word_embeddings true beside the fixture's own (distinct) lm_head.weight would drop the head."""
+    from dlmarch import AutoModel
+    from dlmarch.errors import DlmarchError
+
+    src, dst = tmp_path / "src", tmp_path / "out" / "native"
+    shutil.copytree(DREAM_TINY, src)
+    (src / "config.json").write_text(json.dumps({**DREAM_CONFIG, **change}))
+    rc, err = _convert(["import", src, dst], capsys)
+    assert_refused(rc, err, dst, src / "config.json", src / "model.safetensors")
+    with pytest.raises(DlmarchError, match="config.json|model.safetensors") as e:
+        AutoModel.from_pretrained(src)
+    assert len(str(e.value).splitlines()) == 1
+
+
+def test_a_tied_dream_config_with_the_embedding_as_head_loads(tmp_path):
+    """The refusal above is for a head that differs: a stored head equal to the embedding is what a
+    tied checkpoint may hold (HF writes it or not)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from dlmarch import AutoModel
+
+    src = tmp_path / "src"
+    shutil.copytree(DREAM_TINY, src)
+    (src / "config.json").write_text(json.dumps({**DREAM_CONFIG, "tie_word_embeddings": True}))
+    sd = load_file(src / "model.safetensors")
+    sd["lm_head.weight"] = sd["model.embed_tokens.weight"].clone()
+    save_file(sd, src / "model.safetensors", metadata={"format": "pt"})
+    model = AutoModel.from_pretrained(src)
+    assert model.config.tie_word_embeddings and torch.equal(model.wte.weight, sd["model.embed_tokens.weight"])
 
 
 @pytest.mark.parametrize("raw", RAW_CONFIGS, ids=range(len(RAW_CONFIGS)))
@@ -300,3 +343,164 @@ def test_subprocesses_print_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "trainers.sft", "--config", str(cfg), "--model", str(src), "--data",
                         str(tmp_path / "d.jsonl"), "--output", str(out)], capture_output=True, text=True)
     assert_refused(r.returncode, r.stderr, out, cfg)
+
+
+# --- evaluate: data files and --score files --------------------------------------------------------------------
+
+GOOD_D1 = {"gsm8k": {"question": "q", "generations": "\\boxed{3}", "ground_truth": 3.0},
+           "countdown": {"question": "q", "generations": "\\boxed{1+2}", "ground_truth": [[1, 2], 3]},
+           "sudoku": {"question": "Solve the following Sudoku puzzle: 3102200002100320\n", "generations": "x",
+                      "ground_truth": "3142243142131324"},
+           "math500": {"question": "q", "generations": "\\boxed{3}", "ground_truth": "3"}}
+GOOD_ROW = {"gsm8k": {"question": "q", "answer": "#### 3"}, "countdown": {"numbers": [1, 2], "target": 3},
+            "sudoku": {"puzzle": "3102200002100320", "solution": "3142243142131324"},
+            "math500": {"problem": "p", "answer": "3"}}
+
+
+def _ours(task, **changes):
+    return json.dumps({"index": 0, "sample": 0, "generation": "g", "reference": GOOD_ROW[task], **changes}).encode()
+
+
+SCORE_CASES = [  # (task, file bytes, what the one line must name besides the file)
+    ("gsm8k", b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+    ("gsm8k", b'{"generations": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested too deeply"),
+    ("sudoku", _ours("sudoku")[:-1] + b', "x": "\xff"}', "invalid UTF-8"),
+    ("gsm8k", _ours("gsm8k", index="0"), "index must be a non-negative integer"),
+    ("gsm8k", _ours("gsm8k", index=1.5), "index must be a non-negative integer"),
+    ("gsm8k", _ours("gsm8k", index=True), "index must be a non-negative integer"),
+    ("gsm8k", _ours("gsm8k", sample=-1), "sample must be a non-negative integer"),
+    ("gsm8k", _ours("gsm8k", reference="#### 3"), "reference must be an object"),
+    ("gsm8k", _ours("gsm8k", generation=5), "generation must be a string"),
+    ("countdown", _ours("countdown", reference={"numbers": ["1", "2"], "target": 3}), "numbers must be"),
+    ("countdown", _ours("countdown", reference={"numbers": [1, 2], "target": None}), "target must be an integer"),
+    ("sudoku", _ours("sudoku", reference={"puzzle": 3102200002100320, "solution": "3142243142131324"}), "puzzle must be"),
+    ("math500", _ours("math500", reference={"problem": ["p"], "answer": "3"}), "problem must be a string"),
+    ("gsm8k", b'{"index": 0, "generation": "\\ud800", "reference": {"question": "q", "answer": "#### 3"}}',
+     "lone surrogate"),
+    ("gsm8k", json.dumps({"generations": [{**GOOD_D1["gsm8k"], "generations": 5}]}).encode(), "generations[0]"),
+    ("gsm8k", json.dumps({"generations": [{**GOOD_D1["gsm8k"], "ground_truth": "3"}]}).encode(), "ground_truth must be"),
+    ("gsm8k", json.dumps({"generations": [{**GOOD_D1["gsm8k"], "question": ["q"]}]}).encode(), "question must be"),
+    ("countdown", json.dumps({"generations": [{**GOOD_D1["countdown"], "ground_truth": [["1"], 3]}]}).encode(),
+     "numbers must be"),
+    ("countdown", json.dumps({"generations": [{**GOOD_D1["countdown"], "ground_truth": [[1, 2], None]}]}).encode(),
+     "target must be"),
+    ("sudoku", json.dumps({"generations": [{**GOOD_D1["sudoku"], "ground_truth": 3142243142131324}]}).encode(),
+     "solution must be"),
+    ("sudoku", json.dumps({"generations": [{**GOOD_D1["sudoku"], "question": "no puzzle"}]}).encode(), "generations[0]"),
+    ("math500", json.dumps({"generations": [{**GOOD_D1["math500"], "ground_truth": 3}]}).encode(), "ground_truth must be"),
+]
+
+
+@pytest.mark.parametrize("task,raw,what", SCORE_CASES, ids=range(len(SCORE_CASES)))
+def test_malformed_score_files(tmp_path, capsys, task, raw, what):
+    from trainers.evaluate import main
+
+    f = tmp_path / "gen.json"
+    f.write_bytes(raw)
+    out = tmp_path / "verdicts.jsonl"
+    rc = main(["--task", task, "--score", str(f), "--output", str(out)])
+    assert_refused(rc, capsys.readouterr().err, out, f)
+
+
+@pytest.mark.parametrize("task,raw,what", SCORE_CASES, ids=range(len(SCORE_CASES)))
+def test_malformed_score_files_say_what(tmp_path, task, raw, what):
+    from dlmarch.errors import DlmarchError
+    from trainers.evaluate import read_generations
+    from trainers.tasks import get_task
+
+    f = tmp_path / "gen.json"
+    f.write_bytes(raw)
+    with pytest.raises(DlmarchError) as e:
+        read_generations(get_task(task), f)
+    assert str(e.value).startswith(str(f)) and what in str(e.value) and len(str(e.value).splitlines()) == 1, str(e.value)
+
+
+def test_good_score_files_still_score(tmp_path):
+    from trainers.evaluate import rescore
+    from trainers.tasks import get_task
+
+    for task in GOOD_D1:
+        d1_file, ours = tmp_path / f"{task}.json", tmp_path / f"{task}.jsonl"
+        d1_file.write_text(json.dumps({"generations": [GOOD_D1[task]]}))
+        ours.write_bytes(_ours(task) + b"\n")
+        for f in (d1_file, ours):
+            summary, records = rescore(get_task(task), [f])
+            assert summary["n"] == 1 and len(records) == 1
+
+
+DATA_CASES = [
+    ("countdown", {"numbers": ["1", "2"], "target": 3}, "numbers must be a non-empty list of integers"),
+    ("countdown", {"numbers": [1, 2], "target": None}, "target must be an integer"),
+    ("countdown", {"numbers": [1, 2], "target": "3"}, "target must be an integer"),
+    ("countdown", {"numbers": [], "target": 3}, "numbers must be"),
+    ("countdown", {"input": "1,a", "output": "3"}, "input must be comma-separated integers"),
+    ("countdown", {"input": [1, 2], "output": "3"}, "input must be"),
+    ("countdown", {"input": "1,2", "output": None}, "output must be an integer"),
+    ("gsm8k", {"question": "q", "answer": None}, "answer must be a string"),
+    ("gsm8k", {"question": ["q"], "answer": "#### 3"}, "question must be a string"),
+    ("math500", {"problem": ["p"], "answer": "3"}, "problem must be a string"),
+    ("math500", {"problem": "p", "answer": None}, "answer must be a string"),
+    ("sudoku", {"puzzle": 3102200002100320, "solution": "3142243142131324"}, "puzzle must be 16 digits"),
+]
+
+
+@pytest.mark.parametrize("task,row,what", DATA_CASES, ids=range(len(DATA_CASES)))
+def test_malformed_task_data(tmp_path, capsys, task, row, what):
+    """Through `trainers.evaluate --data` (the rows are read before any model is)."""
+    from trainers.evaluate import main
+
+    f, out = tmp_path / "data.jsonl", tmp_path / "out" / "eval.jsonl"
+    f.write_text(json.dumps(GOOD_ROW[task]) + "\n" + json.dumps(row) + "\n")
+    rc = main(["--task", task, "--data", str(f), "--model", str(tmp_path / "none"), "--output", str(out)])
+    err = capsys.readouterr().err
+    assert_refused(rc, err, out, f"{f}: line 2: {what}")
+
+
+@pytest.mark.parametrize("raw,what", [(b"Puzzle,Solution\n3102200002100320,314224314213132\xff\n", "invalid UTF-8"),
+                                      (b"Puzzle,Solution\n3102200002100320,31422431421313\n", "solution must be 16 digits")])
+def test_malformed_sudoku_csv(tmp_path, capsys, raw, what):
+    from trainers.evaluate import main
+
+    f, out = tmp_path / "4x4_test_sudoku.csv", tmp_path / "out" / "eval.jsonl"
+    f.write_bytes(raw)
+    rc = main(["--task", "sudoku", "--data", str(f), "--model", str(tmp_path / "none"), "--output", str(out)])
+    err = capsys.readouterr().err
+    assert_refused(rc, err, out, f)
+    assert what in err
+
+
+@pytest.mark.parametrize("flag", ["--score", "--data"])
+def test_a_device_as_a_file_is_refused(tmp_path, capsys, flag):
+    """/dev/zero never ends: reading it whole used to fill the memory."""
+    from trainers.evaluate import main
+
+    out = tmp_path / "out" / "eval.jsonl"
+    argv = ["--task", "sudoku", flag, "/dev/zero", "--output", str(out)]
+    rc = main(argv + (["--model", str(tmp_path / "none")] if flag == "--data" else []))
+    err = capsys.readouterr().err
+    assert_refused(rc, err, out, "/dev/zero: not a regular file")
+
+
+# --- to-diffusion: sources and ids -----------------------------------------------------------------------------
+
+TO_DIFFUSION_CASES = [  # (config change of the Llama source, extra flags)
+    ({"num_hidden_layers": "2"}, []), ({"vocab_size": 96.5}, []), ({"eos_token_id": "1"}, []),
+    ({"pad_token_id": "x"}, []), ({"max_position_embeddings": 1}, []), ({"tie_word_embeddings": True}, []),
+    ({"model_type": "gpt2"}, []), ({}, ["--mask-token-id", "-1"]), ({}, ["--mask-token-id", str(10**6)]),
+    ({}, ["--mask-token-id", "x"]), ({"rope_scaling": {"rope_type": "yarn", "factor": 2}}, []),
+]
+
+
+@pytest.mark.parametrize("style", ["dream", "llada"])
+@pytest.mark.parametrize("change,flags", TO_DIFFUSION_CASES, ids=[json.dumps(c)[:30] + " ".join(f) for c, f in TO_DIFFUSION_CASES])
+def test_malformed_to_diffusion_inputs(tmp_path, capsys, style, change, flags):
+    src, dst = tmp_path / "src", tmp_path / "out" / "diffusion"
+    shutil.copytree(LLAMA_TINY, src)
+    (src / "config.json").write_text(json.dumps({**LLAMA_CONFIG, **change}))
+    try:
+        rc, err = _convert(["to-diffusion", src, dst, "--style", style, *flags], capsys)
+    except SystemExit as e:  # argparse: a flag that is not an integer
+        rc, err = e.code, capsys.readouterr().err
+        assert rc == 2 and "--mask-token-id" in err and not dst.exists()
+        return
+    assert_refused(rc, err, dst, src / "config.json", src / "model.safetensors", "--mask-token-id", "mask")

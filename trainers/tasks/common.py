@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
 
-from dlmarch.config import jsonl_rows
+from dlmarch.config import jsonl_rows, read_text
 from dlmarch.errors import DlmarchError
+from dlmarch.prompts import render_chat
 
 from .d1 import user_message
 
 REASONING_PREFIX = "<reasoning>"  # d1: appended after the chat template's generation prompt
 
 
-def read_jsonl(path: str | Path, task: str, formats: tuple[tuple[str, ...], ...]) -> list[dict]:
-    """Rows of a task's JSONL file; each row must have the keys of one of `formats`."""
+def read_jsonl(path: str | Path, task: str, formats: tuple[tuple[str, ...], ...], check=None) -> list[dict]:
+    """Rows of a task's JSONL file; each row must have the keys of one of `formats`, and `check(row)`
+    (the task's `check_row`) find nothing wrong with their values."""
     rows = []
     for n, row, error in jsonl_rows(path):
         if error:
@@ -24,6 +27,9 @@ def read_jsonl(path: str | Path, task: str, formats: tuple[tuple[str, ...], ...]
             found = sorted(row) if isinstance(row, dict) else type(row).__name__
             wanted = " or ".join(str(list(k)) for k in formats)
             raise DlmarchError(f"{path}: line {n}: a {task} row needs {wanted}, found {found}")
+        problem = check(row) if check is not None else None
+        if problem:
+            raise DlmarchError(f"{path}: line {n}: {problem}")
         rows.append(row)
     if not rows:
         raise DlmarchError(f"{path}: no rows")
@@ -32,15 +38,36 @@ def read_jsonl(path: str | Path, task: str, formats: tuple[tuple[str, ...], ...]
 
 def read_csv(path: str | Path, task: str, columns: tuple[str, ...]) -> list[dict]:
     """Rows of a CSV file with a header naming at least `columns`; every value kept as text."""
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
+    text = read_text(path, f"{task} CSV file")
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
         missing = [c for c in columns if c not in (reader.fieldnames or [])]
         if missing:
             raise DlmarchError(f"{path}: line 1: a {task} CSV needs columns {list(columns)}, missing {missing}")
         rows = list(reader)
+    except csv.Error as e:
+        raise DlmarchError(f"{path}: line {reader.line_num}: invalid CSV ({e})") from None
     if not rows:
         raise DlmarchError(f"{path}: no rows")
     return rows
+
+
+def describe(value) -> str:
+    """A value as a message shows it: its repr, cut short."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def wrong(key: str, expected: str, value) -> str:
+    return f"{key} must be {expected}, found {describe(value)}"
+
+
+def is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -85,7 +112,7 @@ class Task:
 
     def prompt_text(self, tokenizer, row: dict, reasoning_prefix: bool = True) -> str:
         """The prompt string d1 feeds the model: chat template with its generation prompt, then <reasoning>."""
-        text = tokenizer.apply_chat_template(self.messages(row), add_generation_prompt=True, tokenize=False)
+        text = render_chat(tokenizer, self.messages(row), add_generation_prompt=True)
         return text + (REASONING_PREFIX if reasoning_prefix else "")
 
     def score(self, generation: str, row: dict) -> dict:
@@ -97,6 +124,11 @@ class Task:
 
     def from_d1(self, item: dict) -> dict:
         raise NotImplementedError
+
+    def check_row(self, row: dict) -> str | None:
+        """What is wrong with the values of a row (its keys are checked by the reader), or None: the
+        row of a data file, or the reference of a generation being re-scored."""
+        return None
 
     def summarize(self, records: list[dict]) -> dict:
         n = len(records)

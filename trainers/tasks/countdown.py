@@ -17,7 +17,7 @@ import re
 from fractions import Fraction
 from pathlib import Path
 
-from .common import Task, read_jsonl
+from .common import Task, is_int, read_jsonl, wrong
 from .d1 import COUNTDOWN_SYSTEM_PROMPT, countdown_correct, countdown_expression, countdown_value, uses_exactly
 
 _OPS = ("+", "-", "*", "/")
@@ -71,9 +71,23 @@ class Countdown(Task):
             self.system_prompt = None
 
     def load(self, path: str | Path) -> list[dict]:
-        rows = read_jsonl(path, self.name, (("numbers", "target"), ("input", "output")))
-        return [r if "numbers" in r else {"numbers": [int(x) for x in str(r["input"]).split(",")],
+        rows = read_jsonl(path, self.name, (("numbers", "target"), ("input", "output")), self.check_row)
+        return [r if "numbers" in r else {"numbers": [int(x) for x in r["input"].split(",")],
                                           "target": int(r["output"])} for r in rows]
+
+    def check_row(self, row: dict) -> str | None:
+        """Our rows: a list of integers and an integer target. d1's: "30,100,93" and "23" (or 23)."""
+        if "numbers" in row:
+            numbers, target = row["numbers"], row.get("target")
+            if not isinstance(numbers, list) or not numbers or not all(is_int(x) for x in numbers):
+                return wrong("numbers", "a non-empty list of integers", numbers)
+            return None if is_int(target) else wrong("target", "an integer", target)
+        given, output = row.get("input"), row.get("output")
+        if not isinstance(given, str) or not re.fullmatch(r"\s*\d+\s*(,\s*\d+\s*)*", given):
+            return wrong("input", 'comma-separated integers ("30,100,93")', given)
+        if not (is_int(output) or (isinstance(output, str) and output.strip().isdigit())):
+            return wrong("output", "an integer", output)
+        return None
 
     def generate(self, n: int, seed: int) -> list[dict]:
         rng = random.Random(seed)

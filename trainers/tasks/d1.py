@@ -8,7 +8,12 @@ generation; a MATH answer without one is the whole generation; `\\boxed{1,234}` 
 Two things differ by construction, never in the verdict: no `eval` (Countdown expressions are
 evaluated by walking their syntax tree with Python's own operators, so the values are eval's), and
 nothing raises: an input that makes d1's code raise or hang is scored as d1 scores an exception
-(wrong), not propagated.
+(wrong), not propagated; and every extraction runs in time linear in the generation. d1's patterns
+`<answer>(.*?)</answer>`, `\\boxed{(.*?)}`, `([0-9+\\-*/() ]+)=[0-9. ]+` and
+`<answer>.*?```\\s*([\\d\\s]+)```` backtrack quadratically on text a looping model writes (`<answer>`
+repeated 32000 times took 100 s for one Sudoku verdict); each is replaced by a scan that finds the
+match Python's `re` finds (the leftmost, with the same group), documented beside it and checked
+against d1's parser on a fuzzed corpus (tests/trainers/test_scorer_speed.py).
 """
 
 from __future__ import annotations
@@ -172,6 +177,97 @@ def is_equiv(a: str | None, b: str | None) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
+# Linear-time equivalents of d1's backtracking patterns. Each returns what `re` returns for the
+# pattern it names: the leftmost match, its group, or None.
+
+_ANSWER, _END_ANSWER = "<answer>", "</answer>"
+
+
+def first_answer(text: str) -> str | None:
+    """`re.search(r"<answer>(.*?)</answer>", text, re.DOTALL).group(1)`, or None: the text between the
+    first <answer> and the first </answer> after it (a later <answer> can only see fewer </answer>s,
+    so when the first has none, none matches)."""
+    start = text.find(_ANSWER)
+    if start < 0:
+        return None
+    end = text.find(_END_ANSWER, start + len(_ANSWER))
+    return None if end < 0 else text[start + len(_ANSWER):end]
+
+
+def boxed_contents(text: str):
+    """`re.findall(r"\\boxed{(.*?)}", text)`, lazily: for each `\\boxed{` left to right (skipping those
+    inside a match), the text up to the first '}' when no newline comes before it ('.' stops at a
+    newline). The next '}' and newline are found once and reused while they lie ahead: one pass."""
+    n, pos, close, newline = len(text), 0, -1, -1
+    while True:
+        p = text.find("\\boxed{", pos)
+        if p < 0:
+            return
+        s = p + len("\\boxed{")
+        if close < s:
+            close = text.find("}", s) % (n + 1)  # -1 (none) becomes n: past every start
+        if newline < s:
+            newline = text.find("\n", s) % (n + 1)
+        if close == n:
+            return  # no '}' after this start, so none after any later one
+        if close < newline:
+            yield text[s:close]
+            pos = close + 1
+        else:
+            pos = p + 1
+
+
+_EXPRESSION_RUN = re.compile(r"[0-9+\-*/() ]+")
+
+
+def equation_left_side(expr: str) -> str | None:
+    r"""`re.search(r"([0-9+\-*/() ]+)=[0-9. ]+", expr).group(1)`, or None. The group is a run of those
+    characters that must end right before the '=' ('=' is not one of them), so the leftmost match
+    starts a maximal run that is followed by '=' and a digit, '.' or space: one pass over the runs."""
+    for m in _EXPRESSION_RUN.finditer(expr):
+        j = m.end()
+        if expr[j:j + 1] == "=" and expr[j + 1:j + 2] in tuple("0123456789. "):
+            return m.group()
+    return None
+
+
+_DIGITS_OR_SPACE = re.compile(r"[\d\s]*")
+
+
+def fenced_answer(text: str) -> str | None:
+    r"""`re.search(r"<answer>.*?```\s*([\d\s]+)```", text, re.DOTALL).group(1)`, or None. After the
+    first <answer> (later ones see a subset of the same text), the first ``` whose following run of
+    digits and whitespace is non-empty and closed by ```; the group is that run without its leading
+    whitespace (`\s*` is greedy), or its last character when it is all whitespace. A run holds no
+    backtick, so the runs tried do not overlap: one pass."""
+    start = text.find(_ANSWER)
+    if start < 0:
+        return None
+    fence = text.find("```", start + len(_ANSWER))
+    while fence >= 0:
+        i = fence + 3
+        j = _DIGITS_OR_SPACE.match(text, i).end()
+        if j > i and text.startswith("```", j):
+            run = text[i:j]
+            return run.lstrip() or run[-1]
+        # A fence cannot start inside a non-empty run (it holds no backtick); after an empty run the
+        # next fence may overlap this one ("````12```").
+        fence = text.find("```", j if j > i else fence + 1)
+    return None
+
+
+def answer_until(text: str, ends: tuple[str, ...]) -> str | None:
+    """`re.search(rf"<answer>(.*?)(?:{'|'.join(map(re.escape, ends))})", text, re.DOTALL).group(1)`, or
+    None: from the first <answer> to the nearest of `ends` after it."""
+    start = text.find(_ANSWER)
+    if start < 0:
+        return None
+    start += len(_ANSWER)
+    found = [k for k in (text.find(e, start) for e in ends) if k >= 0]
+    return text[start:min(found)] if found else None
+
+
+# ---------------------------------------------------------------------------------------------
 # parse_and_get_acc.py
 
 
@@ -192,7 +288,7 @@ def gsm8k_answer(text: str) -> float | None:
     """d1's `parse_gsm_answers` extraction: the first `\\boxed{...}` (up to its first '}', on one line)
     that is not empty or dots and reads as a float or holds a number (its first); else the content of
     the first <answer>...</answer>, as a float or its last number."""
-    for content in re.findall(r"\\boxed{(.*?)}", text):
+    for content in boxed_contents(text):  # re.findall(r"\\boxed{(.*?)}", text)
         content = content.strip()
         if content and content != "..." and not re.match(r"^\.+$", content):
             value = _float(content)
@@ -201,9 +297,9 @@ def gsm8k_answer(text: str) -> float | None:
             numbers = re.findall(r"-?\d+\.?\d*", content)
             if numbers:
                 return float(numbers[0])
-    m = re.search(r"<answer>(.*?)</answer>", text, re.DOTALL)
-    if m and m.group(1).strip():
-        content = m.group(1).strip()
+    content = first_answer(text)  # re.search(r"<answer>(.*?)</answer>", text, re.DOTALL)
+    if content and content.strip():
+        content = content.strip()
         value = _float(content)
         if value is not None:
             return value
@@ -218,9 +314,9 @@ def math_answer(text: str) -> str | None:
     box), else, when that is empty or unbalanced, the first <answer> content."""
     answer = boxed_answer(text)
     if not answer:
-        m = re.search(r"<answer>(.*?)</answer>", text, re.DOTALL)
-        if m:
-            answer = m.group(1).strip()
+        tagged = first_answer(text)
+        if tagged is not None:
+            answer = tagged.strip()
     return answer
 
 
@@ -231,11 +327,11 @@ def countdown_expression(text: str) -> str:
     try:
         expr = remove_boxed(last_boxed_only_string(text))
     except (TypeError, AssertionError):
-        m = re.search(r"<answer>(.*?)</answer>", text, re.DOTALL)
-        expr = m.group(1).strip() if m else text
+        tagged = first_answer(text)
+        expr = tagged.strip() if tagged is not None else text
     expr = expr.replace("\\div", "/").replace("\\times", "*").replace("\\cdot", "*")
-    m = re.search(r"([0-9+\-*/() ]+)=[0-9. ]+", expr)
-    return m.group(1).strip() if m else expr
+    left = equation_left_side(expr)  # re.search(r"([0-9+\-*/() ]+)=[0-9. ]+", expr)
+    return left.strip() if left is not None else expr
 
 
 def uses_exactly(expr: str, numbers) -> bool:
@@ -330,10 +426,17 @@ def sudoku_answer(text: str, end_markers: tuple[str, ...] = D1_END_MARKERS) -> s
     """d1's `parse_sudoku_answers` extraction: the first of its five patterns with non-blank content,
     whitespace removed, padded with '0' or cut to 16 characters ("" when none matches)."""
     found = ""
-    for pattern in sudoku_patterns(end_markers):
-        m = re.search(pattern, text, re.DOTALL)
-        if m and m.group(1).strip():
-            found = m.group(1).strip()
+    patterns = sudoku_patterns(end_markers)
+    for k, pattern in enumerate(patterns):
+        if k == 0:
+            group = fenced_answer(text)  # patterns[0], in linear time
+        elif k == 1:
+            group = answer_until(text, (*end_markers, _END_ANSWER))  # patterns[1], in linear time
+        else:  # the others are linear as they stand (the last three never backtrack past a line's worth)
+            m = re.search(pattern, text, re.DOTALL)
+            group = m.group(1) if m else None
+        if group and group.strip():
+            found = group.strip()
             break
     found = re.sub(r"\s", "", found)
     return found[:16].ljust(16, "0") if found else ""

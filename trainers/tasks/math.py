@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .common import Task, read_jsonl
+from .common import Task, is_number, read_jsonl, wrong
 from .d1 import GSM8K_SYSTEM_PROMPT, MATH500_SYSTEM_PROMPT, gsm8k_answer, gsm8k_gold, is_equiv, math_answer
 
 
@@ -19,7 +19,18 @@ class GSM8K(Task):
     system_prompt = GSM8K_SYSTEM_PROMPT
 
     def load(self, path: str | Path) -> list[dict]:
-        return read_jsonl(path, self.name, (("question", "answer"),))
+        return read_jsonl(path, self.name, (("question", "answer"),), self.check_row)
+
+    def check_row(self, row: dict) -> str | None:
+        """GSM8K's rows: question and answer text; d1's items: a number (or null) as ground_truth."""
+        for key in ("question", "answer"):
+            if key in row and not isinstance(row[key], str):
+                return wrong(key, "a string", row[key])
+        if "ground_truth" in row and row["ground_truth"] is not None and not is_number(row["ground_truth"]):
+            return wrong("ground_truth", "a number (d1's GSM8K gold)", row["ground_truth"])
+        if "answer" not in row and "ground_truth" not in row:
+            return "a gsm8k reference needs answer or ground_truth"
+        return None
 
     def question(self, row: dict) -> str:
         return row["question"]
@@ -47,7 +58,16 @@ class Math500(Task):
     system_prompt = MATH500_SYSTEM_PROMPT
 
     def load(self, path: str | Path) -> list[dict]:
-        return read_jsonl(path, self.name, (("problem", "answer"),))
+        return read_jsonl(path, self.name, (("problem", "answer"),), self.check_row)
+
+    def check_row(self, row: dict) -> str | None:
+        """MATH-500's rows: problem and answer text (its answers are LaTeX strings); d1's: ground_truth text."""
+        for key in ("problem", "answer", "ground_truth"):
+            if key in row and not isinstance(row[key], str):
+                return wrong(key, "a string", row[key])
+        if "answer" not in row and "ground_truth" not in row:
+            return "a math500 reference needs answer or ground_truth"
+        return None
 
     def question(self, row: dict) -> str:
         return row["problem"]

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from dlmarch.errors import DlmarchError
 
-from .common import Task, read_csv, read_jsonl
+from .common import Task, read_csv, read_jsonl, wrong
 from .d1 import D1_END_MARKERS, SUDOKU_SYSTEM_PROMPT, sudoku_answer, sudoku_cells, sudoku_puzzle
 
 BOXES = [[(r, c) for r in range(br, br + 2) for c in range(bc, bc + 2)] for br in (0, 2) for bc in (0, 2)]
@@ -114,12 +114,19 @@ class Sudoku(Task):
                     for r in read_csv(path, self.name, ("Puzzle", "Solution"))]
             first = 2
         else:
-            rows, first = read_jsonl(path, self.name, (("puzzle", "solution"),)), 1
+            return read_jsonl(path, self.name, (("puzzle", "solution"),), self.check_row)
         for n, r in enumerate(rows, first):
-            for key in ("puzzle", "solution"):
-                if not (isinstance(r[key], str) and len(r[key]) == 16 and r[key].isdigit()):
-                    raise DlmarchError(f"{path}: line {n}: {key} must be 16 digits, found {r[key]!r}")
+            problem = self.check_row(r)
+            if problem:
+                raise DlmarchError(f"{path}: line {n}: {problem}")
         return rows
+
+    def check_row(self, row: dict) -> str | None:
+        for key in ("puzzle", "solution"):
+            value = row.get(key)
+            if not (isinstance(value, str) and len(value) == 16 and value.isascii() and value.isdigit()):
+                return wrong(key, "16 digits", value)
+        return None
 
     def generate(self, n: int, seed: int) -> list[dict]:
         rng = random.Random(seed)
