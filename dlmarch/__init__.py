@@ -7,6 +7,7 @@ from .models.causal import LlamaConfig, Qwen2Config
 from .models.dream import DreamConfig, DreamModel
 from .models.l2d import L2DConfig, L2DModel
 from .models.llada import LLaDAConfig
+from .models.lladamoe import LLaDAMoEConfig, LLaDAMoEModel
 from .registry import AutoModel
 from .sampling import generate, generate_dream, generate_l2d
 
@@ -21,6 +22,8 @@ __all__ = [
     "DreamModel",
     "LLaDAConfig",
     "LLaDAModel",
+    "LLaDAMoEConfig",
+    "LLaDAMoEModel",
     "LlamaConfig",
     "ModelOutput",
     "Qwen2Config",

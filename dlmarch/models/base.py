@@ -68,10 +68,14 @@ class TransformerLM(nn.Module):
         self.config = config
         c = config.hidden_size
         self.wte = nn.Embedding(config.vocab_size, c)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
+        self.blocks = nn.ModuleList(self.make_block(i) for i in range(config.num_layers))
         self.ln_f = RMSNorm(c, config.rms_norm_eps)
         self.lm_head = None if config.tie_word_embeddings else nn.Linear(c, config.vocab_size, bias=False)
         self.gradient_checkpointing = False
+
+    def make_block(self, layer: int) -> nn.Module:
+        """Block `layer` (families whose layers differ, such as mixtures of experts, override this)."""
+        return Block(self.config)
 
     # --- conveniences -----------------------------------------------------------------------------
     @property
