@@ -13,9 +13,11 @@ rotary embeddings, and, on MoE layers, a sparse MoE MLP in place of the dense Sw
 
 Experts are computed grouped by expert (`experts_forward`): the (token, slot) pairs are sorted by
 expert once, each expert runs one matmul per projection on its contiguous segment of tokens, and
-the weighted outputs are put back in token order. No loop ever runs over tokens. When torch has
-`torch._grouped_mm` and the experts are plain `nn.Linear` (no LoRA wrapper), the segments run as one
-grouped matmul per projection (`grouped_mm=True` on the MoE module, the default; see docs/moe.md).
+the weighted outputs are put back in token order. No loop ever runs over tokens. With torch's grouped
+GEMM (`torch._grouped_mm`) and plain `nn.Linear` experts (no LoRA wrapper) the segments can run as one
+grouped matmul per projection instead: `SparseMoE.grouped_mm` None (default) uses it on CUDA in bf16,
+True everywhere it exists, False never. On CPU (torch 2.13) the per-segment matmuls were faster in
+training and inference (benchmarks/moe_speed.py, docs/moe.md), hence the default.
 
 Shapes: N tokens (batch * length, flattened), C hidden, E experts, K experts per token, I expert
 intermediate size, H/Hkv heads, D head dim, R rotary dims.
@@ -195,7 +197,17 @@ def _plain(experts: nn.ModuleList) -> bool:
     return all(type(m) is nn.Linear for m in (e.ff_proj, e.up_proj, e.ff_out))
 
 
-def experts_forward(experts: nn.ModuleList, x: Tensor, idx: Tensor, weight: Tensor, grouped_mm: bool = True) -> Tensor:
+def use_grouped_mm(experts: nn.ModuleList, x: Tensor, grouped_mm: bool | None) -> bool:
+    """Whether `experts_forward` runs torch._grouped_mm (see the module docstring for `grouped_mm`)."""
+    if grouped_mm is False or not hasattr(torch, "_grouped_mm") or not _plain(experts):
+        return False
+    if grouped_mm is None:
+        return x.is_cuda and x.dtype == torch.bfloat16
+    return x.dtype in (torch.float32, torch.bfloat16)
+
+
+def experts_forward(experts: nn.ModuleList, x: Tensor, idx: Tensor, weight: Tensor,
+                    grouped_mm: bool | None = None) -> Tensor:
     """sum_k weight[n, k] * experts[idx[n, k]](x[n]) for every token n. x (N, C), idx/weight (N, K) -> (N, C).
 
     The N*K (token, slot) pairs are sorted by expert (stable), so each expert's tokens are one
@@ -208,7 +220,7 @@ def experts_forward(experts: nn.ModuleList, x: Tensor, idx: Tensor, weight: Tens
     order = flat.argsort(stable=True)
     xs = x[order // K]  # (N*K, C), grouped by expert
     counts = torch.bincount(flat, minlength=len(experts))
-    if grouped_mm and hasattr(torch, "_grouped_mm") and _plain(experts) and x.dtype in (torch.float32, torch.bfloat16):
+    if use_grouped_mm(experts, x, grouped_mm):
         ends = counts.cumsum(0).to(torch.int32)
         gate = torch.stack([e.ff_proj.weight for e in experts]).transpose(1, 2)  # (E, C, I)
         up = torch.stack([e.up_proj.weight for e in experts]).transpose(1, 2)
@@ -244,7 +256,7 @@ class SparseMoE(nn.Module):
             self.expert_bias = None
         self.experts = nn.ModuleList(SwiGLU(c, cfg.moe_intermediate_size) for _ in range(cfg.num_experts))
         self.shared = SwiGLU(c, cfg.shared_expert_intermediate_size) if cfg.shared_expert_intermediate_size else None
-        self.grouped_mm = True
+        self.grouped_mm: bool | None = None  # None: grouped matmuls on CUDA in bf16 only (experts_forward)
         self.keep_routing = False
         self.routing: Routing | None = None
 
