@@ -84,9 +84,12 @@ def inverse_frequencies(cfg: TransformerConfig, device=None) -> Tensor:
     return torch.where(medium, smoothed, scaled)
 
 
-def rope_tables(cfg: TransformerConfig, positions: Tensor) -> Rope:
-    """cos/sin for integer positions (B, L), computed once per forward in fp32."""
+def rope_tables(cfg: TransformerConfig, positions: Tensor, freq_dtype: torch.dtype | None = None) -> Rope:
+    """cos/sin for integer positions (B, L), computed once per forward in fp32. `freq_dtype`: round the
+    inverse frequencies to this dtype first (references whose inv_freq buffer is cast with the model)."""
     inv = inverse_frequencies(cfg, positions.device)
+    if freq_dtype is not None:
+        inv = inv.to(freq_dtype).float()
     with torch.autocast(positions.device.type, enabled=False):
         freqs = positions.float()[..., None] * inv  # (B, L, D/2)
         emb = torch.cat([freqs, freqs], dim=-1)[:, None]  # half-split layout: (B, 1, L, D)

@@ -73,6 +73,9 @@ class TransformerLM(nn.Module):
         self.lm_head = None if config.tie_word_embeddings else nn.Linear(c, config.vocab_size, bias=False)
         self.gradient_checkpointing = False
 
+    # None: RoPE frequencies in fp32 whatever the model's dtype (the rope_tables `freq_dtype`).
+    rope_freq_dtype = None
+
     def make_block(self, layer: int) -> nn.Module:
         """Block `layer` (families whose layers differ, such as mixtures of experts, override this)."""
         return Block(self.config)
@@ -212,7 +215,7 @@ class TransformerLM(nn.Module):
         elif position_ids is None:
             position_ids = mask.q.pos
         x = self.wte(input_ids)
-        rope = rope_tables(self.config, position_ids)
+        rope = rope_tables(self.config, position_ids, self.rope_freq_dtype)
         backend = resolve_backend(self.config.attn_backend, mask, x.device, x.dtype)
         x, kv = self.run_blocks(x, rope, mask, backend, past_kv=past_kv, return_kv=return_kv)
         logits = None

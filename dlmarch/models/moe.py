@@ -361,6 +361,14 @@ class MoETransformerLM(TransformerLM):
     def make_block(self, layer: int) -> nn.Module:
         return MoEBlock(self.config, layer)
 
+    @property
+    def rope_freq_dtype(self) -> torch.dtype | None:
+        """Both references keep RoPE's inverse frequencies in a buffer that `model.to(torch.bfloat16)`
+        casts with the weights, so their bf16 models rotate with bf16-rounded frequencies (cos/sin
+        still computed in fp32); so do we, which makes our bf16 runs the reference's (LLaDA2's bf16
+        fixture: logits to 2.4e-4, every bf16 generate call token for token). fp32: unchanged."""
+        return self.dtype if self.dtype in (torch.bfloat16, torch.float16) else None
+
     def moe_layers(self) -> list[SparseMoE]:
         return [b.moe for b in self.blocks if hasattr(b, "moe")]
 

@@ -130,3 +130,25 @@ def test_cli_import_export_bit_exact(tmp_path):
         assert a[k].dtype == b[k].dtype and torch.equal(a[k].view(torch.uint8), b[k].view(torch.uint8)), k
     assert json.loads((tmp_path / "hf" / "config.json").read_text()) == json.loads((TINY / "config.json").read_text())
     assert isinstance(LLaDA2Config.from_hf(json.loads((TINY / "config.json").read_text())), LLaDA2Config)
+
+
+@pytest.fixture(scope="module")
+def model_bf16():
+    return AutoModel.from_pretrained(TINY).eval()  # the stored bf16 weights, as the reference's bf16 runs
+
+
+def test_bf16_logits_match_reference(model_bf16):
+    """The reference's bf16 model rotates with bf16-rounded RoPE frequencies (its inv_freq buffer is cast
+    with the weights); so does ours. Without that the logits differ by 3.7 here (routing flips)."""
+    assert model_bf16.dtype == torch.bfloat16
+    with torch.no_grad():
+        got = model_bf16(REF["input_ids"]).logits
+        block = model_bf16(REF["block_input_ids"], mask=block_diffusion_mask(32, 8)).logits
+    torch.testing.assert_close(got, REF["logits_bf16"], atol=1e-3, rtol=0)
+    torch.testing.assert_close(block, REF["block_logits_bf16"], atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("call", GEN["calls"][::2], ids=[c["name"] for c in GEN["calls"][::2]])
+def test_generate_matches_reference_bf16(model_bf16, call):
+    torch.manual_seed(call["seed"])
+    assert generate_llada2(model_bf16, torch.tensor(call["input_ids"]), **call["kwargs"]).tolist() == call["output_ids"]
