@@ -15,7 +15,7 @@ Experts are computed grouped by expert (`experts_forward`): the (token, slot) pa
 expert once, each expert runs one matmul per projection on its contiguous segment of tokens, and
 the weighted outputs are put back in token order. No loop ever runs over tokens. With torch's grouped
 GEMM (`torch._grouped_mm`) and plain `nn.Linear` experts (no LoRA wrapper) the segments can run as one
-grouped matmul per projection instead: `SparseMoE.grouped_mm` None (default) uses it on CUDA in bf16,
+grouped matmul per projection instead: `SparseMoE.grouped_mm` None (default) uses it on CUDA (sm90+) in bf16,
 True everywhere it exists, False never. On CPU (torch 2.13) the per-segment matmuls were faster in
 training and inference (benchmarks/moe_speed.py, docs/moe.md), hence the default.
 
@@ -201,8 +201,8 @@ def use_grouped_mm(experts: nn.ModuleList, x: Tensor, grouped_mm: bool | None) -
     """Whether `experts_forward` runs torch._grouped_mm (see the module docstring for `grouped_mm`)."""
     if grouped_mm is False or not hasattr(torch, "_grouped_mm") or not _plain(experts):
         return False
-    if grouped_mm is None:
-        return x.is_cuda and x.dtype == torch.bfloat16
+    if grouped_mm is None:  # torch's grouped GEMM kernels: Hopper and later, bf16
+        return x.is_cuda and x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device) >= (9, 0)
     return x.dtype in (torch.float32, torch.bfloat16)
 
 
