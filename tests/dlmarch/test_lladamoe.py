@@ -114,6 +114,10 @@ def test_hub_config_with_model_type_llada_is_recognised(tmp_path):
     (tmp_path / "model.safetensors").symlink_to((TINY / "model.safetensors").resolve())
     m = AutoModel.from_pretrained(tmp_path)
     assert isinstance(m, LLaDAMoEModel)
+    from dlmarch import LLaDAModel
+
+    with pytest.raises(ConfigError, match="LLaDA-MoE"):
+        LLaDAModel.from_pretrained(tmp_path)
 
 
 def test_config_refusals():
