@@ -154,3 +154,27 @@ def test_generate_matches_reference_bf16(model_bf16):
     call = GEN["calls"][1]
     torch.manual_seed(call["seed"])
     assert generate_llada2(model_bf16, torch.tensor(call["input_ids"]), **call["kwargs"]).tolist() == call["output_ids"]
+
+
+@pytest.mark.parametrize("command", ["dlmarch.sampling.cli", "trainers.evaluate"])
+def test_llada_sampler_surfaces_refuse_llada2_in_one_line(tmp_path, capsys, command):
+    """The command-line sampler and trainers.evaluate decode with LLaDA's sampler: one line, exit 2."""
+    import importlib
+    import shutil
+
+    from trainers.tokenizer import build_char_tokenizer
+
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(TINY / f, tmp_path / f)
+    build_char_tokenizer("abc 0123456789").save_pretrained(tmp_path)
+    main = importlib.import_module(command).main
+    capsys.readouterr()
+    if command == "trainers.evaluate":
+        argv = ["--model", str(tmp_path), "--task", "sudoku", "--num", "1", "--gen-length", "8", "--block-length", "8",
+                "--output", str(tmp_path / "eval")]
+    else:
+        argv = ["--model", str(tmp_path), "--prompt", "ab", "--gen-length", "8", "--block-length", "8"]
+    assert main(argv) == 2
+    # (besides a progress bar, and transformers' AutoTokenizer warning that it does not know llada2_moe)
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert len(err) == 1 and "generate_llada2" in err[0], err
