@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from torch import Tensor
 
 from ..config import _eos_out, _expect, _extra, _first, _flag, _hf_rope, _need, _number, _positive_int
 from ..errors import ConfigError

@@ -372,13 +372,6 @@ class MoETransformerLM(TransformerLM):
     def moe_layers(self) -> list[SparseMoE]:
         return [b.moe for b in self.blocks if hasattr(b, "moe")]
 
-    def init_weights(self, std: float = 0.02, generator: torch.Generator | None = None) -> "MoETransformerLM":
-        super().init_weights(std, generator)
-        for name, p in self.named_parameters():  # per-head q/k norms are norms too
-            if name.endswith(("q_norm.weight", "k_norm.weight")):
-                nn.init.ones_(p)
-        return self
-
 
 __all__ = ["MoEConfig", "MoEBlock", "MoETransformerLM", "SparseMoE", "SwiGLU", "Routing", "experts_forward",
            "route_softmax", "route_sigmoid_group"]
