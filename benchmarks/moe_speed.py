@@ -9,16 +9,17 @@ dllm/pipelines/llada/models/modeling_lladamoe.py); its configuration_*.py must l
 imported from that path with importlib (never trust_remote_code from a model directory), so it needs
 the transformers it was written for (4.57 for dllm's copies). Without --reference only our variants run.
 
-A random model of --size is written once as an HF checkpoint (our export); every variant loads it in
-its own process (peak RSS on CPU, max_memory_allocated on CUDA belong to that variant) and reports
+A random model of --size is written once as an HF checkpoint (our export). Speed: one process loads
+every variant and times them in turn, one training step and one no-grad forward each per round
+(--steps rounds after --warmup; the median is reported), so that a busy machine slows them alike:
   train: forward + backward (cross-entropy on random targets) tokens/s, model.train();
-  infer: forward tokens/s under no_grad, model.eval();
-  peak:  memory at the end of the training steps minus after loading (activations, gradients).
+  infer: forward tokens/s under no_grad, model.eval().
+Memory: each variant alone in its own process (peak RSS on CPU, max_memory_allocated on CUDA),
+  peak: during one training step minus after loading (activations, gradients).
 Variants: ours with grouped matmuls (torch._grouped_mm; grouped_mm=True), ours with one matmul per
 expert segment (grouped_mm=False: the CPU default and the path LoRA-wrapped experts take), and the reference (its training
 forward loops over experts with boolean masks; its inference forward of LLaDA2 sorts tokens by expert).
-The last column is the largest |logit difference| to the reference on the benchmark batch. The
-variants run in --repeats interleaved rounds and each reports its best round (fastest, smallest peak).
+The last column is the largest |logit difference| to the reference on the benchmark batch.
 """
 
 from __future__ import annotations
@@ -98,6 +99,50 @@ def load_reference(modeling: Path, hf_dir: Path, dtype):
     return lm.from_pretrained(hf_dir, torch_dtype=dtype, attn_implementation="sdpa")
 
 
+def alternate(args) -> None:
+    """Every variant in this one process, timed step by step in turn (a busy machine slows them alike):
+    the median tokens/s of --steps rounds of one training step and one no-grad forward each."""
+    import statistics
+
+    from dlmarch import AutoModel
+
+    torch.set_num_threads(args.threads)
+    device, dtype = args.device, {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
+    hf = Path(args.dir) / "hf"
+    ours = AutoModel.from_pretrained(hf, dtype=dtype, device=device)
+    models = {"ours-grouped": ours, "ours-segments": ours}
+    if args.reference:
+        models["reference"] = load_reference(Path(args.reference), hf, dtype).to(device)
+    g = torch.Generator().manual_seed(1)
+    V = ours.config.vocab_size
+    ids = torch.randint(2, V, (args.batch, args.seq), generator=g).to(device)
+    targets = torch.randint(0, V, (args.batch, args.seq), generator=g).to(device)
+    times = {v: {"train": [], "infer": []} for v in models}
+    for r in range(args.warmup + args.steps):
+        for v, model in models.items():
+            for moe in (model.moe_layers() if v != "reference" else []):
+                moe.grouped_mm = v == "ours-grouped"
+            kw = {"use_cache": False} if v == "reference" else {}
+            model.eval()
+            sync(device)
+            t = time.perf_counter()
+            with torch.no_grad():
+                model(ids, **kw)
+            sync(device)
+            t_infer = time.perf_counter() - t
+            model.train()
+            t = time.perf_counter()
+            F.cross_entropy(model(ids, **kw).logits.float().view(-1, V), targets.view(-1)).backward()
+            sync(device)
+            t_train = time.perf_counter() - t
+            model.zero_grad(set_to_none=True)
+            if r >= args.warmup:
+                times[v]["train"].append(t_train)
+                times[v]["infer"].append(t_infer)
+    n = args.batch * args.seq
+    emit({v: {k: n / statistics.median(ts) for k, ts in d.items()} for v, d in times.items()})
+
+
 def child(args) -> None:
     torch.set_num_threads(args.threads)
     device, dtype = args.device, {"fp32": torch.float32, "bf16": torch.bfloat16}[args.dtype]
@@ -160,10 +205,9 @@ def main(argv=None) -> int:
     p.add_argument("--size", choices=list(SIZES), default="small")
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=2, help="rounds over the variants; each reports its best round")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -171,24 +215,21 @@ def main(argv=None) -> int:
     p.add_argument("--dir", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        child(args)
+        alternate(args) if args.variant == "alternate" else child(args)
         return 0
     variants = ["ours-grouped", "ours-segments"] + (["reference"] if args.reference else [])
     with tempfile.TemporaryDirectory() as tmp:
         write_checkpoint(args.family, args.size, Path(tmp))
         shared = ["--family", args.family, "--size", args.size, "--seq", str(args.seq), "--batch", str(args.batch),
-                  "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
+                  "--warmup", str(args.warmup), "--threads", str(args.threads),
                   "--device", args.device, "--dtype", args.dtype, "--dir", tmp]
         if args.reference:
             shared += ["--reference", str(Path(args.reference).resolve())]
-        best = {}
-        for _ in range(args.repeats):  # interleaved rounds: a busy machine slows every variant alike
-            for v in variants:
-                r = run_isolated(__file__, shared + ["--variant", v])
-                old = best.get(v)
-                best[v] = r if old is None else {**r, "train": max(r["train"], old["train"]),
-                                                 "infer": max(r["infer"], old["infer"]), "peak": min(r["peak"], old["peak"])}
-        rows = [best[v] for v in variants]
+        # peak memory (and the logits) from each variant alone; speed from one process running them in turn
+        rows = [run_isolated(__file__, shared + ["--steps", "1", "--variant", v]) for v in variants]
+        speed = run_isolated(__file__, shared + ["--steps", str(args.steps), "--variant", "alternate"])
+        for r in rows:
+            r.update(speed[r["variant"]])
         if args.reference:
             ref = torch.load(Path(tmp) / "logits-reference.pt", weights_only=True)
             base = next(r for r in rows if r["variant"] == "reference")
@@ -199,7 +240,7 @@ def main(argv=None) -> int:
     cfg = make_config(args.family, args.size)
     print(f"# {args.family} {args.size}: {cfg.num_layers} layers, hidden {cfg.hidden_size}, {cfg.num_experts} experts "
           f"top-{cfg.num_experts_per_tok} of {cfg.moe_intermediate_size}; batch {args.batch} x {args.seq} tokens, "
-          f"{args.dtype}, {args.threads} threads, best of {args.repeats} interleaved rounds; {machine()}")
+          f"{args.dtype}, {args.threads} threads, median of {args.steps} alternating rounds; {machine()}")
     print(table(rows, [("variant", "variant", "s"), ("train", "train tok/s", ".0f"), ("train_x", "x ref", ".2f"),
                        ("infer", "infer tok/s", ".0f"), ("infer_x", "x ref", ".2f"), ("peak", "train peak MiB", ".0f"),
                        ("diff", "max |logit diff|", ".1e")]))
