@@ -16,8 +16,8 @@ expert once, each expert runs one matmul per projection on its contiguous segmen
 the weighted outputs are put back in token order. No loop ever runs over tokens. With torch's grouped
 GEMM (`torch._grouped_mm`) and plain `nn.Linear` experts (no LoRA wrapper) the segments can run as one
 grouped matmul per projection instead: `SparseMoE.grouped_mm` None (default) uses it on CUDA (sm90+) in bf16,
-True everywhere it exists, False never. On CPU (torch 2.13) the per-segment matmuls were faster in
-training and inference (benchmarks/moe_speed.py, docs/moe.md), hence the default.
+True everywhere it exists, False never. On CPU (torch 2.13) neither path won consistently
+(benchmarks/moe_speed.py, docs/moe.md), and the segments need no stacked copy of the weights.
 
 Shapes: N tokens (batch * length, flattened), C hidden, E experts, K experts per token, I expert
 intermediate size, H/Hkv heads, D head dim, R rotary dims.
