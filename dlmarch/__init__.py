@@ -7,8 +7,10 @@ from .models.causal import LlamaConfig, Qwen2Config
 from .models.dream import DreamConfig, DreamModel
 from .models.l2d import L2DConfig, L2DModel
 from .models.llada import LLaDAConfig
+from .models.llada2 import LLaDA2Config, LLaDA2Model
+from .models.lladamoe import LLaDAMoEConfig, LLaDAMoEModel
 from .registry import AutoModel
-from .sampling import generate, generate_dream, generate_l2d
+from .sampling import generate, generate_dream, generate_l2d, generate_llada2
 
 
 __version__ = "0.1.0"
@@ -21,6 +23,10 @@ __all__ = [
     "DreamModel",
     "LLaDAConfig",
     "LLaDAModel",
+    "LLaDA2Config",
+    "LLaDA2Model",
+    "LLaDAMoEConfig",
+    "LLaDAMoEModel",
     "LlamaConfig",
     "ModelOutput",
     "Qwen2Config",
@@ -31,4 +37,5 @@ __all__ = [
     "generate",
     "generate_dream",
     "generate_l2d",
+    "generate_llada2",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -24,17 +25,23 @@ from .keymaps import KeyTable
 class Family:
     """One model family. `name` is `config.family` (the native config.json's `family`);
     `hf_model_type` the `model_type` of its HF config.json (None: no HF layout of its own, as L2D);
-    `key_table` maps native tensor names to the HF layout's (None with no HF layout)."""
+    `key_table` maps native tensor names to the HF layout's (None with no HF layout); `claims(hf)`,
+    when given, recognises the family's HF config.json whatever its `model_type` says (LLaDA-MoE's
+    Hub configs say "llada")."""
 
     name: str
     model_class: type
     config_class: type
     key_table: KeyTable | None = None
     hf_model_type: str | None = None
+    claims: Callable[[dict], bool] | None = None
 
 
 def family_of_hf(hf: dict, families, where: str = "config.json") -> Family:
-    """The family whose HF `model_type` an HF config.json names."""
+    """The family whose HF `model_type` an HF config.json names (or that claims it by its other keys)."""
+    for f in families:
+        if f.claims is not None and f.claims(hf):
+            return f
     by_type = {f.hf_model_type: f for f in families if f.hf_model_type}
     model_type = hf.get("model_type")
     if model_type not in by_type:

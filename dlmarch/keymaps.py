@@ -1,6 +1,7 @@
 """Key tables: native parameter names <-> a family's Hugging Face names, one table per family.
 
-A table is a list of (native pattern, HF pattern) pairs, `{i}` standing for the layer index. The
+A table is a list of (native pattern, HF pattern) pairs, `{i}` standing for the layer index (and `{e}`
+for the expert index of a mixture-of-experts layer). The
 same table drives import and export. `plan` checks a checkpoint's names and shapes against what the
 config implies (from a model built on the meta device) and fails on a missing, unknown or
 mis-shaped tensor before anything is read.
@@ -29,7 +30,7 @@ class KeyTable:
 
     def __post_init__(self):
         def rx(p):
-            return re.compile("^" + re.escape(p).replace(r"\{i\}", r"(\d+)") + "$")
+            return re.compile("^" + re.escape(p).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{e\}", r"(?P<e>\d+)") + "$")
 
         self._to_native = [(rx(h), n) for n, h in self.pairs]
         self._to_hf = [(rx(n), h) for n, h in self.pairs]
@@ -40,7 +41,9 @@ class KeyTable:
         for pattern, target in table:
             m = pattern.match(name)
             if m:
-                return target.replace("{i}", m.group(1)) if m.groups() else target
+                for key, value in m.groupdict().items():
+                    target = target.replace("{" + key + "}", value)
+                return target
         return None
 
     def native_name(self, hf_name: str) -> str | None:

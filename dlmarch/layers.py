@@ -61,8 +61,10 @@ class Rope(NamedTuple):
 
 
 def inverse_frequencies(cfg: TransformerConfig, device=None) -> Tensor:
-    """RoPE inverse frequencies (D/2,) in fp32, with Llama-3 or linear scaling when configured."""
-    d = cfg.head_dim
+    """RoPE inverse frequencies (R/2,) in fp32, with Llama-3 or linear scaling when configured. R is the
+    rotary dimension: head_dim, or the first `cfg.rotary_dim` dims of each head (partial rotary, as
+    LLaDA-MoE and LLaDA2 use; the frequencies then count over R, as transformers' default rope does)."""
+    d = getattr(cfg, "rotary_dim", None) or cfg.head_dim
     inv = 1.0 / (cfg.rope_theta ** (torch.arange(0, d, 2, dtype=torch.float32, device=device) / d))
     scaling = cfg.rope_scaling
     if not scaling:
@@ -82,9 +84,12 @@ def inverse_frequencies(cfg: TransformerConfig, device=None) -> Tensor:
     return torch.where(medium, smoothed, scaled)
 
 
-def rope_tables(cfg: TransformerConfig, positions: Tensor) -> Rope:
-    """cos/sin for integer positions (B, L), computed once per forward in fp32."""
+def rope_tables(cfg: TransformerConfig, positions: Tensor, freq_dtype: torch.dtype | None = None) -> Rope:
+    """cos/sin for integer positions (B, L), computed once per forward in fp32. `freq_dtype`: round the
+    inverse frequencies to this dtype first (references whose inv_freq buffer is cast with the model)."""
     inv = inverse_frequencies(cfg, positions.device)
+    if freq_dtype is not None:
+        inv = inv.to(freq_dtype).float()
     with torch.autocast(positions.device.type, enabled=False):
         freqs = positions.float()[..., None] * inv  # (B, L, D/2)
         emb = torch.cat([freqs, freqs], dim=-1)[:, None]  # half-split layout: (B, 1, L, D)
@@ -97,7 +102,11 @@ def rotate_half(x: Tensor) -> Tensor:
 
 
 def apply_rope(x: Tensor, rope: Rope) -> Tensor:
-    """Rotate x (B, H, L, D). In fp32 then cast back (LLaDA), or in x's dtype (transformers)."""
+    """Rotate x (B, H, L, D). In fp32 then cast back (LLaDA), or in x's dtype (transformers). Tables
+    narrower than D (partial rotary) rotate the first dims of each head; the rest pass through."""
+    r = rope.cos.shape[-1]
+    if r < x.shape[-1]:
+        return torch.cat([apply_rope(x[..., :r], rope), x[..., r:]], dim=-1)
     if rope.in_fp32:
         xf = x.float()
         return (xf * rope.cos + rotate_half(xf) * rope.sin).to(x.dtype)

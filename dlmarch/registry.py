@@ -16,9 +16,10 @@ from .config import TransformerConfig, read_json
 from .errors import ConfigError
 from .family import Family, config_from_hf, config_from_native
 from .hub import local_model_dir
-from .models import causal, dream, l2d, llada
+from .models import causal, dream, l2d, llada, llada2, lladamoe
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (llada.FAMILY, causal.LLAMA, causal.QWEN2, dream.FAMILY, l2d.FAMILY)}
+FAMILIES: dict[str, Family] = {f.name: f for f in (llada.FAMILY, causal.LLAMA, causal.QWEN2, dream.FAMILY, l2d.FAMILY,
+                                                  lladamoe.FAMILY, llada2.FAMILY)}
 
 # The families with an HF layout of their own: what `python -m conversions import|export` and
 # model-hf/ exports handle, and what a Transformer config.json may name.

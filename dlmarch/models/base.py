@@ -98,10 +98,17 @@ class TransformerLM(nn.Module):
                                         f"{config.num_layers} layers and a vocabulary of {config.vocab_size}")
         c = config.hidden_size
         self.wte = nn.Embedding(config.vocab_size, c)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.num_layers))
+        self.blocks = nn.ModuleList(self.make_block(i) for i in range(config.num_layers))
         self.ln_f = RMSNorm(c, config.rms_norm_eps)
         self.lm_head = None if config.tie_word_embeddings else nn.Linear(c, config.vocab_size, bias=False)
         self.gradient_checkpointing = False
+
+    # None: RoPE frequencies in fp32 whatever the model's dtype (the rope_tables `freq_dtype`).
+    rope_freq_dtype = None
+
+    def make_block(self, layer: int) -> nn.Module:
+        """Block `layer` (families whose layers differ, such as mixtures of experts, override this)."""
+        return Block(self.config)
 
     # --- conveniences -----------------------------------------------------------------------------
     @property
@@ -238,7 +245,7 @@ class TransformerLM(nn.Module):
         elif position_ids is None:
             position_ids = mask.q.pos
         x = self.wte(input_ids)
-        rope = rope_tables(self.config, position_ids)
+        rope = rope_tables(self.config, position_ids, self.rope_freq_dtype)
         # Under bf16 autocast x (an embedding) is fp32 but q/k/v are bf16: the backend is chosen for those.
         backend = resolve_backend(self.config.attn_backend, mask, x.device, compute_dtype(x))
         x, kv = self.run_blocks(x, rope, mask, backend, past_kv=past_kv, return_kv=return_kv)

@@ -33,6 +33,8 @@ class LLaDAConfig(TransformerConfig):
     @classmethod
     def from_hf(cls, hf: dict) -> "LLaDAConfig":
         f = "LLaDA"
+        if "num_experts" in hf:  # the Hub's LLaDA-MoE configs say model_type "llada" too
+            raise ConfigError("an LLaDA-MoE config.json (num_experts); load it with dlmarch.AutoModel or LLaDAMoEModel")
         _expect(hf, "block_type", ("llama",), f)
         _expect(hf, "activation_type", ("silu", "swiglu"), f)
         _expect(hf, "layer_norm_type", ("rms",), f)

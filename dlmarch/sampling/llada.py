@@ -285,6 +285,8 @@ def generate(
     if getattr(model, "shifted_logits", False):  # (Dream) its logits at i predict token i+1; this sampler reads them in place
         raise ValueError(f"generate() is LLaDA's sampler; a {type(model).__name__} (shifted head) is sampled with "
                          f"dlmarch.{model.sampler or 'generate_dream'}")
+    if getattr(model, "sampler", "generate") not in ("generate", None):  # (LLaDA2) a sampler of its own
+        raise ValueError(f"generate() is LLaDA's sampler; a {type(model).__name__} is sampled with dlmarch.{model.sampler}")
     mask_id = cfg.mask_token_id if mask_id is None else mask_id
     num_blocks = check_arguments(prompt, attention_mask, steps, gen_length, block_length, remasking, mask_id,
                                  threshold, temperature, cfg_scale, kv_cache)
