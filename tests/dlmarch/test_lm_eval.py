@@ -211,7 +211,7 @@ def test_lm_eval_end_to_end_on_local_tasks(tmp_path, monkeypatch):
     for name, rows, yaml in [("gen", gen_rows, GEN_TASK), ("mc", mc_rows, MC_TASK)]:
         (tasks / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         (tasks / f"{name}.yaml").write_text(yaml.format(data=tasks / f"{name}.jsonl", cache=tmp_path / "cache"))
-    args = "pretrained={},gen_length=8,block_length=4,steps=8,mc_num=4,mc_batch_size=2,kv_cache=dual".format(tmp_path / "m")
+    args = "pretrained={},gen_length=8,block_length=4,steps=8,mc_num=4,kv_cache=dual,gen_batch_size=2".format(tmp_path / "m")
     main(["--model", "dlmarch", "--model_args", args, "--tasks", "dlmarch_gen,dlmarch_mc", "--include_path", str(tasks),
           "--output_path", str(tmp_path / "out"), "--log_samples", "--batch_size", "2"])
     results = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())["results"]
@@ -225,7 +225,7 @@ def test_lm_eval_end_to_end_on_local_tasks(tmp_path, monkeypatch):
 
     samples = {p.name.split("_")[2]: [json.loads(x) for x in p.read_text().splitlines()]
                for p in (tmp_path / "out").rglob("samples_*.jsonl")}
-    lm = DlmarchLM(pretrained=str(tmp_path / "m"), mc_num=4, mc_batch_size=2)
+    lm = DlmarchLM(pretrained=str(tmp_path / "m"), mc_num=4, batch_size=2)
     for s in samples["gen"]:
         ids = torch.tensor([tok(s["doc"]["question"]).input_ids])
         out = generate(lm.model, ids, steps=8, gen_length=8, block_length=4, kv_cache="dual")
