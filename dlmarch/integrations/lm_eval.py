@@ -71,6 +71,7 @@ from ..likelihood import (causal_log_likelihood, causal_rolling_log_likelihood, 
                           llada_log_likelihood, llada_suffix_greedy)
 from ..prompts import decode, left_pad
 from ..sampling import DecodingOptions, OptionError, sampler_for
+from ..sampling.dispatch import family_name
 from ..sampling.cli import load_for_generation, pad_id_of, positive_int
 
 # The options of this model that are not decoding options, with their defaults.
@@ -153,7 +154,7 @@ class DlmarchLM(LM):
         self.mc_num, self.check_greedy = own["mc_num"], own["check_greedy"]
         self.sampling_eps, self.add_bos_token = own["sampling_eps"], own["add_bos_token"]
         if self.check_greedy and self.model.likelihood != "llada":
-            raise OptionError(f"check_greedy is LLaDA's suffix_greedy_prediction; a {self.model.config.family} model "
+            raise OptionError(f"check_greedy is LLaDA's suffix_greedy_prediction; a {family_name(self.model)} model "
                               "reports exact greediness (causal) or none (Dream, as its harness)")
         if self.add_bos_token and self.tokenizer.bos_token is None:
             raise OptionError("add_bos_token: the tokenizer has no BOS token")
@@ -256,7 +257,7 @@ class DlmarchLM(LM):
         if self.model.likelihood != "causal":
             raise NotImplementedError(
                 f"dlmarch lm-eval model: loglikelihood_rolling is exact for causal and L2D models only; a "
-                f"{self.model.config.family} model's Monte Carlo ELBO is a bound, not a perplexity")
+                f"{family_name(self.model)} model's Monte Carlo ELBO is a bound, not a perplexity")
         main = self.model.main if self.model.kind == "l2d" else self.model
         prefix = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else self.eos_ids[0]
         bar = self._progress(len(requests), "loglikelihood_rolling", disable_tqdm)

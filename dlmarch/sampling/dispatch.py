@@ -54,8 +54,11 @@ class Sampler:
 
 
 def family_name(model) -> str:
-    cfg = getattr(model, "config", None)
-    return getattr(cfg, "family", None) or type(model).__name__
+    """The registry name of a model's family ("llada", "dream", "l2d", ...)."""
+    try:
+        return model.family.name
+    except (AttributeError, StopIteration):
+        return type(model).__name__
 
 
 # --- the samplers ----------------------------------------------------------------------------------------
@@ -119,8 +122,9 @@ SAMPLERS: dict[str, Sampler] = {s.name: s for s in (
     Sampler("generate", frozenset({"gen_length", "block_length", "steps", "temperature", "cfg_scale", "remasking",
                                    "kv_cache", "threshold", "block_causal", "stop_at_eos", "logits_eos_inf",
                                    "confidence_eos_eot_inf"}),
-            # ML-GSAI/LLaDA generate.py's example call (steps = gen_length: one token per step).
-            dict(gen_length=128, block_length=32, steps=lambda v: v["gen_length"], temperature=0.0, cfg_scale=0.0,
+            # ML-GSAI/LLaDA generate.py's example call (steps = gen_length: one token per step); a canvas
+            # that 32 does not divide is one block.
+            dict(gen_length=128, block_length=lambda v: 32 if v["gen_length"] % 32 == 0 else v["gen_length"], steps=lambda v: v["gen_length"], temperature=0.0, cfg_scale=0.0,
                  remasking="low_confidence", kv_cache="none", block_causal=False, stop_at_eos=False,
                  logits_eos_inf=False, confidence_eos_eot_inf=False, seed=1234),
             _llada, "ML-GSAI/LLaDA generate.py"),
