@@ -179,9 +179,19 @@ def _convert(name: str, value, meta: dict):
     if kind is int:
         if isinstance(value, bool) or isinstance(value, float) and not value.is_integer():
             raise OptionError(f"{name} must be an integer, found {value!r}")
+        if isinstance(value, str):  # a command line's text: "1.5" is refused as lm-eval's 1.5 is
+            try:
+                return int(value.strip())
+            except ValueError:
+                try:
+                    value = float(value)
+                except ValueError:
+                    raise OptionError(f"{name} must be an integer, found {value!r}") from None
+                if not value.is_integer():
+                    raise OptionError(f"{name} must be an integer, found {value!r}") from None
         try:
-            return int(value) if not isinstance(value, str) else int(value.strip())
-        except (TypeError, ValueError):
+            return int(value)
+        except (TypeError, ValueError, OverflowError):
             raise OptionError(f"{name} must be an integer, found {value!r}") from None
     if kind is float:
         if isinstance(value, bool):
