@@ -430,3 +430,68 @@ def test_lm_eval_command_refuses_bad_model_args_in_one_line(tmp_path, capsys, mo
             main(["--model", "dlmarch", "--model_args", args, "--tasks", "dlmarch_gen", "--include_path", str(tasks)])
         assert code.value.code == 2
         assert capsys.readouterr().err.strip().splitlines()[-1] == "error: " + message
+
+
+LAUNCH = """import functools, sys
+import lm_eval.tasks
+# Speed only: skip indexing lm-eval's built-in task files; the local tasks are enough.
+lm_eval.tasks.TaskManager = functools.partial(lm_eval.tasks.TaskManager, include_defaults=False)
+import os
+from dlmarch.integrations.lm_eval import DlmarchLM, main
+real = DlmarchLM.generate_until
+def counted(self, requests, disable_tqdm=False):  # how many requests this rank was given
+    with open(os.environ["COUNTS"] + "." + os.environ.get("RANK", "0"), "a") as f:
+        f.write(str(len(requests)) + "\\n")
+    return real(self, requests, disable_tqdm)
+DlmarchLM.generate_until = counted
+main(sys.argv[1:])
+"""
+
+
+def test_two_processes_give_the_one_process_results(tmp_path, monkeypatch):
+    """torchrun --nproc_per_node 2 (gloo, CPU): each rank its share of the requests, lm-eval gathers on
+    rank 0; every score and every sample's answer equals the one-process run's."""
+    import functools
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import lm_eval.tasks
+
+    from dlmarch.integrations.lm_eval import main
+
+    tiny_model_dir(tmp_path / "m")
+    tasks = _local_tasks(tmp_path)
+    (tmp_path / "launch.py").write_text(LAUNCH)
+    args = ["--model", "dlmarch", "--model_args",
+            f"pretrained={tmp_path / 'm'},gen_length=8,block_length=4,steps=8,mc_num=4,gen_batch_size=2", "--tasks",
+            "dlmarch_gen,dlmarch_mc", "--include_path", str(tasks), "--log_samples", "--batch_size", "2",
+            "--device", "cpu"]
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "COUNTS": str(tmp_path / "counts")}
+    torchrun = Path(sys.executable).with_name("torchrun")
+    r = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 20000),
+                        str(tmp_path / "launch.py"), *args, "--output_path", str(tmp_path / "out2")],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    # rank 0 docs 0 and 2, rank 1 doc 1 (and a padding copy of it: lm-eval evens the ranks' shares)
+    shares = [int((tmp_path / f"counts.{rank}").read_text()) for rank in (0, 1)]
+    assert shares == [2, 2], shares
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(lm_eval.tasks, "TaskManager", functools.partial(lm_eval.tasks.TaskManager, include_defaults=False))
+    main([*args, "--output_path", str(tmp_path / "out1")])
+
+    def read(out):
+        results = json.loads(next(out.rglob("results_*.json")).read_text())["results"]
+        # filtered_resps: lm-eval pads a rank's share with copies of its last request (for FSDP); the
+        # metrics read the first answer, as here
+        samples = {p.name.split("_")[2]: sorted((s["doc_id"], json.dumps(s["filtered_resps"])) for s in
+                                                 map(json.loads, p.read_text().splitlines()))
+                   for p in out.rglob("samples_*.jsonl")}
+        return results, samples
+
+    one, two = read(tmp_path / "out1"), read(tmp_path / "out2")
+    assert len(one[1]["gen"]) == 3 and len(one[1]["mc"]) == 3
+    assert two[1] == one[1] and two[0] == one[0]
