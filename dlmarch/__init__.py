@@ -8,13 +8,16 @@ from .models.dream import DreamConfig, DreamModel
 from .models.l2d import L2DConfig, L2DModel
 from .models.llada import LLaDAConfig
 from .registry import AutoModel
-from .sampling import generate, generate_dream, generate_l2d
+from .sampling import DecodingOptions, generate, generate_causal, generate_dream, generate_l2d, sampler_for
 
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AutoModel",
+    "DecodingOptions",
+    "generate_causal",
+    "sampler_for",
     "AttentionMask",
     "CausalLM",
     "DreamConfig",
