@@ -97,6 +97,7 @@ def main() -> None:
                     max(abs(a[0] - b[0]) for a, b in zip(out[1], out[args.batch])) < 1e-3
                 rows.append(dict(family=family, request=kind, one=rate[1], batched=rate[args.batch],
                                  speedup=rate[args.batch] / rate[1], same="yes" if same else "NO"))
+                print(rows[-1], flush=True)
     print(f"{machine()}; {args.requests} requests, prompts of 8-64 characters, gen_length {args.gen_length}, "
           f"size {args.size}, batch {args.batch}")
     print(table(rows, [("family", "family", "s"), ("request", "request", "s"), ("one", "req/s one at a time", ".2f"),
