@@ -344,7 +344,7 @@ def test_dream_generate_until_is_generate_dream_with_the_harness_defaults(dream_
     o = lm.options  # DreamLM/Dream eval/eval.py's defaults
     assert (o.gen_length, o.steps, o.temperature, o.alg, o.alg_temp, o.top_p, o.top_k) == (128, 128, 0.0, "entropy", 0.0,
                                                                                             None, None)
-    lm = DlmarchLM(pretrained=str(dream_dir), gen_length=8, gen_batch_size=2)
+    lm = DlmarchLM(pretrained=str(dream_dir), gen_length=8)  # one request per call (see docs/decoding.md)
     prompts = ["abc", "hgfedcba", "b"]
     got = lm.generate_until(_requests(*[(p, {"until": ["zz"]}) for p in prompts]))
     for p, text in zip(prompts, got):
