@@ -36,12 +36,12 @@ def prompts_for(model, args):
     """(prompt ids, scorer of generated ids or None)."""
     g = torch.Generator().manual_seed(0)
     if args.model:
-        from transformers import AutoTokenizer
+        from dlmarch.tokenizers import load_tokenizer
 
         from dlmarch.prompts import encode_prompts
         from trainers.tasks import REASONING_PREFIX, get_task
 
-        tok = AutoTokenizer.from_pretrained(args.model, trust_remote_code=False)
+        tok = load_tokenizer(args.model)
         task = get_task("sudoku", with_system_prompt=False)
         rows = task.generate(args.batch, 4242)
         ids = encode_prompts(tok, [task.messages(r) for r in rows], True, REASONING_PREFIX)

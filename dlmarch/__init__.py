@@ -10,13 +10,16 @@ from .models.llada import LLaDAConfig
 from .models.llada2 import LLaDA2Config, LLaDA2Model
 from .models.lladamoe import LLaDAMoEConfig, LLaDAMoEModel
 from .registry import AutoModel
-from .sampling import generate, generate_dream, generate_l2d, generate_llada2
+from .sampling import DecodingOptions, generate, generate_causal, generate_dream, generate_l2d, generate_llada2, sampler_for
 
 
 __version__ = "0.1.0"
 
 __all__ = [
     "AutoModel",
+    "DecodingOptions",
+    "generate_causal",
+    "sampler_for",
     "AttentionMask",
     "CausalLM",
     "DreamConfig",

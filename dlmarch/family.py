@@ -133,6 +133,8 @@ def load_transformer(path: str | Path, families, dtype: torch.dtype | None = Non
     model = build_on_meta(family.model_class, config)
     load_weights(model, files, rename, where, ignorable, dtype=dtype, device=device)
     model.source_dir = str(path)
+    # How our trainers say the model should be decoded (dlmarch.sampling.options reads it).
+    model.decoding = raw.get("decoding") if isinstance(raw.get("decoding"), dict) else None
     return model
 
 

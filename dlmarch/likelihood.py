@@ -6,9 +6,20 @@
   each copy with a different number of answer tokens masked (low-discrepancy: one random start,
   then evenly spaced), the masked tokens' cross-entropy divided by the mask ratio, averaged over
   mc_num / batch_size mini-batches.
+- Dream has no exact likelihood either; `dream_log_likelihood` is the Monte Carlo estimate of
+  DreamLM/Dream `eval/eval.py` (`_eval_target_nll_mc`, nll_type "mc", log_type "ftb", after SMDM's
+  evaluate_diff.py): one t per copy, low-discrepancy from one uniform draw (Kingma et al. 2021,
+  I.1), p_mask = (1 - eps) t + eps, every answer token masked with probability p_mask except the
+  sequence's last (the EOS the harness appends) and first, logits shifted right by one (Dream's head
+  predicts the next token), cross-entropy / p_mask averaged over mc_num / batch_size mini-batches.
 - Causal models (Llama/Qwen2) and L2D (whose diffusion path at t = 0 leaves the main path's logits
   unchanged, so its likelihood is the main path's) have the exact autoregressive one:
   `causal_log_likelihood`.
+
+A model names its estimator in the model protocol (`model.likelihood`: "llada", "dream", "causal").
+The Monte Carlo estimators draw from a CPU `generator`; with None they use torch's global generator,
+so that `torch.manual_seed(s)` then the estimator gives the reference's value for a reference run on
+CPU (on GPU the references draw from the CUDA generator, which no CPU seed reproduces).
 """
 
 from __future__ import annotations
@@ -58,8 +69,8 @@ def llada_log_likelihood(model, prompt: Tensor, answer: Tensor, mc_num: int = 12
     """Monte Carlo estimate of log p(answer | prompt) under a LLaDA model. prompt (l1,), answer (l2,).
 
     The reference's keywords and defaults (mask_id defaults to the model's). `generator` (a CPU
-    generator) drives the masks; None uses torch's global generator, as the reference does, so
-    that torch.manual_seed(s) then this gives the reference's value.
+    generator) drives the masks; None uses torch's global generator, as the reference does (the
+    module docstring says when that reproduces its value).
     """
     if mc_num % batch_size:
         raise ValueError(f"mc_num ({mc_num}) must be a multiple of batch_size ({batch_size})")
@@ -76,6 +87,40 @@ def llada_log_likelihood(model, prompt: Tensor, answer: Tensor, mc_num: int = 12
         logits = guided_logits(model, noisy, P, masked, cfg_scale, mask_id)
         loss = F.cross_entropy(logits, seq[masked], reduction="none") / p_mask[masked]
         losses.append((loss.sum() / batch_size).item())
+    return -sum(losses) / len(losses)
+
+
+@torch.no_grad()
+def dream_log_likelihood(model, prompt: Tensor, answer: Tensor, mc_num: int = 128, batch_size: int = 1,
+                         sampling_eps: float = 1e-3, mask_id: int | None = None,
+                         generator: torch.Generator | None = None) -> float:
+    """Monte Carlo estimate of log p(answer | prompt) under a Dream model, DreamLM/Dream eval/eval.py's
+    (module docstring). prompt (l1,), answer (l2,): the harness passes continuation + EOS. Defaults
+    are the harness's (mc_num 128, batch_size = lm-eval's batch_size, sampling_eps 1e-3)."""
+    if prompt.dim() != 1 or answer.dim() != 1 or answer.numel() == 0:
+        raise ValueError(f"prompt and answer must be 1-D token ids, answer non-empty (got {tuple(prompt.shape)}, "
+                         f"{tuple(answer.shape)})")
+    mask_id = model.config.mask_token_id if mask_id is None else mask_id
+    seq = torch.cat([prompt, answer])[None].repeat(batch_size, 1)
+    b, l = seq.shape
+    T = answer.numel()
+    seq_dev = seq.to(model.device)
+    losses = []
+    for _ in range(max(mc_num // batch_size, 1)):
+        u0 = torch.rand(1, generator=generator)
+        t = (u0 + torch.arange(b).float() / b) % 1
+        p_mask = ((1 - sampling_eps) * t + sampling_eps)[:, None].repeat(1, l)
+        hide = torch.rand((b, l), generator=generator) < p_mask
+        hide[:, 0] = False  # the reference never masks the first and last (EOS) positions
+        hide[:, -1] = False
+        noisy = seq.clone()
+        noisy[:, -T:] = torch.where(hide, mask_id, seq)[:, -T:]  # log_type ftb: only the answer is noised
+        noisy = noisy.to(model.device)
+        masked = noisy == mask_id
+        logits = model(noisy).logits
+        logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)  # position j scored by logits[:, j - 1]
+        loss = F.cross_entropy(logits[masked].float(), seq_dev[masked], reduction="none") / p_mask.to(model.device)[masked]
+        losses.append((loss.sum() / b).item())
     return -sum(losses) / len(losses)
 
 
@@ -120,4 +165,28 @@ def causal_log_likelihood(model, requests: list[tuple[list[int], list[int]]], ba
     return out
 
 
-__all__ = ["forward_process", "guided_logits", "llada_log_likelihood", "llada_suffix_greedy", "causal_log_likelihood"]
+@torch.no_grad()
+def causal_rolling_log_likelihood(model, tokens: list[int], prefix_token: int, max_length: int,
+                                  batch_size: int = 1) -> float:
+    """Exact log p(tokens) of a causal LM over disjoint windows of at most `max_length` tokens, each
+    conditioned on up to max_length - 1 previous ones (lm-eval's rolling windows, as its hf model)."""
+    from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
+
+    windows = [make_disjoint_window(w) for w in get_rolling_token_windows(
+        token_list=tokens, prefix_token=prefix_token, max_seq_len=max_length, context_len=1)]
+    return sum(ll for ll, _ in causal_log_likelihood(model, windows, batch_size))
+
+
+ESTIMATORS = {"llada": llada_log_likelihood, "dream": dream_log_likelihood, "causal": causal_log_likelihood}
+
+
+def estimator_for(model):
+    """The likelihood estimator a model declares (`model.likelihood`, the model protocol)."""
+    name = getattr(model, "likelihood", None)
+    if name not in ESTIMATORS:
+        raise ValueError(f"a {type(model).__name__} declares no likelihood estimator of dlmarch.likelihood (found {name!r})")
+    return ESTIMATORS[name]
+
+
+__all__ = ["forward_process", "guided_logits", "llada_log_likelihood", "dream_log_likelihood", "llada_suffix_greedy",
+           "causal_log_likelihood", "causal_rolling_log_likelihood", "estimator_for", "ESTIMATORS"]

@@ -120,13 +120,17 @@ def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Te
         am[i, P - len(r):] = 1
     return ids, am
 
-def decode(tokenizer, ids: torch.Tensor, eos_ids: list[int]) -> str:
-    """Text of generated ids, cut at the first EOS/EoT."""
-    ids = ids.tolist()
+def cut_at_eos(ids: list[int], eos_ids, keep_eos: bool = False) -> tuple[list[int], int]:
+    """The one "cut at EOS": (ids up to the first EOS/EoT, that EOS kept with keep_eos; the number of
+    tokens before it, the answer's effective length)."""
     for i, t in enumerate(ids):
         if t in eos_ids:
-            ids = ids[:i]
-            break
-    return tokenizer.decode(ids, skip_special_tokens=True)
+            return ids[:i + 1] if keep_eos else ids[:i], i
+    return ids, len(ids)
 
-__all__ = ["read_prompts", "render_chat", "ChatTemplateError", "encode_prompts", "left_pad", "decode"]
+
+def decode(tokenizer, ids: torch.Tensor, eos_ids: list[int]) -> str:
+    """Text of generated ids, cut at the first EOS/EoT, special tokens skipped."""
+    return tokenizer.decode(cut_at_eos(ids.tolist(), eos_ids)[0], skip_special_tokens=True)
+
+__all__ = ["read_prompts", "render_chat", "ChatTemplateError", "encode_prompts", "left_pad", "cut_at_eos", "decode"]

@@ -63,13 +63,12 @@ def build(out: Path, plan: Plan, seed: int):
 
 def convert(src: Path, dst: Path) -> None:
     """`python -m conversions to-diffusion SRC DST --style dream --mask-token-id <the tokenizer's mask>`."""
-    from transformers import AutoTokenizer
-
     from conversions.to_diffusion import to_diffusion
+    from dlmarch.tokenizers import load_tokenizer
 
     if (dst / "config.json").exists():
         return
-    tok = AutoTokenizer.from_pretrained(src, local_files_only=True, trust_remote_code=False)
+    tok = load_tokenizer(src)
     to_diffusion(src, dst, "dream", mask_token_id=tok.mask_token_id)
 
 

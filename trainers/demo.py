@@ -107,11 +107,10 @@ def new_llama(path: Path, tok, hidden: int, layers: int, seed: int) -> None:
 
 def prompt_length(task, model_dir: Path, rows: list[dict]) -> int:
     """The longest prompt of `rows` in tokens, as the sampler encodes them (chat template, generation prompt)."""
-    from transformers import AutoTokenizer
-
     from dlmarch.prompts import encode_prompts
+    from dlmarch.tokenizers import load_tokenizer
 
-    prompts = encode_prompts(AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False), [task.messages(r) for r in rows], True)
+    prompts = encode_prompts(load_tokenizer(model_dir), [task.messages(r) for r in rows], True)
     return max(len(p) for p in prompts)
 
 

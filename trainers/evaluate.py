@@ -1,7 +1,8 @@
 """`python -m trainers.evaluate --model DIR --task TASK [--data FILE]`: d1's evaluation protocol.
 
 Defaults are d1's (dllm-reasoning/d1 `eval/eval.py`): block length 32, temperature 0, low-confidence
-remasking, steps = gen_length / 2, d1's prompt (system prompt and question in one user message, the
+remasking, steps = gen_length / 2 (this command's protocol, `D1_PROTOCOL`; every other decoding default is
+the model's, as for `python -m dlmarch.generate`: the flags are the same `DecodingOptions`), d1's prompt (system prompt and question in one user message, the
 chat template's generation prompt, then "<reasoning>"), and d1's verdicts (`trainers/tasks/d1.py`).
 `--scorer math-verify` adds a second column beside d1's, never instead of it.
 
@@ -19,27 +20,28 @@ from __future__ import annotations
 
 import argparse
 import copy
-import inspect
 import json
 import os
 import sys
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from dlmarch.config import jsonl_rows, read_json, read_text
 from dlmarch.errors import DlmarchError
-from dlmarch.prompts import encode_prompts, left_pad
-from dlmarch.sampling.cli import sampler_warnings
+from dlmarch.prompts import cut_at_eos, encode_prompts, left_pad
+from dlmarch.sampling import DecodingOptions, sampler_for
+from dlmarch.sampling.cli import pad_id_of, positive_int, sampler_warnings
+from dlmarch.sampling.options import add_decoding_arguments, options_from_args
 
 from .tasks import REASONING_PREFIX, TASKS, get_task, pass_at_k
-from .options import seed_problem
 from .tasks.common import is_int, wrong
 
-RUN_KEYS = ("task", "rows", "samples", "gen_length", "block_length", "steps", "temperature", "batch_size", "seed",
-            "kv_cache", "threshold", "block_causal", "reasoning_prefix", "system_prompt")
+RUN_KEYS = ("task", "rows", "samples", "batch_size", "seed", "reasoning_prefix", "system_prompt",
+            *(n for n in DecodingOptions.names() if n != "seed"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -183,14 +185,6 @@ def rescore(task, paths: list[Path], extra=None, ks=None) -> tuple[dict, list[di
 # Generation
 
 
-def cut_after_eos(ids: list[int], eos_ids: list[int]) -> tuple[list[int], int]:
-    """(ids through the first EOS/EoT included, number of tokens before it: the effective tokens)."""
-    for i, t in enumerate(ids):
-        if t in eos_ids:
-            return ids[:i + 1], i
-    return ids, len(ids)
-
-
 def _dist():
     """(rank, world) under torchrun (initialising the process group: gloo on CPU, nccl on GPU), else (0, 1)."""
     import torch.distributed as dist
@@ -231,35 +225,37 @@ def _open_partial(out: Path, rank: int):
     return open(path, "a")
 
 
-def evaluate(model, tokenizer, task, rows: list[dict], *, gen_length: int = 128, block_length: int = 32,
-             steps: int | None = None, batch_size: int = 16, reasoning_prefix: bool = True, chat_template: bool = True,
-             temperature: float = 0.0, kv_cache: bool = False, threshold: float | None = None, block_causal: bool = False,
-             seed: int = 0, samples: int = 1, output: Path | None = None, resume: bool = False, extra=None,
-             ks: list[int] | None = None, progress: bool = True) -> tuple[dict, list[dict]]:
+# d1's protocol (dllm-reasoning/d1 eval/eval.py): steps = gen_length / 2; the blocks after every row's EOS
+# are skipped (same text through each row's first EOS).
+D1_PROTOCOL = {"steps": lambda v: max(1, v["gen_length"] // 2), "stop_at_eos": True}
+
+
+def evaluate(model, tokenizer, task, rows: list[dict], options: DecodingOptions | None = None, *, batch_size: int = 16,
+             reasoning_prefix: bool = True, chat_template: bool = True, samples: int = 1, output: Path | None = None,
+             resume: bool = False, extra=None, ks: list[int] | None = None, progress: bool = True, stats: dict | None = None,
+             **decoding) -> tuple[dict, list[dict]]:
     """Generate `samples` answers for every row, score them, summarise. Returns (summary, records).
 
-    With `output`, records are appended to `output.partial-RANK.jsonl` batch by batch, and rank 0
-    merges them into `output` (sorted by row and sample) once every process is done.
+    `options` (or DecodingOptions fields as keywords: gen_length=..., steps=...) are completed for the
+    model by its sampler (`dlmarch.sampling.sampler_for`) under d1's protocol. With `output`, records
+    are appended to `output.partial-RANK.jsonl` batch by batch, and rank 0 merges them into `output`
+    (sorted by row and sample) once every process is done. `stats` receives what the sampler reports
+    (L2D: 'diffusion_evaluations', 'tokens').
     """
-    from dlmarch import generate, generate_dream, generate_l2d
-
+    if decoding:
+        options = DecodingOptions.parse({**(options.given() if options else {}), **decoding})
     rank, world = _dist()
-    is_l2d = model.sampler == "generate_l2d"
-    is_dream = model.sampler == "generate_dream"
-    cfg = model.token_config
-    if is_dream and (kv_cache or threshold is not None or block_causal):
-        raise ValueError("a Dream model is decoded by generate_dream: --kv-cache, --threshold and --block-causal are LLaDA's")
-    steps = steps or max(1, gen_length // 2)
+    sampler = sampler_for(model)
+    options = sampler.resolve(model, options, protocol=D1_PROTOCOL)
+    gen_length, block_length, steps, seed = options.gen_length, options.block_length, options.steps, options.seed
     prefix = REASONING_PREFIX if reasoning_prefix else ""
     prompts = [task.messages(r) for r in rows]
     encoded = encode_prompts(tokenizer, prompts, chat_template, prefix)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else cfg.eos_token_id
+    pad = pad_id_of(tokenizer, model)
     eos_ids = model.stop_token_ids
     if hasattr(task, "end_markers"):  # d1's Sudoku patterns end an answer at LLaDA's end tokens; add this model's
         task = copy.copy(task)
         task.end_markers = tuple(dict.fromkeys([*task.end_markers, *tokenizer.convert_ids_to_tokens(eos_ids)]))
-    # stop_at_eos: skip the blocks after every row's EOS (same text through each row's first EOS).
-    early_stop = {"stop_at_eos": True} if "stop_at_eos" in inspect.signature(generate).parameters else {}
     units = [(i, s) for i in range(len(rows)) for s in range(samples)]
     batches = [units[b:b + batch_size] for b in range(0, len(units), batch_size)]
     done = _read_done(output, True) if output is not None and resume else {}
@@ -280,22 +276,10 @@ def evaluate(model, tokenizer, task, rows: list[dict], *, gen_length: int = 128,
         # One generator per batch: its draws depend on the batch alone, not on which process runs it.
         gen = torch.Generator(device=model.device).manual_seed((seed * 1_000_003 + b) % (1 << 62))
         with torch.no_grad():
-            if is_l2d:
-                x = generate_l2d(model, ids, am, max_new_tokens=gen_length, temperature=temperature, generator=gen,
-                                 eos_token_id=cfg.eos_token_id)
-            elif is_dream:
-                # Dream's own sampler over the whole answer (no blocks): greedy with the "entropy" order,
-                # the settings of dllm's Dream evaluation (ZHZisZZ/dllm dllm/pipelines/dream/eval.py),
-                # with d1's steps = gen_length / 2 so that Dream and LLaDA rows of a table spend the same.
-                x = generate_dream(model, ids, am, max_new_tokens=gen_length, steps=steps, temperature=temperature,
-                                   top_p=None, top_k=None, alg="entropy", alg_temp=0.0, generator=gen)
-            else:
-                x = generate(model, ids, attention_mask=am, steps=steps, gen_length=gen_length,
-                             block_length=block_length, temperature=temperature, generator=gen, kv_cache=kv_cache,
-                             threshold=threshold, block_causal=block_causal, **early_stop)
+            x = sampler(model, ids, am, options, generator=gen, stats=stats)
         lines = []
         for (i, s), row_ids in zip(batch, x[:, ids.shape[1]:].tolist()):
-            kept, effective = cut_after_eos(row_ids, eos_ids)
+            kept, effective = cut_at_eos(row_ids, eos_ids, keep_eos=True)
             # d1 decodes with special tokens kept; its Sudoku patterns look for <|eot_id|>.
             text = tokenizer.decode(kept, skip_special_tokens=False)
             n_tokens, n_effective, n_gen = n_tokens + len(row_ids), n_effective + effective, n_gen + 1
@@ -336,7 +320,7 @@ def evaluate(model, tokenizer, task, rows: list[dict], *, gen_length: int = 128,
             p.unlink()
     n_tokens, n_effective, n_gen, seconds = totals.tolist()
     summary = {"task": task.name, **summarize(task, records, ks), "primary": task.primary, "samples": samples,
-               "gen_length": gen_length, "block_length": block_length, "steps": steps,
+               "sampler": sampler.name, **{k: v for k, v in options.given().items() if k != "seed"},
                "seconds": round(seconds, 2), "tokens_per_s": n_tokens / max(seconds, 1e-9),
                "effective_tokens_per_s": n_effective / max(seconds, 1e-9),
                "mean_effective_tokens": n_effective / max(n_gen, 1), "processes": world}
@@ -351,37 +335,31 @@ def main(argv=None) -> int:
     p.add_argument("--scorer", choices=["math-verify"], help="a second verdict column beside d1's (gsm8k, math500)")
     p.add_argument("--data", help="the task's rows: JSONL (or d1's Sudoku CSV); required for gsm8k and math500")
     p.add_argument("--num", type=int, default=None, help="first N rows (default: all; generated tasks: 256)")
-    p.add_argument("--seed", type=int, default=1234, help="seed of generated tasks and of sampling")
-    p.add_argument("--gen-length", type=int, default=128)
-    p.add_argument("--block-length", type=int, default=32)
-    p.add_argument("--steps", type=int, default=None, help="default: gen_length / 2")
-    p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--samples", type=int, default=1, help="generations per item (pass@k; use --temperature > 0)")
     p.add_argument("--pass-k", default=None, help="comma-separated k of pass@k (default with --samples N: 1 and N)")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--kv-cache", action="store_true")
-    p.add_argument("--threshold", type=float, default=None)
-    p.add_argument("--block-causal", action="store_true")
+    p.add_argument("--batch-size", default="16", help="prompts per sampler call (default 16)")
     p.add_argument("--no-reasoning-prefix", action="store_true")
     p.add_argument("--no-system-prompt", action="store_true")
     p.add_argument("--device", default=None)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run into the same --output")
     p.add_argument("--output", help="JSONL of generations (default: MODEL/eval-TASK.jsonl; with --score: "
                                     "FILE.verdicts.jsonl); the summary goes beside it")
+    add_decoding_arguments(p, "d1's protocol: steps = gen_length / 2 unless given; --seed also seeds generated "
+                              "tasks. The rest come from the model (config.json's `decoding` entry, then its "
+                              "sampler's reference defaults); an option its sampler does not take is refused.")
     args = p.parse_args(argv)
     try:
-        for name in ("steps", "gen_length", "block_length", "batch_size", "num"):  # 0 would otherwise fall back to the default
-            if getattr(args, name) is not None and getattr(args, name) < 1:
-                raise DlmarchError(f"--{name.replace('_', '-')} must be at least 1, found {getattr(args, name)}")
+        options = options_from_args(args)
+        args.batch_size = positive_int("batch_size", args.batch_size)
+        if args.num is not None and args.num < 1:
+            raise DlmarchError(f"--num must be at least 1, found {args.num}")
+        seed = 1234 if options.seed is None else options.seed
         try:
             ks = [int(k) for k in args.pass_k.split(",")] if args.pass_k else None
         except ValueError:
             raise DlmarchError(f"--pass-k must be comma-separated integers (1,8), found {args.pass_k!r}") from None
         if ks and min(ks) < 1:
             raise ValueError(f"--pass-k: k must be positive, found {args.pass_k}")
-        problem = seed_problem(args.seed)
-        if problem:
-            raise DlmarchError(f"--seed {problem}")
         task = get_task(args.task, **({"with_system_prompt": False} if args.no_system_prompt else {}))
         if args.no_system_prompt:
             task.system_prompt = None
@@ -392,16 +370,14 @@ def main(argv=None) -> int:
             raise ValueError("--model is required (or --score FILE to re-score generations)")
         if args.samples < 1 or (ks and max(ks) > args.samples):
             raise ValueError(f"--pass-k {args.pass_k} needs --samples >= {max(ks or [1])}, found {args.samples}")
-        if args.samples > 1 and args.temperature == 0:
+        if args.samples > 1 and not options.temperature:
             print("warning: --samples > 1 at temperature 0 draws the same generation every time", file=sys.stderr)
-        rows = task.load(args.data) if args.data else task.generate(args.num or 256, args.seed)
+        rows = task.load(args.data) if args.data else task.generate(args.num or 256, seed)
         rows = rows[: args.num] if args.num else rows
         out = Path(args.output or Path(args.model) / f"eval-{args.task}.jsonl")
-        run = dict(task=args.task, rows=len(rows), samples=args.samples, gen_length=args.gen_length,
-                   block_length=args.block_length, steps=args.steps or max(1, args.gen_length // 2),
-                   temperature=args.temperature, batch_size=args.batch_size, seed=args.seed, kv_cache=args.kv_cache,
-                   threshold=args.threshold, block_causal=args.block_causal,
-                   reasoning_prefix=not args.no_reasoning_prefix, system_prompt=task.system_prompt)
+        run = dict(task=args.task, rows=len(rows), samples=args.samples, batch_size=args.batch_size, seed=seed,
+                   reasoning_prefix=not args.no_reasoning_prefix, system_prompt=task.system_prompt,
+                   **{k: v for k, v in options.given().items() if k != "seed"})
         rank, world = _dist()
         _check_run(out, run, args.resume, rank)
         if world > 1:
@@ -409,16 +385,14 @@ def main(argv=None) -> int:
         device = args.device or (f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu")
         from dlmarch.sampling.cli import load_for_generation
 
-        model, tok = load_for_generation(args.model, None, device, allow_l2d=True)
+        model, tok = load_for_generation(args.model, None, device)
+        resolved = sampler_for(model).resolve(model, replace(options, seed=seed), protocol=D1_PROTOCOL)
         if rank == 0:
-            for w in sampler_warnings(args.model, args.block_length, args.block_causal):
+            for w in sampler_warnings(model.decoding, resolved.block_length, resolved.block_causal):
                 print(w, file=sys.stderr)
-        summary, _ = evaluate(model, tok, task, rows, gen_length=args.gen_length, block_length=args.block_length,
-                              steps=args.steps, batch_size=args.batch_size,
-                              reasoning_prefix=not args.no_reasoning_prefix, temperature=args.temperature,
-                              kv_cache=args.kv_cache, threshold=args.threshold, block_causal=args.block_causal,
-                              seed=args.seed, samples=args.samples, output=out, resume=args.resume, extra=extra,
-                              ks=ks)
+        summary, _ = evaluate(model, tok, task, rows, resolved, batch_size=args.batch_size,
+                              reasoning_prefix=not args.no_reasoning_prefix, samples=args.samples, output=out,
+                              resume=args.resume, extra=extra, ks=ks)
     except (DlmarchError, ValueError, OSError) as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2

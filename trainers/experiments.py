@@ -186,36 +186,34 @@ def stage(method: str, model: Path, out: Path, data: Path, steps: int, lr: float
 
 
 def eval_causal(name: str, model_dir: Path, task, test: list[dict], out: Path, seed: int, **l2d_kw) -> dict:
-    """Greedy decoding of a causal LM (trainers.ar.generate_greedy) or, with l2d_kw (solver,
-    ode_steps), L2D's sampler, with the d1 prompt ("<reasoning>" after the generation prompt); scored
-    by the task. Cached like demo.run_eval. The summary adds evaluations_per_token (L2D: the diffusion
-    path's evaluations per generated token, the final read-out included)."""
-    from transformers import AutoTokenizer
-
-    from dlmarch import generate_l2d
-    from dlmarch.registry import load_pretrained
+    """Greedy decoding of a causal LM or, with l2d_kw (solver, ode_steps), L2D's sampler, both through
+    the model's sampler (`dlmarch.sampling.sampler_for`), with the d1 prompt ("<reasoning>" after the
+    generation prompt); scored by the task. Cached like demo.run_eval. The summary adds
+    evaluations_per_token (L2D: the diffusion path's evaluations per generated token, the final
+    read-out included)."""
     from dlmarch.prompts import decode, encode_prompts, left_pad
-    from trainers.ar import generate_greedy
+    from dlmarch.registry import load_pretrained
+    from dlmarch.sampling import DecodingOptions, sampler_for
+    from dlmarch.tokenizers import load_tokenizer
     from trainers.tasks import REASONING_PREFIX
 
     cached = out / f"eval-{name}.summary.json"
     if cached.exists():
         return json.loads(cached.read_text())
     model = load_pretrained(model_dir).eval()
-    tok = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
+    tok = load_tokenizer(model_dir)
     eos = tok.eos_token_id
+    sampler = sampler_for(model)
+    options = sampler.resolve(model, DecodingOptions(gen_length=GEN_LENGTH, **l2d_kw))
     prompts = [task.messages(r) for r in test]
     encoded = encode_prompts(tok, prompts, True, REASONING_PREFIX)
     gen = torch.Generator().manual_seed(seed)
     records, t0, evals, tokens = [], time.time(), 0, 0
     for start in range(0, len(test), 64):
         ids, am = left_pad(encoded[start:start + 64], tok.pad_token_id)
-        if l2d_kw:
-            stats: dict = {}
-            x = generate_l2d(model, ids, am, max_new_tokens=GEN_LENGTH, eos_token_id=eos, generator=gen, stats=stats, **l2d_kw)
-            evals, tokens = evals + stats["diffusion_evaluations"], tokens + stats["tokens"]
-        else:
-            x = generate_greedy(model, ids, am, GEN_LENGTH, eos_token_id=eos)
+        stats: dict = {}
+        x = sampler(model, ids, am, options, generator=gen, stats=stats)
+        evals, tokens = evals + stats.get("diffusion_evaluations", 0), tokens + stats.get("tokens", 0)
         for j, row_ids in enumerate(x[:, ids.shape[1]:]):
             i = start + j
             text = decode(tok, row_ids, [eos])

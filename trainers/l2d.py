@@ -56,6 +56,9 @@ def load_model(args, device, dtype):
 
     overrides = {"attn_backend": args.attn_backend} if args.attn_backend else {}
     main = load_pretrained(args.model, dtype=dtype, device=device, **overrides)
+    if getattr(main, "kind", None) == "l2d":
+        raise DlmarchError(f"{args.model}: an L2D checkpoint; pass its main path as --model and this directory "
+                           "as --init to continue training it")
     torch_seed = args.seed
     model = L2DModel.from_main(main, l2d_config(args, main.config.hidden_size), seed=torch_seed)
     model.main_source = str(args.model)

@@ -432,13 +432,10 @@ def _train(objective_factory, args, name, needs_mask, model_loader, rank, world,
 
 def load_model_and_tokens(args, needs_mask: bool, model_loader, device):
     """(tokenizer, model, mask_id, eos_id, pad_id), every token id checked against the tokenizer."""
-    from transformers import AutoTokenizer
+    from dlmarch.tokenizers import load_tokenizer
 
     model_dir = local_model_dir(args.model, "--model")  # a hub id: its snapshot in the hub cache
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
-    except Exception as e:
-        raise DlmarchError(f"{args.model}: cannot load its tokenizer ({str(e).strip().splitlines()[0]})") from None
+    tokenizer = load_tokenizer(model_dir)  # one line naming the directory when it cannot be read
     dtype = parse_dtype(args.dtype)
     if dtype is None:
         dtype = torch.bfloat16 if (args.lora_rank and device.type == "cuda") else torch.float32

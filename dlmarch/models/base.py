@@ -86,8 +86,13 @@ class TransformerLM(nn.Module):
     kind: str = "causal"
     # logits[:, i] scores token i + 1 (an autoregressive head: causal models, Dream) rather than token i.
     shifted_logits: bool = True
-    # The name of its sampler in dlmarch.sampling (None: none of ours; causal models use plain decoding).
-    sampler: str | None = None
+    # The name of its sampler in dlmarch.sampling (`dlmarch.sampling.sampler_for` dispatches on it).
+    sampler: str = "generate_causal"
+    # Its likelihood estimator in dlmarch.likelihood (`estimator_for` dispatches on it): "causal" (exact),
+    # "llada" (LLaDA's Monte Carlo ELBO) or "dream" (Dream's Monte Carlo ELBO, shifted logits).
+    likelihood: str = "causal"
+    # config.json's `decoding` entry as loaded (the defaults our trainers record for its sampler).
+    decoding: dict | None = None
 
     def __init__(self, config: TransformerConfig):
         super().__init__()
@@ -323,5 +328,5 @@ class TransformerLM(nn.Module):
     def save_pretrained(self, path: str | Path, max_shard_size: int = 5 * 2**30, decoding: dict | None = None) -> None:
         """Write a native checkpoint (config.json + safetensors, sharded with an index when large),
         atomically: a temporary directory renamed at the end. `decoding`: how the model should be
-        sampled (config.json's `decoding`, read by `dlmarch.sampling.cli.sampler_warnings`)."""
+        sampled (config.json's `decoding`, read by `dlmarch.sampling.options`)."""
         save_native(self, path, max_shard_size=max_shard_size, extra={"decoding": decoding} if decoding else None)

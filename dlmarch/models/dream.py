@@ -93,6 +93,7 @@ class DreamModel(TransformerLM):
     kind = "masked-diffusion"
     shifted_logits = True  # the autoregressive head Dream keeps from Qwen2.5
     sampler = "generate_dream"
+    likelihood = "dream"
 
     def build_mask(self, input_ids: Tensor, attention_mask: Tensor | None = None, *, position_ids: Tensor | None = None,
                    doc_ids: Tensor | None = None, past_len: int = 0):

@@ -442,6 +442,8 @@ class L2DModel(nn.Module):
     kind = "l2d"
     shifted_logits = True  # a diffusion query at position i samples token i + 1, after the main path's state
     sampler = "generate_l2d"
+    likelihood = "causal"  # its main path's, exactly (the diffusion path at t = 0 leaves it unchanged)
+    decoding = None
     families: tuple = ()  # set below
 
     @property
@@ -683,6 +685,7 @@ class L2DModel(nn.Module):
         model = cls(main, L2DConfig.from_dict(raw["l2d"]))
         copy_weights(model.diffusion_state_dict(), WeightFiles(path), f"{path} (L2D)")
         model.main_source = str(main_dir)
+        model.decoding = raw.get("decoding") if isinstance(raw.get("decoding"), dict) else None
         return model
 
 

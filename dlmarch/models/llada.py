@@ -149,6 +149,7 @@ class LLaDAModel(TransformerLM):
     kind = "masked-diffusion"
     shifted_logits = False  # logits[:, i] scores token i itself
     sampler = "generate"
+    likelihood = "llada"
 
 
 FAMILY = Family(name="llada", model_class=LLaDAModel, config_class=LLaDAConfig, key_table=KEYS, hf_model_type="llada")

@@ -1,9 +1,10 @@
 """`python -m dlmarch.generate --model DIR --prompt TEXT` (or `--prompts FILE.jsonl`).
 
-Loads the model (HF LLaDA or native) and the tokenizer from the same directory (local files only),
-applies the tokenizer's chat template when it has one, generates with LLaDA's sampler (a progress
-bar per block), and prints the decoded text. JSONL rows are {"prompt": ...} or {"messages": [...]}.
-Dream directories are sampled with Dream's own sampler (dlmarch.sampling.dream; its flags under --help).
+Loads the model (any family: LLaDA, Dream, L2D, Llama/Qwen2; HF or native) and the tokenizer from the
+same directory (local files only), applies the tokenizer's chat template when it has one, decodes
+with the model's own sampler (`dlmarch.sampling.sampler_for`) and prints the decoded text, cut at
+the first EOS/EoT. JSONL rows are {"prompt": ...} or {"messages": [...]}. The decoding flags are
+`dlmarch.sampling.options.DecodingOptions`, shared with trainers.evaluate and the lm-eval model.
 """
 
 from __future__ import annotations
@@ -19,57 +20,55 @@ import torch
 from ..dtypes import DTYPES
 from ..errors import DlmarchError
 from ..prompts import decode, encode_prompts, left_pad, read_prompts
-from .dream import add_dream_arguments, dream_cli_sampler, dream_tokenizer
+from ..tokenizers import end_of_turn_id, load_tokenizer
+from .dispatch import sampler_for
+from .options import add_decoding_arguments, options_from_args
 
 
-def load_for_generation(model_dir: str, dtype: str | None, device: str | None, allow_l2d: bool = False,
-                        allow_causal: bool = False):
-    """(model, tokenizer) of a directory: a masked-diffusion model (or, with allow_l2d, an L2D model;
-    with allow_causal, a Llama/Qwen2 model)."""
-    from transformers import AutoTokenizer
-
+def load_for_generation(model_dir: str, dtype: str | None = None, device: str | None = None):
+    """(model, tokenizer) of a directory of any family (its sampler: `dlmarch.sampling.sampler_for`).
+    The tokenizer pads on the left; a model whose config.json has no end-of-turn id takes the chat
+    template's from the tokenizer (LLaDA's <|eot_id|>, Qwen2/Dream's <|im_end|>)."""
     from ..registry import load_pretrained
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = load_pretrained(model_dir, dtype=DTYPES[dtype] if dtype else None, device=device).eval()
-    if model.kind == "l2d":
-        if not allow_l2d:
-            raise DlmarchError(f"{model_dir}: an L2D model; sample it with dlmarch.generate_l2d or trainers.evaluate")
-    elif model.kind != "masked-diffusion" and not allow_causal:
-        raise DlmarchError(f"{model_dir}: a {model.config.family} model is not a masked-diffusion model")
-    try:
-        tokenizer = dream_tokenizer(model_dir)  # Dream's remote-code tokenizer, read natively
-        if tokenizer is None:
-            tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True, trust_remote_code=False)
-    except Exception as e:
-        raise DlmarchError(f"{model_dir}: cannot load its tokenizer ({str(e).splitlines()[0]})") from None
-    tokenizer.padding_side = "left"
-    # LLaDA's config.json has no EoT id; the tokenizer knows it.
-    if model.mask_token_id is not None and getattr(model.config, "eot_token_id", None) is None:
-        eot = tokenizer.convert_tokens_to_ids("<|eot_id|>") if "<|eot_id|>" in tokenizer.get_vocab() else None
-        if eot is None and "<|eot|>" in tokenizer.get_vocab():
-            eot = tokenizer.convert_tokens_to_ids("<|eot|>")
-        model.config.eot_token_id = eot
+    tokenizer = load_tokenizer(model_dir, padding_side="left")
+    cfg = model.token_config
+    if getattr(cfg, "eot_token_id", None) is None:
+        eot = end_of_turn_id(tokenizer)
+        if eot is not None and eot != cfg.eos_token_id:
+            cfg.eot_token_id = eot
     return model, tokenizer
 
 
-def sampler_warnings(model_dir: str, block_length: int, block_causal: bool) -> list[str]:
-    """Warnings when the sampler does not match how the model was trained: the `decoding` entry of
-    its native config.json ({"trained_with": method, "block_length": N, "block_causal": bool}; a
-    trainer writes it, see trainers/record.py)."""
-    path = Path(model_dir) / "config.json"
-    try:
-        info = json.loads(path.read_text()).get("decoding") or {}
-    except (OSError, ValueError, AttributeError):
-        return []
+def pad_id_of(tokenizer, model) -> int:
+    """The id left padding is written with: the tokenizer's pad token, else EOS; never the mask token."""
+    cfg = model.token_config
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else cfg.eos_token_id
+    if pad is not None and pad == getattr(cfg, "mask_token_id", None):
+        raise DlmarchError("the tokenizer's pad token is the mask token; generation needs them distinct")
+    return pad
+
+
+def sampler_warnings(decoding, block_length: int | None, block_causal: bool | None) -> list[str]:
+    """Warnings when the options override how the model was trained: `decoding` is the model's
+    config.json `decoding` entry ({"trained_with": method, "block_length": N, "block_causal": bool};
+    a trainer writes it, see trainers/record.py), or the directory holding that config.json."""
+    if isinstance(decoding, (str, Path)):
+        try:
+            decoding = json.loads((Path(decoding) / "config.json").read_text()).get("decoding")
+        except (OSError, ValueError, AttributeError):
+            decoding = None
+    info = decoding if isinstance(decoding, dict) else {}
     out = []
     size = info.get("block_length")
-    if size and size != block_length:
-        out.append(f"warning: {model_dir} was trained with block size {size}; decoding with block_length {block_length}")
-    if info.get("block_causal") and not block_causal:
-        out.append(f"warning: {model_dir} was trained with --all-blocks (future cut off); decode it with --block-causal")
+    if size and block_length and size != block_length:
+        out.append(f"warning: the model was trained with block size {size}; decoding with block_length {block_length}")
+    if info.get("block_causal") and block_causal is False:
+        out.append("warning: the model was trained with --all-blocks (future cut off); decode it with --block-causal")
     if block_causal and info.get("trained_with") and not info.get("block_causal"):
-        out.append(f"warning: --block-causal decodes --all-blocks models; {model_dir} was trained with {info['trained_with']}")
+        out.append(f"warning: --block-causal decodes --all-blocks models; the model was trained with {info['trained_with']}")
     return out
 
 
@@ -78,59 +77,33 @@ def main(argv: list[str] | None = None) -> int:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--prompt", help="one prompt")
     src.add_argument("--prompts", help="a JSONL file of prompts")
-    p.add_argument("--model", required=True, help="model directory (HF LLaDA or native), with its tokenizer")
-    p.add_argument("--gen-length", type=int, default=128)
-    p.add_argument("--block-length", type=int, default=32)
-    p.add_argument("--steps", type=int, default=None, help="default: gen_length")
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--cfg-scale", type=float, default=0.0)
-    p.add_argument("--remasking", default="low_confidence", choices=["low_confidence", "random"])
-    p.add_argument("--kv-cache", nargs="?", const="prefix", default=False, choices=["prefix", "dual"],
-                   help="KV cache per block (approximation): prefix (the default when given bare) or dual "
-                        "(prefix and suffix, Fast-dLLM)")
-    p.add_argument("--stop-at-eos", action="store_true",
-                   help="stop after the block in which every row of the batch has emitted EOS/EoT")
-    p.add_argument("--threshold", type=float, default=None, help="confidence-threshold parallel decoding")
-    p.add_argument("--block-causal", action="store_true", help="the sampler of --all-blocks models")
-    p.add_argument("--logits-eos-inf", action="store_true")
-    p.add_argument("--confidence-eos-eot-inf", action="store_true")
+    p.add_argument("--model", required=True, help="model directory (any family, HF or native), with its tokenizer")
     p.add_argument("--no-chat-template", action="store_true")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", default="8", help="prompts per sampler call (default 8)")
     p.add_argument("--dtype", choices=list(DTYPES), default=None)
     p.add_argument("--device", default=None)
     p.add_argument("--output", help="also write {prompt, output} rows to this JSONL file")
-    add_dream_arguments(p)
+    add_decoding_arguments(p)
     args = p.parse_args(argv)
     try:
-        for name in ("steps", "gen_length", "block_length", "batch_size"):  # 0 would otherwise fall back to the default
-            if getattr(args, name) is not None and getattr(args, name) < 1:
-                raise DlmarchError(f"--{name.replace('_', '-')} must be at least 1, found {getattr(args, name)}")
-        from .llada import generate
-
+        options = options_from_args(args)  # checked before the model is read
+        batch_size = positive_int("batch_size", args.batch_size)
         model, tok = load_for_generation(args.model, args.dtype, args.device)
-        if model.sampler == "generate_dream":  # Dream's own sampler, same call
-            generate = dream_cli_sampler(args, model, tok)
-        for w in sampler_warnings(args.model, args.block_length, args.block_causal):
+        sampler = sampler_for(model)
+        options = sampler.resolve(model, options)
+        for w in sampler_warnings(model.decoding, options.block_length, options.block_causal):
             print(w, file=sys.stderr)
         prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts)
         rows = encode_prompts(tok, prompts, not args.no_chat_template)
-        pad = tok.pad_token_id if tok.pad_token_id is not None else model.config.eos_token_id
-        if pad == model.config.mask_token_id:
-            raise DlmarchError("the tokenizer's pad token is the mask token; generation needs them distinct")
-        gen = torch.Generator(device=model.device).manual_seed(args.seed)
+        pad = pad_id_of(tok, model)
+        gen = torch.Generator(device=model.device).manual_seed(options.seed)
         eos_ids = model.stop_token_ids
         outputs = []
         t0, n_tokens = time.time(), 0
-        for start in range(0, len(rows), args.batch_size):
-            ids, am = left_pad(rows[start:start + args.batch_size], pad)
-            x = generate(model, ids, attention_mask=am, steps=args.steps or args.gen_length, gen_length=args.gen_length,
-                         block_length=args.block_length, temperature=args.temperature, cfg_scale=args.cfg_scale,
-                         remasking=args.remasking, logits_eos_inf=args.logits_eos_inf,
-                         confidence_eos_eot_inf=args.confidence_eos_eot_inf, generator=gen, kv_cache=args.kv_cache,
-                         threshold=args.threshold, block_causal=args.block_causal, stop_at_eos=args.stop_at_eos,
-                         progress=True)
-            n_tokens += x.shape[0] * args.gen_length
+        for start in range(0, len(rows), batch_size):
+            ids, am = left_pad(rows[start:start + batch_size], pad)
+            x = sampler(model, ids, am, options, generator=gen, progress=True)
+            n_tokens += x.shape[0] * (x.shape[1] - ids.shape[1])
             for row in x[:, ids.shape[1]:]:
                 outputs.append(decode(tok, row, eos_ids))
     except (DlmarchError, ValueError, OSError) as e:
@@ -146,6 +119,21 @@ def main(argv: list[str] | None = None) -> int:
             for prompt, text in zip(prompts, outputs):
                 f.write(json.dumps({"prompt": prompt, "output": text}) + "\n")
     return 0
+
+
+def positive_int(name: str, value) -> int:
+    """A count option (batch sizes): an integer >= 1, else the one-line message of DecodingOptions."""
+    from .options import OptionError
+
+    if isinstance(value, bool) or isinstance(value, float) and not value.is_integer():
+        raise OptionError(f"{name} must be an integer, found {value!r}")
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise OptionError(f"{name} must be an integer, found {value!r}") from None
+    if n < 1:
+        raise OptionError(f"{name} must be at least 1, found {n}")
+    return n
 
 
 if __name__ == "__main__":

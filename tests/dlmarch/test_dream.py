@@ -173,7 +173,7 @@ def test_command_line_dream(tmp_path, capsys):
     assert got == tok.decode(cut, skip_special_tokens=True)
     capsys.readouterr()
     assert main(run + ["--kv-cache"]) == 2
-    assert "--kv-cache is a LLaDA sampler flag" in capsys.readouterr().err
+    assert "kv_cache is not available for Dream models" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["--help"])
     helped = capsys.readouterr().out
@@ -251,7 +251,7 @@ def _dream_tokenizer_files(path):
 
 def test_dream_tokenizer_is_read_without_remote_code(tmp_path, capsys):
     from dlmarch.sampling.cli import main
-    from dlmarch.sampling.dream import dream_tokenizer
+    from dlmarch.tokenizers import dream_tokenizer
 
     _dream_tokenizer_files(tmp_path / "m")
     tok = dream_tokenizer(tmp_path / "m")

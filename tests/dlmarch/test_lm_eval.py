@@ -190,6 +190,19 @@ metric_list:
 """
 
 
+def _local_tasks(tmp_path):
+    """Two local tasks (generate_until, multiple_choice) of three rows each; returns their folder."""
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    gen_rows = [{"question": q, "answer": a} for q, a in [("abc", "d"), ("ba", "ab"), ("cab", "bac")]]
+    mc_rows = [{"question": q, "choices": c, "label": y} for q, c, y in
+               [("ab", ["a", "bb"], 0), ("ca", ["c", "d", "e"], 2), ("h", ["g", "hh"], 1)]]
+    for name, rows, yaml in [("gen", gen_rows, GEN_TASK), ("mc", mc_rows, MC_TASK)]:
+        (tasks / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (tasks / f"{name}.yaml").write_text(yaml.format(data=tasks / f"{name}.jsonl", cache=tmp_path / "cache"))
+    return tasks
+
+
 def test_lm_eval_end_to_end_on_local_tasks(tmp_path, monkeypatch):
     from dlmarch.integrations.lm_eval import main
 
@@ -203,15 +216,8 @@ def test_lm_eval_end_to_end_on_local_tasks(tmp_path, monkeypatch):
     # reads --include_path; the local tasks alone are enough here.
     monkeypatch.setattr(lm_eval.tasks, "TaskManager", functools.partial(lm_eval.tasks.TaskManager, include_defaults=False))
     model, tok = tiny_model_dir(tmp_path / "m")
-    tasks = tmp_path / "tasks"
-    tasks.mkdir()
-    gen_rows = [{"question": q, "answer": a} for q, a in [("abc", "d"), ("ba", "ab"), ("cab", "bac")]]
-    mc_rows = [{"question": q, "choices": c, "label": y} for q, c, y in
-               [("ab", ["a", "bb"], 0), ("ca", ["c", "d", "e"], 2), ("h", ["g", "hh"], 1)]]
-    for name, rows, yaml in [("gen", gen_rows, GEN_TASK), ("mc", mc_rows, MC_TASK)]:
-        (tasks / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        (tasks / f"{name}.yaml").write_text(yaml.format(data=tasks / f"{name}.jsonl", cache=tmp_path / "cache"))
-    args = "pretrained={},gen_length=8,block_length=4,steps=8,mc_num=4,mc_batch_size=2,kv_cache=dual".format(tmp_path / "m")
+    tasks = _local_tasks(tmp_path)
+    args = "pretrained={},gen_length=8,block_length=4,steps=8,mc_num=4,kv_cache=dual,gen_batch_size=2".format(tmp_path / "m")
     main(["--model", "dlmarch", "--model_args", args, "--tasks", "dlmarch_gen,dlmarch_mc", "--include_path", str(tasks),
           "--output_path", str(tmp_path / "out"), "--log_samples", "--batch_size", "2"])
     results = json.loads(next((tmp_path / "out").rglob("results_*.json")).read_text())["results"]
@@ -225,7 +231,7 @@ def test_lm_eval_end_to_end_on_local_tasks(tmp_path, monkeypatch):
 
     samples = {p.name.split("_")[2]: [json.loads(x) for x in p.read_text().splitlines()]
                for p in (tmp_path / "out").rglob("samples_*.jsonl")}
-    lm = DlmarchLM(pretrained=str(tmp_path / "m"), mc_num=4, mc_batch_size=2)
+    lm = DlmarchLM(pretrained=str(tmp_path / "m"), mc_num=4, batch_size=2)
     for s in samples["gen"]:
         ids = torch.tensor([tok(s["doc"]["question"]).input_ids])
         out = generate(lm.model, ids, steps=8, gen_length=8, block_length=4, kv_cache="dual")
@@ -237,3 +243,255 @@ def test_lm_eval_end_to_end_on_local_tasks(tmp_path, monkeypatch):
             want = llada_log_likelihood(lm.model, torch.tensor(ctx), torch.tensor(cont), 4, 2,
                                         generator=torch.Generator().manual_seed(1234))
             assert float(s["resps"][i][0][0]) == pytest.approx(want, abs=1e-6)
+
+
+# --- Dream: DreamLM/Dream eval/eval.py, transcribed ----------------------------------------------------------
+class _RefDream:
+    """The likelihood half of Dream's lm-eval model (eval/eval.py: `_forward_process`, `get_logits`,
+    `_eval_target_nll_mc`, `_encode_pair`) with nll_type "mc", log_type "ftb" and no CFG, transcribed."""
+
+    def __init__(self, model, tokenizer, batch_size, mc_num=128, sampling_eps=1e-3, add_bos_token=False,
+                 max_length=2048):
+        self.model, self.tokenizer, self.batch_size, self.mc_num = model, tokenizer, batch_size, mc_num
+        self.sampling_eps, self.add_bos_token, self.max_length = sampling_eps, add_bos_token, max_length
+        self.device, self.log_type, self.classifier_free_guidance = torch.device("cpu"), "ftb", 1.0
+
+    def _forward_process(self, batch):
+        b, l = batch.shape
+        u0 = torch.rand(1, device=batch.device, dtype=torch.float32)
+        indices = torch.arange(b, device=batch.device).float()
+        t = (u0 + indices / b) % 1
+        p_mask = (1 - self.sampling_eps) * t + self.sampling_eps
+        p_mask = p_mask[:, None].repeat(1, l)
+        mask_indices = torch.rand((b, l), device=batch.device) < p_mask
+        mask_indices[:, 0] = False
+        mask_indices[:, -1] = False
+        noisy_batch = torch.where(mask_indices, self.tokenizer.mask_token_id, batch)
+        return noisy_batch, p_mask
+
+    @torch.no_grad()
+    def get_logits(self, batch, prompt_index):
+        logits = self.model(batch).logits
+        logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+        return logits[:, :batch.shape[1]]
+
+    @torch.no_grad()
+    def _eval_target_nll_mc(self, prefix, target):
+        seq = torch.concatenate([prefix, target])[None, :]
+        seq = seq.repeat((self.batch_size, 1)).to(self.device)
+        prompt_index = torch.arange(seq.shape[1], device=self.device) < len(prefix)
+        loss_acc = []
+        for _ in range(max(self.mc_num // self.batch_size, 1)):
+            perturbed_seq = seq.clone()
+            perturbed_seq_, p_mask = self._forward_process(seq)
+            perturbed_seq[:, -len(target):] = perturbed_seq_[:, -len(target):]
+            mask_indices = perturbed_seq == self.tokenizer.mask_token_id
+            logits = self.get_logits(perturbed_seq, prompt_index)
+            loss = F.cross_entropy(logits[mask_indices], seq[mask_indices], reduction='none') / p_mask[mask_indices]
+            loss = loss.sum() / self.batch_size
+            loss_acc.append(loss.item())
+        return sum(loss_acc) / len(loss_acc)
+
+    def _encode_pair(self, context, continuation):
+        if self.add_bos_token:
+            context = self.tokenizer.bos_token + context
+        n_spaces = len(context) - len(context.rstrip())
+        if n_spaces > 0:
+            continuation = context[-n_spaces:] + continuation
+            context = context[:-n_spaces]
+        whole_enc = self.tokenizer.encode(context + continuation) + [self.tokenizer.eos_token_id]
+        context_enc = self.tokenizer.encode(context)
+        return context_enc, whole_enc[len(context_enc):]
+
+
+@pytest.fixture(scope="module")
+def dream_dir(tmp_path_factory):
+    from dlmarch import DreamConfig, DreamModel
+    from trainers.tokenizer import build_char_tokenizer
+
+    path = tmp_path_factory.mktemp("dream")
+    tok = build_char_tokenizer(pad_to=8)
+    cfg = DreamConfig(vocab_size=len(tok), hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                      intermediate_size=48, mask_token_id=tok.mask_token_id, eos_token_id=tok.eos_token_id,
+                      pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, max_position_embeddings=512)
+    torch.manual_seed(0)
+    DreamModel(cfg).init_weights(std=0.2).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("batch_size,mc_num,add_bos", [(2, 8, False), (4, 4, True), (1, 3, False)])
+def test_dream_likelihood_is_dreams_harness(dream_dir, batch_size, mc_num, add_bos):
+    from dlmarch.integrations.lm_eval import DlmarchLM
+
+    lm = DlmarchLM(pretrained=str(dream_dir), batch_size=batch_size, mc_num=mc_num, add_bos_token=add_bos, seed=7)
+    ref = _RefDream(lm.model, lm.tokenizer, batch_size, mc_num, add_bos_token=add_bos)
+    pairs = [("abc", " def"), ("h", "gg"), ("bad cafe ", "ace")]
+    got = lm.loglikelihood(_requests(*pairs))
+    for (ctx, cont), (ll, greedy) in zip(pairs, got):
+        prefix, target = ref._encode_pair(ctx, cont)
+        assert lm.encode_pair(ctx, cont) == (prefix, target)  # continuation + EOS
+        torch.manual_seed(7)  # the reference's draws come from torch's global generator
+        want = -ref._eval_target_nll_mc(torch.tensor(prefix), torch.tensor(target))
+        assert ll == pytest.approx(want, rel=1e-6, abs=1e-6) and greedy is False
+
+
+def test_dream_generate_until_is_generate_dream_with_the_harness_defaults(dream_dir):
+    from dlmarch import generate_dream
+    from dlmarch.integrations.lm_eval import DlmarchLM
+
+    lm = DlmarchLM(pretrained=str(dream_dir))
+    o = lm.options  # DreamLM/Dream eval/eval.py's defaults
+    assert (o.gen_length, o.steps, o.temperature, o.alg, o.alg_temp, o.top_p, o.top_k) == (128, 128, 0.0, "entropy", 0.0,
+                                                                                            None, None)
+    lm = DlmarchLM(pretrained=str(dream_dir), gen_length=8)  # one request per call (see docs/decoding.md)
+    prompts = ["abc", "hgfedcba", "b"]
+    got = lm.generate_until(_requests(*[(p, {"until": ["zz"]}) for p in prompts]))
+    for p, text in zip(prompts, got):
+        ids = torch.tensor([lm.tokenizer(p).input_ids])
+        x = generate_dream(lm.model, ids, max_new_tokens=8, steps=8, temperature=0.0, top_p=None, top_k=None,
+                           alg="entropy", alg_temp=0.0)
+        cut = x[0, ids.shape[1]:].tolist()
+        cut = cut[: next((i for i, t in enumerate(cut) if t in lm.eos_ids), len(cut))]
+        assert text == lm.tokenizer.decode(cut, skip_special_tokens=True).split("zz")[0]
+
+
+def test_batch_size_is_the_monte_carlo_mini_batch(tmp_path):
+    """lm-eval's --batch_size is eval_llada.py's batch_size: the rows of one Monte Carlo forward."""
+    from dlmarch.integrations.lm_eval import DlmarchLM
+
+    tiny_model_dir(tmp_path / "m")
+    lm = DlmarchLM(pretrained=str(tmp_path / "m"), batch_size=4, mc_num=8)
+    calls = []
+    real = lm.model.forward
+    lm.model.forward = lambda ids, *a, **kw: calls.append(ids.shape[0]) or real(ids, *a, **kw)
+    lm.loglikelihood(_requests(("ab", "cd")))
+    assert calls == [4, 4]
+
+
+BAD_MODEL_ARGS = [
+    ("pretrained={missing}", "pretrained {missing}: not a directory"),
+    ("pretrained={m},bogus=1", "unknown decoding option 'bogus'"),
+    ("pretrained={m},gen_length=0", "gen_length must be at least 1, found 0"),
+    ("pretrained={m},gen_length=-4", "gen_length must be at least 1, found -4"),
+    ("pretrained={m},block_length=0", "block_length must be at least 1, found 0"),
+    ("pretrained={m},gen_length=10,block_length=4", "block_length (4) must divide gen_length (10)"),
+    ("pretrained={m},mc_num=10,batch_size=4", "mc_num (10) must be a multiple of batch_size (4)"),
+    ("pretrained={m},temperature=-1", "temperature must be a finite number >= 0, found -1.0"),
+    ("pretrained={m},temperature=nan", "temperature must be a number, found nan"),
+    ("pretrained={m},kv_cache=triple", "kv_cache must be one of none, prefix, dual, found 'triple'"),
+    ("pretrained={m},dtype=fp64", "dtype must be one of"),
+    ("pretrained={m},remasking=best", "remasking must be one of low_confidence, random, found 'best'"),
+    ("pretrained={m},threshold=1.5", "threshold must be in (0, 1], found 1.5"),
+    ("pretrained={m},seed=1.5", "seed must be an integer, found 1.5"),
+    ("pretrained={m},seed=abc", "seed must be an integer, found 'abc'"),
+    ("pretrained={m},batch_size=0", "batch_size must be at least 1, found 0"),
+    ("pretrained={m},steps=0", "steps must be at least 1, found 0"),
+    ("pretrained={m},solver=bogus", "solver must be one of euler, midpoint"),
+    ("pretrained={m},solver=euler", "solver does not apply to a llada model (its sampler generate takes"),
+]
+
+
+@pytest.mark.parametrize("args,message", BAD_MODEL_ARGS)
+def test_bad_model_args_are_one_line_as_on_the_command_lines(tmp_path, capsys, args, message):
+    """lm-eval's model_args and the generate command refuse a bad value with the same line (the
+    command: exit 2), before any model is read."""
+    from dlmarch.errors import DlmarchError
+    from dlmarch.integrations.lm_eval import DlmarchLM
+    from dlmarch.sampling.cli import main as generate
+
+    tiny_model_dir(tmp_path / "m")
+    args = args.format(m=tmp_path / "m", missing=tmp_path / "missing")
+    message = message.format(missing=tmp_path / "missing")
+    with pytest.raises(DlmarchError) as e:
+        DlmarchLM.create_from_arg_string(args)
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)
+    values = dict(kv.split("=", 1) for kv in args.split(","))
+    if values.pop("pretrained") == str(tmp_path / "m") and not set(values) & {"mc_num", "batch_size", "dtype", "bogus"}:  # argparse refuses unknown flags
+        flags = [x for k, v in values.items() for x in ("--" + k.replace("_", "-"), v)]
+        assert generate(["--model", str(tmp_path / "m"), "--prompt", "a", *flags]) == 2
+        line = capsys.readouterr().err.strip()
+        assert line.startswith("error: " + message.replace("'bogus'", "'bogus'")) and "\n" not in line, line
+
+
+def test_lm_eval_command_refuses_bad_model_args_in_one_line(tmp_path, capsys, monkeypatch):
+    import functools
+
+    import lm_eval.tasks
+
+    from dlmarch.integrations.lm_eval import main
+
+    monkeypatch.setattr(lm_eval.tasks, "TaskManager", functools.partial(lm_eval.tasks.TaskManager, include_defaults=False))
+    tiny_model_dir(tmp_path / "m")
+    tasks = _local_tasks(tmp_path)
+    for args, message in [(f"pretrained={tmp_path / 'none'}", f"pretrained {tmp_path / 'none'}: not a directory"),
+                          (f"pretrained={tmp_path / 'm'},temperature=nan", "temperature must be a number, found nan")]:
+        with pytest.raises(SystemExit) as code:
+            main(["--model", "dlmarch", "--model_args", args, "--tasks", "dlmarch_gen", "--include_path", str(tasks)])
+        assert code.value.code == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1] == "error: " + message
+
+
+LAUNCH = """import functools, sys
+import lm_eval.tasks
+# Speed only: skip indexing lm-eval's built-in task files; the local tasks are enough.
+lm_eval.tasks.TaskManager = functools.partial(lm_eval.tasks.TaskManager, include_defaults=False)
+import os
+from dlmarch.integrations.lm_eval import DlmarchLM, main
+real = DlmarchLM.generate_until
+def counted(self, requests, disable_tqdm=False):  # how many requests this rank was given
+    with open(os.environ["COUNTS"] + "." + os.environ.get("RANK", "0"), "a") as f:
+        f.write(str(len(requests)) + "\\n")
+    return real(self, requests, disable_tqdm)
+DlmarchLM.generate_until = counted
+main(sys.argv[1:])
+"""
+
+
+def test_two_processes_give_the_one_process_results(tmp_path, monkeypatch):
+    """torchrun --nproc_per_node 2 (gloo, CPU): each rank its share of the requests, lm-eval gathers on
+    rank 0; every score and every sample's answer equals the one-process run's."""
+    import functools
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import lm_eval.tasks
+
+    from dlmarch.integrations.lm_eval import main
+
+    tiny_model_dir(tmp_path / "m")
+    tasks = _local_tasks(tmp_path)
+    (tmp_path / "launch.py").write_text(LAUNCH)
+    args = ["--model", "dlmarch", "--model_args",
+            f"pretrained={tmp_path / 'm'},gen_length=8,block_length=4,steps=8,mc_num=4,gen_batch_size=2", "--tasks",
+            "dlmarch_gen,dlmarch_mc", "--include_path", str(tasks), "--log_samples", "--batch_size", "2",
+            "--device", "cpu"]
+    env = {**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "COUNTS": str(tmp_path / "counts")}
+    torchrun = Path(sys.executable).with_name("torchrun")
+    r = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 20000),
+                        str(tmp_path / "launch.py"), *args, "--output_path", str(tmp_path / "out2")],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    # rank 0 docs 0 and 2, rank 1 doc 1 (and a padding copy of it: lm-eval evens the ranks' shares)
+    shares = [int((tmp_path / f"counts.{rank}").read_text()) for rank in (0, 1)]
+    assert shares == [2, 2], shares
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(lm_eval.tasks, "TaskManager", functools.partial(lm_eval.tasks.TaskManager, include_defaults=False))
+    main([*args, "--output_path", str(tmp_path / "out1")])
+
+    def read(out):
+        results = json.loads(next(out.rglob("results_*.json")).read_text())["results"]
+        # filtered_resps: lm-eval pads a rank's share with copies of its last request (for FSDP); the
+        # metrics read the first answer, as here
+        samples = {p.name.split("_")[2]: sorted((s["doc_id"], json.dumps(s["filtered_resps"])) for s in
+                                                 map(json.loads, p.read_text().splitlines()))
+                   for p in out.rglob("samples_*.jsonl")}
+        return results, samples
+
+    one, two = read(tmp_path / "out1"), read(tmp_path / "out2")
+    assert len(one[1]["gen"]) == 3 and len(one[1]["mc"]) == 3
+    assert two[1] == one[1] and two[0] == one[0]

@@ -20,7 +20,12 @@ def test_each_record_agrees_with_its_family_module(name):
         assert f.config_class.family == name and f.config_class._model_type == f.hf_model_type
         assert f.key_table.family == name and issubclass(f.config_class, f.model_class.config_class)
     assert f.model_class.kind in ("masked-diffusion", "causal", "l2d")
-    assert f.model_class.sampler is None or callable(getattr(dlmarch.sampling, f.model_class.sampler))
+    # every family declares a sampler and a likelihood estimator the dispatchers know
+    from dlmarch.likelihood import ESTIMATORS
+    from dlmarch.sampling import SAMPLERS
+
+    assert f.model_class.sampler in SAMPLERS and callable(getattr(dlmarch.sampling, f.model_class.sampler))
+    assert f.model_class.likelihood in ESTIMATORS
 
 
 def test_hf_model_types_are_unique():

@@ -265,7 +265,9 @@ def test_sampler_counts_must_be_positive(tmp_path, capsys, cli, flag):
     source = ["--prompt", "hi"] if cli == "dlmarch.sampling.cli" else ["--task", "sudoku"]
     rc = main([*source, "--model", str(tmp_path / "none"), flag, "0"])
     err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and err == [f"error: {flag} must be at least 1, found 0"], err
+    # The decoding options' own message (the same from every CLI and from lm-eval); --num is evaluate's.
+    name = flag if flag == "--num" else flag[2:].replace("-", "_")
+    assert rc == 2 and err == [f"error: {name} must be at least 1, found 0"], err
 
 
 @pytest.mark.parametrize("where", ["dst", "parent"])
@@ -457,8 +459,9 @@ def test_l2d_sizes_are_checked_before_building(options, message):
 
 @pytest.mark.parametrize("argv,message", [
     (["--pass-k", "a,b"], "error: --pass-k must be comma-separated integers (1,8), found 'a,b'"),
-    (["--seed", str(2**70)], f"error: --seed must be between 0 and 2**63 - 1, found {2**70}"),
-    (["--seed", "-1"], "error: --seed must be between 0 and 2**63 - 1, found -1"),
+    # a decoding option: named as DecodingOptions names it on every command line and in lm-eval
+    (["--seed", str(2**70)], f"error: seed must be between 0 and 2**63 - 1, found {2**70}"),
+    (["--seed", "-1"], "error: seed must be between 0 and 2**63 - 1, found -1"),
 ])
 def test_evaluate_flags_are_named(tmp_path, capsys, argv, message):
     from trainers.evaluate import main

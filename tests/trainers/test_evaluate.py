@@ -121,11 +121,11 @@ def test_one_process_run_writes_every_generation(tiny_eval):
 
 
 def test_a_killed_run_resumes_to_the_same_file(tiny_eval, monkeypatch):
-    import dlmarch
+    import dlmarch.sampling.llada as sampler_module  # where the dispatcher finds LLaDA's sampler
 
     tmp, data, out = tiny_eval
     calls = {"n": 0}
-    real = dlmarch.generate
+    real = sampler_module.generate
 
     def dies_on_the_third_batch(*a, **kw):
         calls["n"] += 1
@@ -135,10 +135,10 @@ def test_a_killed_run_resumes_to_the_same_file(tiny_eval, monkeypatch):
 
     resumed = tmp / "resumed.jsonl"
     args = _eval_args(tmp / "m", data, resumed, "--temperature", "1", "--samples", "2")
-    monkeypatch.setattr(dlmarch, "generate", dies_on_the_third_batch)
+    monkeypatch.setattr(sampler_module, "generate", dies_on_the_third_batch)
     with pytest.raises(KeyboardInterrupt):
         ev.main(args)
-    monkeypatch.setattr(dlmarch, "generate", real)
+    monkeypatch.setattr(sampler_module, "generate", real)
     (part,) = tmp.glob("resumed.jsonl.partial-*.jsonl")
     assert len(part.read_text().splitlines()) == 4 and not resumed.exists()
     with open(part, "a") as f:

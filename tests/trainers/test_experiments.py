@@ -36,16 +36,24 @@ def test_ar_loss_is_transformers_causal_lm_loss(tmp_path):
 def test_greedy_decoding_is_transformers_generate(tmp_path):
     from dlmarch import CausalLM
     from dlmarch.prompts import left_pad
-    from trainers.ar import generate_greedy
+    from dlmarch.sampling import generate_causal
 
     hf, path = hf_llama(tmp_path / "hf")
     ours = CausalLM.from_pretrained(path).eval()
     g = torch.Generator().manual_seed(0)
     ids, am = left_pad([torch.randint(0, 96, (n,), generator=g).tolist() for n in (5, 9, 2)], 0)
-    got = generate_greedy(ours, ids, am, 12)
+    got = generate_causal(ours, ids, am, 12)
     with torch.no_grad():
         want = hf.generate(ids, attention_mask=am, max_new_tokens=12, min_new_tokens=12, do_sample=False,
                            pad_token_id=0, eos_token_id=None)
+    assert torch.equal(got, want)
+    # Sampled: temperature then top-k, one torch.multinomial draw per step from the global generator.
+    torch.manual_seed(3)
+    got = generate_causal(ours, ids, am, 12, temperature=0.7, top_k=20)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        want = hf.generate(ids, attention_mask=am, max_new_tokens=12, min_new_tokens=12, do_sample=True, temperature=0.7,
+                           top_k=20, top_p=1.0, pad_token_id=0, eos_token_id=None)
     assert torch.equal(got, want)
 
 
