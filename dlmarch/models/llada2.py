@@ -209,6 +209,9 @@ class LLaDA2Model(MoETransformerLM):
 
     config_class = LLaDA2Config
     sampler = "generate_llada2"
+    # LLaDA's Monte Carlo estimate, run bidirectionally (the model without a block mask, as the
+    # reference's forward without one); block-diffusion likelihoods are not provided.
+    likelihood = "llada"
 
     def forward(self, *args, **kwargs):
         out = super().forward(*args, **kwargs)

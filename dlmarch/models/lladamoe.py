@@ -189,6 +189,7 @@ class LLaDAMoEModel(MoETransformerLM):
 
     config_class = LLaDAMoEConfig
     sampler = "generate"
+    likelihood = "llada"  # LLaDA's Monte Carlo estimate (a bidirectional mask predictor)
 
 
 FAMILY = Family(name="lladamoe", model_class=LLaDAMoEModel, config_class=LLaDAMoEConfig, key_table=KEYS,
