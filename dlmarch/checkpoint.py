@@ -318,22 +318,32 @@ def native_header(model_class: str, **fields) -> dict:
     return {"format": NATIVE_FORMAT, "format_version": 1, "model": model_class, **fields}
 
 
+def write_native(model, directory: Path, max_shard_size: int = 5 * 2**30, extra: dict | None = None,
+                 source: str | Path | None = None) -> None:
+    """The files of a native checkpoint in `directory`: weights, config.json and the auxiliary files
+    (tokenizer, chat template) of `source`, the directory the model was loaded from."""
+    state = [(k, v) for k, v in model.state_dict().items()]
+    write_weights(directory, state, max_shard_size, metadata={"format": "pt"})
+    cfg = native_header(type(model).__name__, config=model.config.to_dict())
+    if extra:
+        cfg.update(extra)
+    write_json(directory / "config.json", cfg)
+    if source and Path(source).is_dir():
+        copy_aux_files(source, directory)
+
+
 def save_native(model, path: str | Path, max_shard_size: int = 5 * 2**30, extra: dict | None = None) -> None:
     """Native checkpoint of a TransformerLM (see module docstring). Its files are written to a
     temporary directory first, then added to `path`, replacing files of the same names (and the
     weight files of an earlier checkpoint there) and keeping every other file: a model saved back
     where it was loaded from keeps its tokenizer and chat template."""
     path = Path(path)
-    state = [(k, v) for k, v in model.state_dict().items()]
-    with atomic_update(path, stale=is_weight_file) as tmp:
-        write_weights(tmp, state, max_shard_size, metadata={"format": "pt"})
-        cfg = native_header(type(model).__name__, config=model.config.to_dict())
-        if extra:
-            cfg.update(extra)
-        write_json(tmp / "config.json", cfg)
-        source = getattr(model, "source_dir", None)
-        if source and Path(source).is_dir() and Path(source).resolve() != path.resolve():
-            copy_aux_files(source, tmp)
+    source = getattr(model, "source_dir", None)
+    if source and Path(source).resolve() == path.resolve():
+        source = None  # saved back where it was loaded from: its auxiliary files are there
+    needed = sum(v.numel() * v.element_size() for v in model.state_dict().values())
+    with atomic_update(path, stale=is_weight_file, needed=needed) as tmp:
+        write_native(model, tmp, max_shard_size, extra, source)
 
 
 __all__ = [
@@ -342,6 +352,7 @@ __all__ = [
     "copy_weights",
     "build_on_meta",
     "save_native",
+    "write_native",
     "native_header",
     "atomic_directory",
     "atomic_update",

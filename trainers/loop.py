@@ -521,8 +521,6 @@ def finish(out: Path, model, base, tokenizer, args, rank: int, model_loader=None
     mismatched block length), adapter/ for LoRA runs, model-hf/ with --export-hf."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    from .adapters import export_run_adapter
-
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))  # collective
     if rank != 0:
         return {}
@@ -541,6 +539,8 @@ def finish(out: Path, model, base, tokenizer, args, rank: int, model_loader=None
 
 
 def _write_final(out: Path, model, base, tokenizer, args, info: TrainingRecord | None) -> dict:
+    from .adapters import export_run_adapter
+
     summary = {}
     if args.lora_rank:
         adapter_dir = out / "adapter"
