@@ -167,6 +167,25 @@ def file_digest(path: Path) -> str:
 MANIFEST = "manifest.json"
 
 
+def directory_fingerprint(directory: str | Path, sample: int = 1 << 20) -> str:
+    """sha256 over a model directory's config.json and, for each weight file, its name, size and
+    first and last `sample` bytes: which model a result was made from, in milliseconds for any size
+    (another model, or retrained weights, differ there; a copy of the same files does not)."""
+    d = Path(directory)
+    h = hashlib.sha256()
+    for p in sorted(d.iterdir()) if d.is_dir() else []:
+        if not p.is_file() or not (p.name == "config.json" or p.name.endswith(WEIGHT_SUFFIXES) or p.name.endswith(".index.json")):
+            continue
+        size = p.stat().st_size
+        h.update(f"{p.name}:{size};".encode())
+        with open(p, "rb") as f:
+            h.update(f.read(sample))
+            if size > sample:
+                f.seek(max(sample, size - sample))
+                h.update(f.read(sample))
+    return h.hexdigest()
+
+
 def write_manifest(directory: Path) -> None:
     """manifest.json: size and sha256 of every other file in `directory`, so that a reader can tell
     a complete, unedited directory from a truncated or altered one."""
