@@ -365,6 +365,7 @@ def atomic_file(path: str | Path, mode: str = "w", replace: bool = True):
     replace=False never over an existing file: FileExistsError). A failure (a full disk: one line)
     removes the temporary file and leaves `path` as it was."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}")
     try:
         with open(tmp, mode) as f:

@@ -575,7 +575,8 @@ def main(argv=None) -> int:
     t0 = time.time()
     try:
         # a directory of the user's is refused before anything is written; ours (marked) is continued
-        prepare_output(out, resume=True, overwrite=False)
+        prepare_output(out, resume=True, overwrite=False, tool="trainers.experiments",
+                       writes=(*TASKS, "l2d", "results.json", "report.md", "*.png"))
         try:
             results = json.loads(results_path.read_text()) if results_path.exists() else {}
         except json.JSONDecodeError as e:

@@ -18,6 +18,7 @@ import torch
 
 from ..dtypes import DTYPES
 from ..errors import DlmarchError
+from ..outputs import atomic_file, check_file_output
 from ..prompts import decode, encode_prompts, left_pad, read_prompts
 from .dream import add_dream_arguments, dream_cli_sampler, dream_tokenizer
 
@@ -99,13 +100,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=list(DTYPES), default=None)
     p.add_argument("--device", default=None)
-    p.add_argument("--output", help="also write {prompt, output} rows to this JSONL file")
+    p.add_argument("--output", help="also write {prompt, output} rows to this JSONL file (never an input, nor inside "
+                                    "the model directory)")
+    p.add_argument("--overwrite", action="store_true", help="replace an --output file this command wrote")
     add_dream_arguments(p)
     args = p.parse_args(argv)
     try:
         for name in ("steps", "gen_length", "block_length", "batch_size"):  # 0 would otherwise fall back to the default
             if getattr(args, name) is not None and getattr(args, name) < 1:
                 raise DlmarchError(f"--{name.replace('_', '-')} must be at least 1, found {getattr(args, name)}")
+        if args.output:
+            check_output(args)
         from .llada import generate
 
         model, tok = load_for_generation(args.model, args.dtype, args.device)
@@ -142,10 +147,33 @@ def main(argv: list[str] | None = None) -> int:
         print(text)
     print(f"[{n_tokens} tokens in {time.time() - t0:.1f}s]", file=sys.stderr)
     if args.output:
-        with open(args.output, "w") as f:
-            for prompt, text in zip(prompts, outputs):
-                f.write(json.dumps({"prompt": prompt, "output": text}) + "\n")
+        try:
+            with atomic_file(args.output) as f:
+                for prompt, text in zip(prompts, outputs):
+                    f.write(json.dumps({"prompt": prompt, "output": text}) + "\n")
+        except (DlmarchError, OSError) as e:
+            print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+            return 2
     return 0
+
+
+def _is_generate_output(path: Path) -> bool:
+    """Whether a file is one this command wrote: JSONL rows of exactly {prompt, output}."""
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(1 << 20)
+        row = json.loads(first)
+    except (OSError, ValueError):
+        return False
+    return isinstance(row, dict) and set(row) == {"prompt", "output"}
+
+
+def check_output(args) -> None:
+    """--output through the output guard, before the model is loaded: not the --prompts file or the
+    model's files, not inside the model directory; an existing file only with --overwrite and only
+    one this command wrote."""
+    check_file_output(args.output, {"--prompts": args.prompts, "--model": args.model}, "--output", args.overwrite,
+                      _is_generate_output)
 
 
 if __name__ == "__main__":
