@@ -311,18 +311,60 @@ def test_import_does_not_replace_a_directory_created_while_it_runs(tmp_path, mon
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dst", "llama"]
 
 
-def test_two_concurrent_imports_to_one_fresh_dst_one_wins(tmp_path):
+RACING_IMPORT = """
+import os, sys, time
+from pathlib import Path
+import conversions.hf as hf
+from conversions.__main__ import main
+real, sync = hf._stream, Path(sys.argv[3])
+
+def in_step(*a, **kw):  # both processes are past their start-up checks before either renames
+    out = real(*a, **kw)
+    (sync / f"ready-{os.getpid()}").touch()
+    while not (sync / "go").exists():
+        time.sleep(0.02)
+    return out
+
+hf._stream = in_step
+sys.exit(main(["import", sys.argv[1], sys.argv[2]]))
+"""
+
+
+def test_two_concurrent_imports_to_one_fresh_dst_one_wins(tmp_path, monkeypatch, capsys):
+    """Two processes (this one and a child) import to one fresh DST, both past their start-up checks
+    before either renames: exactly one wins, the other exits 2 with one line."""
+    import time
+
+    import conversions.hf as hf
+    from conversions.__main__ import main
+
     _, src = hf_llama(tmp_path / "llama")
-    dst = tmp_path / "dst"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, "-m", "conversions", "import", str(src), str(dst)], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
+    dst, sync = tmp_path / "dst", tmp_path / "sync"
+    sync.mkdir()
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[2])}
+    child = subprocess.Popen([sys.executable, "-c", RACING_IMPORT, str(src), str(dst), str(sync)], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    real = hf._stream
+
+    def in_step(*a, **kw):
+        out = real(*a, **kw)
+        while not list(sync.glob("ready-*")) and child.poll() is None:
+            time.sleep(0.02)
+        (sync / "go").touch()
+        return out
+
+    monkeypatch.setattr(hf, "_stream", in_step)
+    try:
+        capsys.readouterr()
+        results = [(main(["import", str(src), str(dst)]), capsys.readouterr().err)]
+        results.append((child.wait(timeout=300), child.stderr.read()))
+    finally:
+        child.kill()
     assert sorted(rc for rc, _ in results) == [0, 2], results
     err = next(e for rc, e in results if rc == 2)
-    assert len([x for x in err.splitlines() if x.strip()]) == 1 and "dst" in err
+    assert len([x for x in err.splitlines() if x.strip()]) == 1 and "appeared while" in err, err
     assert (dst / "config.json").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["dst", "llama"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dst", "llama", "sync"]
 
 
 # --- the lock ------------------------------------------------------------------------------------------------
