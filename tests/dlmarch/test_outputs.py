@@ -40,7 +40,7 @@ def tree(root: Path) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
+def pristine(tmp_path_factory):
     """Inputs of every writer, and files of the user's beside them."""
     r = tmp_path_factory.mktemp("probes")
     make_task(r, n=16)  # r/model (a native LLaDA with its tokenizer), r/reverse.jsonl
@@ -55,6 +55,14 @@ def root(tmp_path_factory):
     (r / "userdir" / "notes.txt").write_text("mine")
     (r / "userdir" / "config.json").write_text("{}")
     return r
+
+
+@pytest.fixture
+def root(pristine, tmp_path):
+    """A fresh copy for each probe: one probe's damage never decides another's outcome."""
+    import shutil
+
+    return Path(shutil.copytree(pristine, tmp_path / "root", symlinks=True))
 
 
 def generate(out, r, overwrite):
@@ -428,13 +436,14 @@ def test_atomic_file_on_a_full_disk_leaves_nothing(tmp_path):
     assert path.read_text() == "before" and sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl"]
 
 
-def test_score_on_a_full_disk_leaves_no_temporary_file(root, tmp_path, monkeypatch, capsys):
+def test_score_on_a_full_disk_leaves_no_temporary_file(pristine, tmp_path, monkeypatch, capsys):
     from trainers.evaluate import main
 
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", full)
+    root = pristine
     out = tmp_path / "v.jsonl"
     capsys.readouterr()
     assert main(["--task", "countdown", "--score", str(root / "gens.jsonl"), "--output", str(out)]) == 2
