@@ -511,6 +511,9 @@ class Claim:
         out = self.out
         if out.exists() and not out.is_dir():
             raise DlmarchError(f"{out} is a file, not a directory")
+        for d in out.parents:
+            if d.exists() and not d.is_dir():
+                raise DlmarchError(f"--output {out}: {d} is a file, not a directory")
         if out.is_symlink() and any(out.iterdir()) and not self.marker.exists():
             raise DlmarchError(f"{out} is a symbolic link to a directory no dlmarch tool wrote; choose another --output")
         if out.exists() and any(out.iterdir()):

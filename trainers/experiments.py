@@ -39,6 +39,7 @@ from pathlib import Path
 import torch
 
 from dlmarch.errors import DlmarchError
+from dlmarch.outputs import atomic_file
 
 from .demo import TAGS, new_llada, new_llama, prepare_output, prompt_length, run_eval, train_stage, write_data
 
@@ -555,9 +556,8 @@ def save(fig, path: Path) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_file(path) as f:  # a reader (or a resumed command) never sees half of it
+        f.write(text)
 
 
 # --- command ------------------------------------------------------------------------------------------------------------
