@@ -61,8 +61,12 @@ def check_disjoint(output: str | Path, inputs: dict[str, str | Path | None], out
             raise DlmarchError(f"{output_label} {output} lies inside the {label} {path}; choose another {output_label}")
 
 
+_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
 def is_model_dir(path: Path) -> bool:
-    return path.is_dir() and (path / "config.json").is_file()
+    """A checkpoint directory: config.json beside weights (a project folder with a config.json is not)."""
+    return path.is_dir() and (path / "config.json").is_file() and any((path / w).is_file() for w in _WEIGHTS)
 
 
 def check_file_output(output: str | Path, inputs: dict[str, str | Path | None], label: str = "--output",
