@@ -14,21 +14,9 @@ from pathlib import Path
 import torch
 
 from dlmarch import safetensors_io as st
-from dlmarch.checkpoint import (
-    NATIVE_FORMAT,
-    WeightFiles,
-    atomic_directory,
-    aux_files,
-    build_on_meta,
-    check_disjoint,
-    check_tied_head,
-    copy_aux_files,
-    foreign_entries,
-    is_weight_file,
-    native_header,
-    write_json,
-    write_shards,
-)
+from dlmarch.checkpoint import (NATIVE_FORMAT, WeightFiles, aux_files, build_on_meta, check_tied_head, copy_aux_files,
+                                is_weight_file, native_header, write_shards)
+from dlmarch.outputs import atomic_directory, check_disjoint, foreign_entries, write_json
 from dlmarch import dtypes
 from dlmarch.config import TransformerConfig, read_json
 from dlmarch.dtypes import HF_DTYPE_NAMES
@@ -86,22 +74,32 @@ def check_destination(dst: Path, inputs: dict[str, Path | str | None], overwrite
     """Before anything is read or written: DST must not be, contain or lie inside an input, and
     --overwrite replaces only a checkpoint directory, one whose every file a conversion writes
     (config.json, weights, the auxiliary files of `sources`). Anything else in it is the user's:
-    refused, with its name."""
+    refused, with its name. The same test runs again at rename time (`replaceable`)."""
     check_disjoint(dst, inputs, "DST")
     if not (dst.exists() or dst.is_symlink()):
         return
     if not overwrite:
         raise FileExistsError(f"{dst} already exists")
-    if dst.is_symlink() or not dst.is_dir():
-        raise DlmarchError(f"{dst} is not a checkpoint directory; not replaced")
+    replaceable(sources)(dst)
+
+
+def replaceable(sources: list[Path] = ()):
+    """The test a DST must pass to be replaced by --overwrite (at the start and again at rename
+    time: a directory the user filled meanwhile is kept)."""
     ours = {"config.json", "generation_config.json"}
     for src in sources:
         if Path(src).is_dir():
             ours.update(p.name for p in aux_files(src))
-    foreign = foreign_entries(dst, lambda p: p.is_file() and not p.is_symlink() and (p.name in ours or is_weight_file(p.name)))
-    if foreign:
-        raise DlmarchError(f"{dst} holds {foreign[0]!r}, which a conversion does not write; not replaced "
-                           f"(remove it or choose another DST)")
+
+    def check(dst: Path) -> None:
+        if dst.is_symlink() or not dst.is_dir():
+            raise DlmarchError(f"{dst} is not a checkpoint directory; not replaced")
+        foreign = foreign_entries(dst, lambda p: p.is_file() and not p.is_symlink() and (p.name in ours or is_weight_file(p.name)))
+        if foreign:
+            raise DlmarchError(f"{dst} holds {foreign[0]!r}, which a conversion does not write; not replaced "
+                               f"(remove it or choose another DST)")
+
+    return check
 
 
 def _groups(files: WeightFiles, mapping: dict[str, str], out_name, max_shard_size: int | None, sizes: dict[str, int]):
@@ -158,7 +156,7 @@ def import_hf(src: str | Path, dst: str | Path, dtype: str | None = None, overwr
     check_tied_head(files, table, config.tie_word_embeddings)
     torch_dtype = parse_dtype(dtype)
     groups = _groups(files, mapping, mapping.get, max_shard_size, files.tensor_bytes())
-    with atomic_directory(dst, overwrite=overwrite) as tmp:
+    with atomic_directory(dst, overwrite=overwrite, check=replaceable([src]), needed=sum(files.tensor_bytes().values())) as tmp:
         shards, nbytes = _stream(files, groups, tmp, torch_dtype)
         write_json(tmp / "config.json", native_header(family.model_class.__name__, config=config.to_dict()))
         copy_aux_files(src, tmp)
@@ -186,7 +184,7 @@ def export_hf(src: str | Path, dst: str | Path, dtype: str | None = None, overwr
     hf_config = config.to_hf()
     if torch_dtype is not None:
         hf_config["torch_dtype"] = HF_DTYPE_NAMES[torch_dtype]
-    with atomic_directory(dst, overwrite=overwrite) as tmp:
+    with atomic_directory(dst, overwrite=overwrite, check=replaceable([src]), needed=sum(files.tensor_bytes().values())) as tmp:
         shards, nbytes = _stream(files, groups, tmp, torch_dtype)
         copied = copy_aux_files(src, tmp)  # the reference's modeling code among them when the source had it
         if isinstance(hf_config.get("auto_map"), dict):

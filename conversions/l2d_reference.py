@@ -14,14 +14,15 @@ from pathlib import Path
 
 import torch
 
-from dlmarch.checkpoint import atomic_directory, copy_aux_files, load_pickled_state_dict
+from dlmarch.checkpoint import copy_aux_files, load_pickled_state_dict
+from dlmarch.outputs import atomic_directory
 from dlmarch.config import read_json
 from dlmarch.errors import CheckpointError, ConfigError
 from dlmarch.hub import local_model_dir
 from dlmarch.keymaps import plan
 from dlmarch.models.l2d import L2DConfig, L2DModel, load_main, reference_name
 
-from .hf import Report, parse_dtype
+from .hf import Report, parse_dtype, replaceable
 
 def import_l2d_reference(src: str | Path, dst: str | Path, *, base: str | Path, options: str | Path,
                          dtype: str | None = None, overwrite: bool = False) -> Report:
@@ -67,7 +68,7 @@ def import_l2d_reference(src: str | Path, dst: str | Path, *, base: str | Path, 
     # Written into a sibling of dst, so the main path's reference relative to it (or its hub id, for a
     # hub-cache snapshot) is the one relative to dst (L2DModel.save_pretrained, main_reference).
     main_ref = str(base.resolve())
-    with atomic_directory(dst, overwrite=overwrite) as tmp:
+    with atomic_directory(dst, overwrite=overwrite, check=replaceable([base])) as tmp:
         model.save_pretrained(tmp, main_path=main_ref)
         copy_aux_files(base, tmp)  # the tokenizer travels with the model
     n = sum(p.numel() * p.element_size() for p in params.values())

@@ -18,7 +18,8 @@ likely tokens). The tokenizer files are copied unchanged; the samplers read the 
 config.json's `mask_token_id`.
 
 Bad input (a checkpoint that is not Llama/Qwen2, an id out of range, a bias the style cannot hold,
-an existing DST without --overwrite) is one line on stderr, exit status 2, nothing written.
+an existing DST without --overwrite, a DST that is, contains or lies inside the source) is one line on
+stderr, exit status 2, nothing written. DST goes through the same guard as `import`/`export`.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from pathlib import Path
 
 import torch
 
-from dlmarch.checkpoint import build_on_meta, save_native
+from dlmarch.checkpoint import build_on_meta, write_native
+from dlmarch.outputs import atomic_directory
 from dlmarch.config import TransformerConfig
 from dlmarch.models.llada import LLaDAConfig
 from dlmarch.registry import load_pretrained
@@ -37,7 +39,7 @@ from dlmarch.errors import ConfigError
 from dlmarch.models import CausalLM, DreamModel, LLaDAModel
 from dlmarch.models.dream import DreamConfig
 
-from .hf import Report
+from .hf import Report, check_destination, replaceable
 
 STYLES = ("dream", "llada")
 # Fields of the shared config carried over as they are; the family decides the rest.
@@ -69,8 +71,7 @@ def to_diffusion(src: str | Path, dst: str | Path, style: str, mask_token_id: in
     src, dst = Path(src), Path(dst)
     if style not in STYLES:
         raise ConfigError(f"--style must be one of {STYLES}, found {style!r}")
-    if dst.exists() and not overwrite:
-        raise FileExistsError(f"{dst} already exists")
+    check_destination(dst, {"source": src}, overwrite, [src])  # before anything is read or written
     causal = load_pretrained(src)
     if type(causal) is not CausalLM:
         raise ConfigError(f"{src}: a {causal.config.family} checkpoint; to-diffusion takes a causal Llama or Qwen2 one")
@@ -93,9 +94,9 @@ def to_diffusion(src: str | Path, dst: str | Path, style: str, mask_token_id: in
         if name not in state and name.endswith(("q_proj.bias", "k_proj.bias", "v_proj.bias")):
             state[name] = torch.zeros(meta.shape, dtype=state["wte.weight"].dtype)
     model.load_state_dict(state, strict=True, assign=True)
-    model.source_dir = str(src)
-    save_native(model, dst)
     nbytes = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    with atomic_directory(dst, overwrite=overwrite, check=replaceable([src]), needed=nbytes) as tmp:
+        write_native(model, tmp, source=src)
     return Report(new_cfg.family, len(expected), len(list(dst.glob("*.safetensors"))), nbytes, time.time() - t0)
 
 

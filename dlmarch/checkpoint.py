@@ -1,25 +1,21 @@
-"""Checkpoints: the native format, loading HF directories on the fly, and atomic writes.
+"""Checkpoints: the native format, loading HF directories on the fly.
 
 Native directory: `config.json` ({"format": "dlmarch", "model": class name, "config": {...}}) and
 `model.safetensors` (or `model-0000N-of-0000M.safetensors` + `model.safetensors.index.json`) with our
 parameter names. Loading builds the model on the meta device and assigns each tensor as it is read,
-so a checkpoint never exists twice in memory. Every write goes to a temporary directory renamed at
-the end (or whose files are moved into an existing directory, never deleting the files they do not
-replace), so a failure leaves nothing behind; a killed writer's leftovers are removed by the next write.
+so a checkpoint never exists twice in memory. Every write goes through the output guard
+(dlmarch/outputs.py): a temporary directory renamed at the end (or whose files are moved into an
+existing directory, never deleting the files they do not replace), so a failure leaves nothing behind.
 """
 
 from __future__ import annotations
 
-import contextlib
-import glob
 import hashlib
 import json
 import math
 import os
 import re
-import secrets
 import shutil
-import sys
 from pathlib import Path
 
 import torch
@@ -29,6 +25,11 @@ from . import safetensors_io as st
 from .config import read_json
 from .errors import CheckpointError, ConfigError, DlmarchError
 from .keymaps import expected_shapes, plan
+# The output guard owns temporary directories, atomic writes and overlap checks; these names stay
+# importable from here.
+from .outputs import (atomic_directory, atomic_update, check_disjoint, clean_stale_temps,  # noqa: F401
+                      foreign_entries, make_temp_dir, pid_alive, write_json)
+from .outputs import TEMP_MARKER
 
 NATIVE_FORMAT = "dlmarch"
 INDEX_NAME = "model.safetensors.index.json"
@@ -162,154 +163,12 @@ def load_pickled_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return sd
 
 
-# --- directories -----------------------------------------------------------------------------------------
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process of this id runs on this machine (one we may not signal still counts)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def make_temp_dir(parent: Path, name: str) -> Path:
-    """A new hidden directory `.NAME.tmp-PID-RANDOM` in `parent`. Made with os.mkdir so that it
-    gets the umask's mode (tempfile.mkdtemp would give 700); the pid lets a later run tell a
-    crashed writer's leftovers from a live one's."""
-    parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        tmp = parent / f".{name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-        try:
-            os.mkdir(tmp, 0o777)
-            return tmp
-        except FileExistsError:
-            continue
-
-
-def clean_stale_temps(parent: str | Path, name: str = "*", force: bool = False) -> list[Path]:
-    """Remove the temporary directories that a killed writer left in `parent` (`.NAME.tmp-PID-*`
-    and `.NAME.old-PID-*` whose process no longer runs, or all of them with force=True: the
-    caller owns `parent`); say so on stderr. Returns them."""
-    parent = Path(parent)
-    if not parent.is_dir():
-        return []
-    removed = []
-    for p in sorted(parent.glob(f".{name}.tmp-*")) + sorted(parent.glob(f".{name}.old-*")):
-        m = re.fullmatch(r"\.(.+)\.(?:tmp|old)-(\d+)(?:-[0-9a-f]+)?", p.name)
-        if m is None or not p.is_dir() or p.is_symlink() or (not force and pid_alive(int(m.group(2)))):
-            continue
-        shutil.rmtree(p, ignore_errors=True)
-        removed.append(p)
-    if removed:
-        print(f"removed {len(removed)} temporary director{'y' if len(removed) == 1 else 'ies'} left by an interrupted "
-              f"write: {', '.join(str(p) for p in removed)}", file=sys.stderr)
-    return removed
-
-
-@contextlib.contextmanager
-def atomic_directory(dst: str | Path, overwrite: bool = False):
-    """Yield a temporary sibling directory; on success it replaces `dst` in one rename.
-
-    On an exception the temporary directory is removed and `dst` is untouched. An existing `dst` is
-    replaced only with overwrite=True: the caller has checked that it holds only files it may
-    replace (see `foreign_entries`). Leftovers of a killed earlier write to `dst` are removed first.
-    """
-    dst = Path(dst)
-    if dst.exists() and not overwrite:
-        raise FileExistsError(f"{dst} already exists")
-    clean_stale_temps(dst.parent, glob.escape(dst.name))
-    tmp = make_temp_dir(dst.parent, dst.name)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = None
-    if dst.exists():
-        old = dst.parent / f".{dst.name}.old-{os.getpid()}"
-        os.replace(dst, old)
-    os.replace(tmp, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def atomic_update(dst: str | Path, stale=lambda name: False):
-    """Yield a temporary directory whose files are then moved into `dst`, adding or replacing
-    files of those names and never deleting others (a model saved where its tokenizer lives keeps
-    it). A `dst` that does not exist is made by one rename. Files of `dst` that `stale(name)` names
-    and this write did not produce are removed (an old shard index that would shadow new weights).
-    Each file moves in one rename, config.json last: a directory showing the new config.json holds
-    every new file (a crash before that can leave new weights beside the old config)."""
-    dst = Path(dst)
-    if dst.exists() and not dst.is_dir():
-        raise FileExistsError(f"{dst} exists and is not a directory")
-    clean_stale_temps(dst.parent, glob.escape(dst.name))
-    tmp = make_temp_dir(dst.parent, dst.name)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if not dst.exists():
-        os.replace(tmp, dst)
-        return
-    written = sorted(p.name for p in tmp.iterdir())
-    for name in written:
-        if (dst / name).is_dir() and not (dst / name).is_symlink():
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise FileExistsError(f"{dst / name} is a directory; not replaced by a file")
-    for name in written:
-        if name != "config.json":
-            os.replace(tmp / name, dst / name)
-    for p in dst.iterdir():
-        if p.name not in written and stale(p.name) and p.is_file():
-            p.unlink()
-    if "config.json" in written:
-        os.replace(tmp / "config.json", dst / "config.json")
-    shutil.rmtree(tmp, ignore_errors=True)
+# --- manifests and auxiliary files ---------------------------------------------------------------------
 
 
 def is_weight_file(name: str) -> bool:
     """A weight file name of our (and HF's) safetensors layout: single, shard or index."""
     return name in ("model.safetensors", INDEX_NAME) or re.fullmatch(r"model-\d{5}-of-\d{5}\.safetensors", name) is not None
-
-
-def foreign_entries(dst: str | Path, ours) -> list[str]:
-    """Names of the entries of `dst` that ours(path) does not claim: what an --overwrite must not
-    delete."""
-    dst = Path(dst)
-    if not dst.is_dir():
-        return []
-    return sorted(p.name for p in dst.iterdir() if not ours(p))
-
-
-def check_disjoint(output: str | Path, inputs: dict[str, str | Path | None], output_label: str = "output") -> None:
-    """Refuse an output that is, contains or lies inside one of the inputs (label -> path): writing
-    or replacing it would destroy the input."""
-    out = Path(output).resolve()
-    for label, path in inputs.items():
-        if path is None:
-            continue
-        p = Path(path).resolve()
-        if p == out:
-            raise DlmarchError(f"{output_label} {output} is the {label} {path}; choose another {output_label}")
-        if out in p.parents:
-            raise DlmarchError(f"{output_label} {output} contains the {label} {path}; choose another {output_label}")
-        if p in out.parents:
-            raise DlmarchError(f"{output_label} {output} lies inside the {label} {path}; choose another {output_label}")
-
-
-def write_json(path: str | Path, data) -> None:
-    """Write JSON through a temporary file renamed over `path`, so a reader never sees half of it."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    os.replace(tmp, path)
 
 
 def file_digest(path: Path) -> str:
@@ -323,11 +182,30 @@ def file_digest(path: Path) -> str:
 MANIFEST = "manifest.json"
 
 
+def directory_fingerprint(directory: str | Path, sample: int = 1 << 20) -> str:
+    """sha256 over a model directory's config.json and, for each weight file, its name, size and
+    first and last `sample` bytes: which model a result was made from, in milliseconds for any size
+    (another model, or retrained weights, differ there; a copy of the same files does not)."""
+    d = Path(directory)
+    h = hashlib.sha256()
+    for p in sorted(d.iterdir()) if d.is_dir() else []:
+        if not p.is_file() or not (p.name == "config.json" or p.name.endswith(WEIGHT_SUFFIXES) or p.name.endswith(".index.json")):
+            continue
+        size = p.stat().st_size
+        h.update(f"{p.name}:{size};".encode())
+        with open(p, "rb") as f:
+            h.update(f.read(sample))
+            if size > sample:
+                f.seek(max(sample, size - sample))
+                h.update(f.read(sample))
+    return h.hexdigest()
+
+
 def write_manifest(directory: Path) -> None:
     """manifest.json: size and sha256 of every other file in `directory`, so that a reader can tell
     a complete, unedited directory from a truncated or altered one."""
     files = {p.name: {"bytes": p.stat().st_size, "sha256": file_digest(p)}
-             for p in sorted(directory.iterdir()) if p.is_file() and p.name != MANIFEST}
+             for p in sorted(directory.iterdir()) if p.is_file() and p.name not in (MANIFEST, TEMP_MARKER)}
     write_json(directory / MANIFEST, {"files": files})
 
 
@@ -342,6 +220,8 @@ def verify_manifest(directory: Path) -> str | None:
     if not isinstance(files, dict):
         return "unreadable manifest.json"
     for name, want in files.items():
+        if not isinstance(want, dict) or not isinstance(want.get("bytes"), int) or not isinstance(want.get("sha256"), str):
+            return f"manifest.json: the entry of {name} is {type(want).__name__}, not {{bytes, sha256}}"
         f = directory / name
         if Path(name).name != name or not f.is_file() or f.is_symlink():
             return f"{name} is missing"
@@ -489,22 +369,32 @@ def native_header(model_class: str, **fields) -> dict:
     return {"format": NATIVE_FORMAT, "format_version": 1, "model": model_class, **fields}
 
 
+def write_native(model, directory: Path, max_shard_size: int = 5 * 2**30, extra: dict | None = None,
+                 source: str | Path | None = None) -> None:
+    """The files of a native checkpoint in `directory`: weights, config.json and the auxiliary files
+    (tokenizer, chat template) of `source`, the directory the model was loaded from."""
+    state = [(k, v) for k, v in model.state_dict().items()]
+    write_weights(directory, state, max_shard_size, metadata={"format": "pt"})
+    cfg = native_header(type(model).__name__, config=model.config.to_dict())
+    if extra:
+        cfg.update(extra)
+    write_json(directory / "config.json", cfg)
+    if source and Path(source).is_dir():
+        copy_aux_files(source, directory)
+
+
 def save_native(model, path: str | Path, max_shard_size: int = 5 * 2**30, extra: dict | None = None) -> None:
     """Native checkpoint of a TransformerLM (see module docstring). Its files are written to a
     temporary directory first, then added to `path`, replacing files of the same names (and the
     weight files of an earlier checkpoint there) and keeping every other file: a model saved back
     where it was loaded from keeps its tokenizer and chat template."""
     path = Path(path)
-    state = [(k, v) for k, v in model.state_dict().items()]
-    with atomic_update(path, stale=is_weight_file) as tmp:
-        write_weights(tmp, state, max_shard_size, metadata={"format": "pt"})
-        cfg = native_header(type(model).__name__, config=model.config.to_dict())
-        if extra:
-            cfg.update(extra)
-        write_json(tmp / "config.json", cfg)
-        source = getattr(model, "source_dir", None)
-        if source and Path(source).is_dir() and Path(source).resolve() != path.resolve():
-            copy_aux_files(source, tmp)
+    source = getattr(model, "source_dir", None)
+    if source and Path(source).resolve() == path.resolve():
+        source = None  # saved back where it was loaded from: its auxiliary files are there
+    needed = sum(v.numel() * v.element_size() for v in model.state_dict().values())
+    with atomic_update(path, stale=is_weight_file, needed=needed) as tmp:
+        write_native(model, tmp, max_shard_size, extra, source)
 
 
 __all__ = [
@@ -513,6 +403,7 @@ __all__ = [
     "copy_weights",
     "build_on_meta",
     "save_native",
+    "write_native",
     "native_header",
     "atomic_directory",
     "atomic_update",

@@ -96,7 +96,9 @@ def main(argv=None) -> int:
         from trainers.demo import max_length, prepare_output, run_eval, train_stage
         from trainers.experiments import eval_causal
 
-        prepare_output(out, args.resume, args.overwrite)
+        prepare_output(out, args.resume, args.overwrite, tool="trainers.ar_to_diffusion_demo",
+                       writes=("init", "data", "ar", "dream", "dream-sft", "scratch", "scratch-sft", "eval-*.jsonl",
+                               "eval-*.summary.json", "results.md", "results.json"))
         t0 = time.time()
         say = lambda msg: print(f"ar-to-diffusion: {msg}", file=sys.stderr)  # noqa: E731
         say(f"building tokenizer, causal model and data in {out}")

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from pathlib import Path
 import torch
 
 from dlmarch.errors import DlmarchError
+from dlmarch.outputs import Claim
 
 METHODS = ("sft", "gift", "blockwise", "lift")
 TAGS = ("<reasoning>", "</reasoning>", "<answer>", "</answer>")
@@ -206,26 +206,19 @@ def markdown(rows: list[dict]) -> str:
 
 
 MARKER = ".dlmarch-demo"  # written into every demo and experiment output: --overwrite removes only what they made
+# What the demo writes at the top of its --output (the manifest its marker records): --overwrite
+# removes these and nothing else (a notebook the user added stays).
+WRITES = ("init", "data", "base", *METHODS, "eval-*.jsonl", "eval-*.summary.json", "results.md", "results.json",
+          "demo.png")
 
 
-def prepare_output(out: Path, resume: bool, overwrite: bool) -> None:
-    """Make `out` ours before anything is written. A non-empty `out` is continued with `resume`,
-    replaced with `overwrite` only when it carries the marker a demo wrote there (never a directory
-    of the user's), and refused otherwise."""
-    if out.exists() and not out.is_dir():
-        raise DlmarchError(f"{out} is a file, not a directory")
-    if out.exists() and any(out.iterdir()):
-        ours = (out / MARKER).exists()
-        if overwrite and ours:
-            shutil.rmtree(out)
-        elif overwrite:
-            raise DlmarchError(f"{out} holds files no dlmarch demo or experiment wrote (no {MARKER}); --overwrite replaces only their output")
-        elif not resume:
-            raise DlmarchError(f"{out} already holds files; pass --resume to continue a run there or --overwrite to replace it")
-        elif not ours:
-            raise DlmarchError(f"{out} holds files no dlmarch demo or experiment wrote (no {MARKER}); choose another --output")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).touch()
+def prepare_output(out: Path, resume: bool, overwrite: bool, writes: tuple[str, ...] = WRITES,
+                   tool: str = "trainers.demo") -> None:
+    """Make `out` ours before anything is written (dlmarch.outputs.Claim): a non-empty `out` is
+    continued with `resume`, cleared of what the tool wrote with `overwrite` only when it carries the
+    marker a demo wrote there (never a directory of the user's, never a file the user added there),
+    and refused otherwise."""
+    Claim(out, MARKER, tool, writes).prepare(resume, overwrite)
 
 
 def main(argv=None) -> int:

@@ -19,7 +19,9 @@ this command's JSONL. It prints the table and writes per-item verdicts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import hashlib
 import json
 import os
 import sys
@@ -32,6 +34,7 @@ import torch
 
 from dlmarch.config import jsonl_rows, read_json, read_text
 from dlmarch.errors import DlmarchError
+from dlmarch.outputs import OutputLock, atomic_file, check_file_output, lock_path_of, write_json
 from dlmarch.prompts import cut_at_eos, encode_prompts, left_pad
 from dlmarch.sampling import DecodingOptions, sampler_for
 from dlmarch.sampling.cli import pad_id_of, positive_int, sampler_warnings
@@ -40,8 +43,8 @@ from dlmarch.sampling.options import add_decoding_arguments, options_from_args
 from .tasks import REASONING_PREFIX, TASKS, get_task, pass_at_k
 from .tasks.common import is_int, wrong
 
-RUN_KEYS = ("task", "rows", "samples", "batch_size", "seed", "reasoning_prefix", "system_prompt",
-            *(n for n in DecodingOptions.names() if n != "seed"))
+RUN_KEYS = ("model_fingerprint", "data_sha256", "task", "rows", "samples", "batch_size", "seed", "reasoning_prefix",
+            "system_prompt", *(n for n in DecodingOptions.names() if n != "seed"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,16 +203,36 @@ def _partials(out: Path) -> list[Path]:
     return sorted(out.parent.glob(out.name + ".partial-*.jsonl"))
 
 
+def _read_lines(path: Path) -> list[dict]:
+    """The records of one of our JSONL files. A last line without its newline is what a kill leaves
+    (possibly cut inside a UTF-8 character): dropped, and said so, so that its batch is generated
+    again. Any other line that is not a JSON record is damage we did not make: one line naming it."""
+    data = path.read_bytes()
+    lines = data.split(b"\n")
+    if lines and lines[-1].strip():
+        print(f"{path}: dropped a torn last line ({len(lines[-1])} bytes, left by an interrupted run); "
+              f"its batch is generated again", file=sys.stderr)
+    out = []
+    for n, raw in enumerate(lines[:-1], 1):
+        if not raw.strip():
+            continue
+        try:
+            rec = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DlmarchError(f"{path}: line {n} is not a JSON record ({type(e).__name__}); "
+                               f"move the file away to start over") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("index"), int) or not isinstance(rec.get("sample"), int):
+            raise DlmarchError(f"{path}: line {n} is not a generation record (index, sample)")
+        out.append(rec)
+    return out
+
+
 def _read_done(out: Path, with_final: bool) -> dict[tuple[int, int], dict]:
     """Finished records of a run: every complete line of its partial files (a line cut by a kill is
-    skipped, and its batch redone), and with `with_final` those of a merged output already there."""
+    dropped, and its batch redone), and with `with_final` those of a merged output already there."""
     done = {}
     for p in ([out] if with_final and out.exists() else []) + _partials(out):
-        for line in read_text(p, "JSONL file").splitlines():  # invalid UTF-8 named with its file
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
+        for rec in _read_lines(p):
             done.setdefault((rec["index"], rec["sample"]), rec)
     return done
 
@@ -313,9 +336,8 @@ def evaluate(model, tokenizer, task, rows: list[dict], options: DecodingOptions 
         if lost:
             raise DlmarchError(f"{output}: {len(lost)} generations missing after every process finished, first {lost[0]}")
         records = [merged[u] for u in units]  # every (row, sample), in order
-        tmp = output.with_name(output.name + ".tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-        os.replace(tmp, output)
+        with atomic_file(output) as f:
+            f.write("".join(json.dumps(r) + "\n" for r in records))
         for p in _partials(output):
             p.unlink()
     n_tokens, n_effective, n_gen, seconds = totals.tolist()
@@ -328,6 +350,11 @@ def evaluate(model, tokenizer, task, rows: list[dict], options: DecodingOptions 
 
 
 def main(argv=None) -> int:
+    with contextlib.ExitStack() as stack:  # the output's lock, released however the run ends
+        return _main(argv, stack)
+
+
+def _main(argv, stack: contextlib.ExitStack) -> int:
     p = argparse.ArgumentParser(prog="python -m trainers.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="model directory (not with --score)")
     p.add_argument("--task", required=True, choices=list(TASKS))
@@ -342,8 +369,9 @@ def main(argv=None) -> int:
     p.add_argument("--no-system-prompt", action="store_true")
     p.add_argument("--device", default=None)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run into the same --output")
-    p.add_argument("--output", help="JSONL of generations (default: MODEL/eval-TASK.jsonl; with --score: "
-                                    "FILE.verdicts.jsonl); the summary goes beside it")
+    p.add_argument("--overwrite", action="store_true", help="replace an --output this command wrote (never another file)")
+    p.add_argument("--output", help="JSONL of generations (default: eval-MODEL-TASK.jsonl in the current directory; "
+                                    "with --score: FILE.verdicts.jsonl); the summary goes beside it")
     add_decoding_arguments(p, "d1's protocol: steps = gen_length / 2 unless given; --seed also seeds generated "
                               "tasks. The rest come from the model (config.json's `decoding` entry, then its "
                               "sampler's reference defaults); an option its sampler does not take is refused.")
@@ -374,12 +402,16 @@ def main(argv=None) -> int:
             print("warning: --samples > 1 at temperature 0 draws the same generation every time", file=sys.stderr)
         rows = task.load(args.data) if args.data else task.generate(args.num or 256, seed)
         rows = rows[: args.num] if args.num else rows
-        out = Path(args.output or Path(args.model) / f"eval-{args.task}.jsonl")
+        out = Path(args.output) if args.output else Path(f"eval-{Path(args.model).resolve().name}-{args.task}.jsonl")
         run = dict(task=args.task, rows=len(rows), samples=args.samples, batch_size=args.batch_size, seed=seed,
                    reasoning_prefix=not args.no_reasoning_prefix, system_prompt=task.system_prompt,
                    **{k: v for k, v in options.given().items() if k != "seed"})
+        run.update(_made_from(args.model, rows))
         rank, world = _dist()
-        _check_run(out, run, args.resume, rank)
+        _check_output(out, {"--model": args.model, "--data": args.data}, args, "generations")
+        if rank == 0:  # one run owns an output (two would interleave their generations)
+            stack.enter_context(OutputLock(out, path=lock_path_of(out)))
+        _check_run(out, run, args, rank)
         if world > 1:
             torch.distributed.barrier()  # every process has checked before any writes
         device = args.device or (f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if torch.cuda.is_available() else "cpu")
@@ -393,46 +425,99 @@ def main(argv=None) -> int:
         summary, _ = evaluate(model, tok, task, rows, resolved, batch_size=args.batch_size,
                               reasoning_prefix=not args.no_reasoning_prefix, samples=args.samples, output=out,
                               resume=args.resume, extra=extra, ks=ks)
+        if rank != 0:
+            return 0
+        summary.update(model=str(args.model), generations=str(out), made_from=run)
+        write_json(_summary_path(out), summary)
+        _marker(out).unlink(missing_ok=True)
     except (DlmarchError, ValueError, OSError) as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
-    if rank != 0:
-        return 0
-    summary.update(model=str(args.model), generations=str(out))
-    out.with_suffix(".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    out.with_name(out.name + ".run.json").unlink(missing_ok=True)
     print(table(task, summary))
     print(f"{summary['tokens_per_s']:.0f} tokens/s ({summary['effective_tokens_per_s']:.0f} effective, "
           f"{summary['mean_effective_tokens']:.1f} per generation); generations: {out}")
     return 0
 
 
-def _check_run(out: Path, run: dict, resume: bool, rank: int) -> None:
-    """Refuse to mix runs: partial files without --resume, or --resume with other options."""
-    marker = out.with_name(out.name + ".run.json")
-    if _partials(out) and not resume:
-        raise DlmarchError(f"{out}: an interrupted run's partial files are there; pass --resume or another --output")
-    if resume and marker.exists():
-        before = read_json(marker)  # one line naming it when it is not a JSON object
+def _summary_path(out: Path) -> Path:
+    return out.with_suffix(".summary.json")
+
+
+def _marker(out: Path) -> Path:
+    return out.with_name(out.name + ".run.json")
+
+
+def _summary_names(out: Path, key: str) -> bool:
+    """Whether the summary beside `out` is ours and names `out` as its generations (or verdicts)."""
+    try:
+        summary = json.loads(_summary_path(out).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(summary, dict) and summary.get(key) == str(out)
+
+
+def _check_output(out: Path, inputs: dict, args, key: str) -> None:
+    """The output guard's one-file policy for --output and the summary beside it: never an input or
+    inside a model directory; an existing file only with --resume (generations) or, with
+    --overwrite, when this command wrote it (its summary names it, or an interrupted run's record is
+    there)."""
+    ours = lambda p: _summary_names(p, key) or _marker(p).is_file()  # noqa: E731
+    resume = getattr(args, "resume", False)
+    check_file_output(out, inputs, "--output", args.overwrite, ours, may_exist=resume and ours(out))
+    summary = _summary_path(out)
+    check_file_output(summary, inputs, "the summary of --output", True, lambda p: _summary_names(out, key),
+                      may_exist=_summary_names(out, key))
+
+
+def _made_from(model: str | Path, rows: list[dict]) -> dict:
+    """What generations are made from, beside the options: the model's files and the rows."""
+    from dlmarch.checkpoint import directory_fingerprint
+
+    digest = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()
+    return {"model_fingerprint": directory_fingerprint(model), "data_sha256": digest}
+
+
+def _check_run(out: Path, run: dict, args, rank: int) -> None:
+    """Refuse to mix runs: partial files without --resume (--overwrite removes them, ours), or
+    --resume of generations made from another model, other rows or other options (recorded in
+    OUT.run.json while a run is under way, and in the summary once it is done)."""
+    marker = _marker(out)
+    if _partials(out) and not args.resume:
+        if not args.overwrite:
+            raise DlmarchError(f"{out}: an interrupted run's partial files are there; pass --resume to continue it, "
+                               f"--overwrite to replace it, or another --output")
+        if rank == 0:
+            for p in _partials(out):
+                p.unlink()
+    if args.resume and (out.exists() or _partials(out)):
+        before = None
+        if marker.is_file():
+            before = read_json(marker)  # one line naming it when it is not a JSON object
+        elif _summary_names(out, "generations"):
+            before = json.loads(_summary_path(out).read_text()).get("made_from")
+        if not isinstance(before, dict):
+            raise DlmarchError(f"{out}: no record of what these generations were made from ({marker}); "
+                               f"--resume refused (pass --overwrite to start over)")
         changed = [k for k in RUN_KEYS if before.get(k) != run.get(k)]
         if changed:
-            raise DlmarchError(f"{marker}: --resume with other options than the interrupted run: {changed}")
+            what = {"model_fingerprint": "another --model", "data_sha256": "other --data rows"}
+            named = ", ".join(what.get(k, k) for k in changed)
+            raise DlmarchError(f"{marker if marker.is_file() else _summary_path(out)}: --resume with {named} than "
+                               f"the generations in {out} were made from; refused (another --output, or --overwrite)")
     if rank == 0:
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = marker.with_name(marker.name + f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(run, indent=2) + "\n")
-        os.replace(tmp, marker)
+        write_json(marker, run)
 
 
 def _rescore_main(task, args, extra, ks) -> int:
     paths = [Path(f) for f in args.score]
-    summary, records = rescore(task, paths, extra, ks)
     out = Path(args.output) if args.output else paths[0].with_name(paths[0].stem + ".verdicts.jsonl")
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    os.replace(tmp, out)
+    _check_output(out, {f"--score file {p}": p for p in paths}, args, "verdicts")
+    summary, records = rescore(task, paths, extra, ks)
+    with atomic_file(out) as f:  # a failure (a full disk) leaves neither half a file nor a temporary one
+        f.write("".join(json.dumps(r) + "\n" for r in records))
     summary.update(task=task.name, primary=task.primary, sources=[str(p) for p in paths], verdicts=str(out))
-    out.with_suffix(".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(_summary_path(out), summary)
     print(table(task, summary))
     print(f"verdicts: {out}")
     return 0

@@ -40,6 +40,7 @@ import torch
 
 from dlmarch.config import read_json
 from dlmarch.errors import DlmarchError, os_error_line
+from dlmarch.outputs import atomic_file
 
 from .demo import TAGS, new_llada, new_llama, prepare_output, prompt_length, run_eval, train_stage, write_data
 
@@ -554,9 +555,8 @@ def save(fig, path: Path) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_file(path) as f:  # a reader (or a resumed command) never sees half of it
+        f.write(text)
 
 
 # --- command ------------------------------------------------------------------------------------------------------------
@@ -577,7 +577,8 @@ def main(argv=None) -> int:
         blocking = next((d for d in [out, *out.parents] if d.exists() and not d.is_dir()), None)
         if blocking is not None:
             raise DlmarchError(f"--output {out}: {blocking} is a file, not a directory")
-        prepare_output(out, resume=True, overwrite=False)
+        prepare_output(out, resume=True, overwrite=False, tool="trainers.experiments",
+                       writes=(*TASKS, "l2d", "results.json", "report.md", "*.png"))
         try:
             results = read_json(results_path) if results_path.exists() else {}
             config = results.get("config", {})

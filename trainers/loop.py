@@ -21,14 +21,10 @@ the end model/ (native, with the tokenizer), adapter/ (peft format, LoRA runs) a
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import math
 import os
 import random
-import re
-import shutil
-import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -39,27 +35,23 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from dlmarch import safetensors_io as st
-from dlmarch.checkpoint import (atomic_directory, check_disjoint, clean_stale_temps, foreign_entries,
-                                write_json, write_manifest, verify_manifest)
-from dlmarch.config import read_json
 from dlmarch.dtypes import parse_dtype
 from dlmarch.errors import DlmarchError
+from dlmarch.outputs import DiskFullError, atomic_directory, clean_stale_temps, disk_full, write_json
 from dlmarch.hub import local_model_dir
 from dlmarch.registry import load_pretrained
 
+from .checkpoints import (TrainingError, last_good, checkpoints, load_checkpoint, newest_intact_checkpoint,  # noqa: F401
+                          restore_newest, save_checkpoint, verify_checkpoint)
 from .data import BatchSchedule, check_layout, load_examples
 from .sources import field_map
 from .objectives.protocol import as_objective
 from .progress import Progress, check_tracker, plot_losses
 from .record import TRAINING_RECORD, TrainingRecord
 from .validation import Validation
+from .rundir import OutputLock, check_output, record_run
 
 
-
-
-class TrainingError(DlmarchError):
-    pass
 
 
 # --- context the objectives are built from ------------------------------------------------------------
@@ -165,168 +157,6 @@ def lr_lambda(total: int, warmup: int, schedule: str, min_ratio: float) -> Calla
 # --- run directory ----------------------------------------------------------------------------------------
 
 
-LOCK_NAME = ".lock"
-# What a run writes into its output directory; --overwrite replaces a directory holding only these.
-RUN_ARTEFACTS = {"run.json", "metrics.jsonl", "metrics.tmp", "loss.png", "summary.json", "checkpoints", "model",
-                 "adapter", "adapter-hf", "model-hf", "tensorboard", "wandb", LOCK_NAME}
-# Options a resumed run may change: where and how often it reports and saves, not what it trains.
-RESUME_MAY_CHANGE = {"resume", "overwrite", "config", "no_progress", "log_every", "save_every", "keep", "device",
-                     "report_to", "eval_data", "eval_every", "print_every"}
-
-
-def _is_temp(name: str) -> bool:
-    return re.fullmatch(r"\..+\.(tmp|old)-\d+.*", name) is not None
-
-
-def _is_artefact(path: Path) -> bool:
-    return path.name in RUN_ARTEFACTS or _is_temp(path.name)
-
-
-def check_output(out: Path, args) -> None:
-    """Refuse, before anything is read or written, an --output that would destroy an input or
-    files this tool did not write: one that is, contains or lies inside --model, --data, --init,
-    --l2d-options or --config; with --overwrite, one that holds anything but a run's artefacts."""
-    inputs = {f"--{k.replace('_', '-')}": getattr(args, k, None) for k in ("model", "data", "init", "l2d_options", "config")}
-    check_disjoint(out, inputs, "--output")
-    if out.exists() and not out.is_dir():
-        raise DlmarchError(f"--output {out} exists and is not a directory")
-    entries = [p for p in out.iterdir() if p.name != LOCK_NAME and not _is_temp(p.name)] if out.exists() else []
-    run_json = out / "run.json"
-    if not entries:
-        return
-    if args.resume:
-        if not run_json.exists():
-            raise DlmarchError(f"{out}: --resume found no run here (no run.json)")
-    elif args.overwrite:
-        if not run_json.exists():
-            raise DlmarchError(f"{out} holds files but no run (run.json); --overwrite replaces only a run directory")
-        foreign = foreign_entries(out, _is_artefact)
-        if foreign:
-            raise DlmarchError(f"{out} holds {foreign[0]!r}, which a run does not write; not replaced by --overwrite "
-                               f"(move it or choose another --output)")
-    else:
-        what = "another run (run.json)" if run_json.exists() else "files"
-        raise DlmarchError(f"{out} already holds {what}; pass --resume to continue it or --overwrite to replace it")
-
-
-class OutputLock:
-    """One run owns an output directory: OUT/.lock holds its pid and is flock()ed while it runs.
-    The kernel drops the flock when the process dies, so a lock file left by a killed run is
-    detected as stale (its pid is named) and taken over. Creates OUT when missing; release()
-    removes it again when it is still empty (a run refused before it wrote anything)."""
-
-    def __init__(self, out: Path):
-        self.out, self.path = out, out / LOCK_NAME
-        self.created = not out.exists()
-        out.mkdir(parents=True, exist_ok=True)
-        while True:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                owner = os.pread(fd, 200, 0).decode(errors="replace").split() or ["?"]
-                os.close(fd)
-                raise DlmarchError(f"{out} is in use by another run (pid {owner[0]}, lock {self.path}); "
-                                   f"wait for it to end or choose another --output") from None
-            try:  # the owner may have released (unlinked) the file between our open and flock
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
-            except FileNotFoundError:
-                same = False
-            if same:
-                break
-            os.close(fd)
-        previous = os.pread(fd, 200, 0).decode(errors="replace").split()
-        if previous:
-            print(f"{out}: the lock of pid {previous[0]} is stale (that run ended without releasing it); taken over",
-                  file=sys.stderr)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
-        self.fd = fd
-
-    def release(self) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.path)
-        os.close(self.fd)
-        if self.created:
-            with contextlib.suppress(OSError):
-                self.out.rmdir()  # only when empty
-
-
-def _run_options(args) -> dict:
-    return json.loads(json.dumps({k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()}))
-
-
-def record_run(out: Path, args, rank: int) -> None:
-    """After the inputs are validated: a new run (or --overwrite) clears the old run's artefacts and
-    writes run.json; a resumed run must train with the options in run.json (those in
-    RESUME_MAY_CHANGE excepted; their changes are recorded under "resumed")."""
-    if rank == 0:
-        run_json = out / "run.json"
-        now = _run_options(args)
-        if args.resume and run_json.exists():
-            recorded = read_json(run_json)  # one line naming it when it is not a JSON object of options
-            changed = {}
-            for k, v in now.items():
-                if k not in recorded or recorded[k] == v:
-                    continue
-                if k not in RESUME_MAY_CHANGE:
-                    raise DlmarchError(f"--resume: --{k.replace('_', '-')} is {v!r} here but {recorded[k]!r} in {run_json}; "
-                                       f"a resumed run trains with the options it started with")
-                changed[k] = [recorded[k], v]
-            if changed:
-                recorded.setdefault("resumed", []).append({"time": time.time(), "changed": changed})
-                write_json(run_json, recorded)
-        else:
-            if args.overwrite:
-                for p in out.iterdir():
-                    if p.name != LOCK_NAME and _is_artefact(p):
-                        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-            write_json(run_json, now)
-    barrier()
-
-
-CHECKPOINT_NAME = re.compile(r"step-(\d{8})")
-
-
-def checkpoints(out: Path) -> list[Path]:
-    """The checkpoint directories a run wrote (`step-NNNNNNNN`), oldest first; copies under other
-    names (`step-3-backup`) are not ours and are left alone."""
-    d = out / "checkpoints"
-    if not d.is_dir():
-        return []
-    return sorted((p for p in d.iterdir() if CHECKPOINT_NAME.fullmatch(p.name) and p.is_dir() and not p.is_symlink()),
-                  key=lambda p: int(p.name[5:]))
-
-
-def verify_checkpoint(path: Path) -> str | None:
-    """None for an intact checkpoint: its manifest's files with their sizes and hashes, a
-    state.json naming its own step, and finite weights. Else the reason it is not."""
-    why = verify_manifest(path)
-    if why is not None:
-        return why
-    try:
-        step = json.loads((path / "state.json").read_text())["step"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return "unreadable state.json"
-    if step != int(path.name[5:]):
-        return f"state.json names step {step}"
-    weights = st.load_file(path / "weights.safetensors")
-    bad = next((k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
-    return None if bad is None else f"non-finite weights in {bad}"
-
-
-def newest_intact_checkpoint(out: Path, say: bool = False) -> Path | None:
-    """The newest checkpoint that verify_checkpoint accepts; with say=True, name each newer one
-    skipped (and why) on stderr."""
-    for p in reversed(checkpoints(out)):
-        why = verify_checkpoint(p)
-        if why is None:
-            return p
-        if say:
-            print(f"skipped checkpoint {p}: {why}", file=sys.stderr)
-    return None
-
-
 def truncate_metrics(path: Path, last_step: int) -> None:
     """Keep the complete lines of steps <= last_step (a killed run may have written more, or half a line)."""
     if not path.exists():
@@ -423,6 +253,7 @@ def _train(objective_factory, args, name, needs_mask, model_loader, rank, world,
                                                    lambda: autocast_ctx(args, run.device)))
         if (step + 1) % args.save_every == 0 or step + 1 == run.total_steps:
             save_checkpoint(out, step + 1, run.model, run.optimizer, run.scheduler, rank, args.keep, run.objective)
+            barrier()
     log.close()
     return finish_run(run, log)
 
@@ -530,6 +361,7 @@ def setup(objective_factory, args, name, needs_mask, model_loader, rank, world, 
         raise DlmarchError("nothing to train: every parameter is frozen")
     optimizer, scheduler = optimizer_for(params, args, total_steps, warmup)
     record_run(out, args, rank)  # every input is valid: from here on the output directory is written
+    barrier()
     run = Run(name, args, out, rank, world, device, tokenizer, base, model, train_model, objective, schedule, report,
               params, optimizer, scheduler, total_steps, model_loader=model_loader, validation=validation)
     run.start = resume(run) if args.resume else 0
@@ -542,17 +374,14 @@ def setup(objective_factory, args, name, needs_mask, model_loader, rank, world, 
 
 
 def resume(run: Run) -> int:
-    """The step to start from: that of the newest checkpoint that is complete, unedited and finite (0
-    with none yet), its weights, optimizer, schedule, RNG and objective state restored."""
+    """The step to start from: that of the newest checkpoint that is complete, unedited, finite and
+    loadable (0 with none yet), its weights, optimizer, schedule, RNG and objective state restored."""
     out, rank = run.out, run.rank
     if not checkpoints(out):
         if rank == 0:
             print(f"{out}: no checkpoint yet; starting from step 0", file=sys.stderr)
         return 0
-    found = newest_intact_checkpoint(out, say=rank == 0)
-    if found is None:
-        raise DlmarchError(f"--resume: no intact checkpoint in {out / 'checkpoints'} (each was skipped, see above)")
-    start = load_checkpoint(found, run.model, run.optimizer, run.scheduler, run.device, run.objective)
+    found, start = restore_newest(out, run.model, run.optimizer, run.scheduler, run.device, run.objective, say=rank == 0)
     if rank == 0:
         truncate_metrics(out / "metrics.jsonl", start)
         print(f"resumed from {found} at step {start}", file=sys.stderr)
@@ -637,57 +466,7 @@ def finish_run(run: Run, log: Progress) -> dict:
     return summary
 
 
-# --- checkpoints ------------------------------------------------------------------------------------------------
-
-
-def _state_dicts(model, optimizer):
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
-
-    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    msd = get_model_state_dict(model, options=opts)
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    msd = {k: v for k, v in msd.items() if k in trainable}
-    return msd, get_optimizer_state_dict(model, optimizer, options=opts)
-
-
-def save_checkpoint(out: Path, step: int, model, optimizer, scheduler, rank: int, keep: int, objective=None) -> None:
-    msd, osd = _state_dicts(model, optimizer)  # collective under FSDP: every rank takes part
-    bad = next((k for k, v in msd.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
-    if bad is not None:  # a checkpoint is a point to resume from: never one with non-finite weights
-        good = newest_intact_checkpoint(out)
-        where = f"the last good checkpoint is {good}" if good else "no intact checkpoint was written yet"
-        raise TrainingError(f"non-finite weights ({bad}) after step {step}; not saved; {where}")
-    if rank == 0:
-        target = out / "checkpoints" / f"step-{step:08d}"
-        with atomic_directory(target, overwrite=True) as tmp:
-            st.save_file({k: v.contiguous() for k, v in msd.items()}, tmp / "weights.safetensors")
-            torch.save(osd, tmp / "optimizer.pt")
-            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-            torch.save({"torch": torch.get_rng_state(), "python": random.getstate()}, tmp / "rng.pt")
-            state = objective.state_dict() if objective is not None else {}
-            if state:
-                st.save_file(state, tmp / "objective.safetensors")
-            write_json(tmp / "state.json", {"step": step, "time": time.time()})
-            write_manifest(tmp)  # sizes and hashes, checked before a resume trusts this checkpoint
-        for old in checkpoints(out)[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
-    barrier()
-
-
-def load_checkpoint(path: Path, model, optimizer, scheduler, device, objective=None) -> int:
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
-
-    weights = st.load_file(path / "weights.safetensors")
-    set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True, strict=False))
-    osd = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
-    set_optimizer_state_dict(model, optimizer, osd, options=StateDictOptions(full_state_dict=True))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    rng = torch.load(path / "rng.pt", weights_only=True)
-    torch.set_rng_state(rng["torch"])
-    random.setstate(rng["python"])
-    if objective is not None and (path / "objective.safetensors").exists():
-        objective.load_state_dict(st.load_file(path / "objective.safetensors"))
-    return int(json.loads((path / "state.json").read_text())["step"])
+# --- finish ------------------------------------------------------------------------------------------------------
 
 
 def _is_sharded(model) -> bool:
@@ -701,8 +480,6 @@ def finish(out: Path, model, base, tokenizer, args, rank: int, model_loader=None
     mismatched block length), adapter/ for LoRA runs, model-hf/ with --export-hf."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    from .adapters import export_run_adapter
-
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))  # collective
     if rank != 0:
         return {}
@@ -711,6 +488,18 @@ def finish(out: Path, model, base, tokenizer, args, rank: int, model_loader=None
         base = model_loader(args, cpu, torch.float32) if model_loader else load_pretrained(args.model, dtype=torch.float32, device=cpu)
         model = wrap_lora(base, args) if args.lora_rank else base
         model.load_state_dict(full)
+    try:
+        return _write_final(out, model, base, tokenizer, args, info)
+    except Exception as e:
+        if not (isinstance(e, DiskFullError) or disk_full(e)):
+            raise
+        why = str(e) if isinstance(e, DiskFullError) else f"no space left on the device writing the final model in {out}"
+        raise DiskFullError(f"{why}; {last_good(out)}") from None
+
+
+def _write_final(out: Path, model, base, tokenizer, args, info: TrainingRecord | None) -> dict:
+    from .adapters import export_run_adapter
+
     summary = {}
     if args.lora_rank:
         adapter_dir = out / "adapter"

@@ -33,8 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checkpoint import (NATIVE_FORMAT, WeightFiles, atomic_update, copy_weights, is_weight_file, native_header,
-                          write_json, write_weights)
+from ..checkpoint import NATIVE_FORMAT, WeightFiles, copy_weights, is_weight_file, native_header, write_weights
+from ..outputs import atomic_update, write_json
 from ..config import _positive_int, read_json, strict_dataclass
 from ..errors import ConfigError
 from ..family import Family, config_from_dict, read_native_config

@@ -19,6 +19,7 @@ import torch
 
 from ..dtypes import DTYPES
 from ..errors import DlmarchError
+from ..outputs import atomic_file, check_file_output
 from ..prompts import decode, encode_prompts, left_pad, read_prompts
 from ..tokenizers import end_of_turn_id, load_tokenizer
 from .dispatch import sampler_for
@@ -82,12 +83,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", default="8", help="prompts per sampler call (default 8)")
     p.add_argument("--dtype", choices=list(DTYPES), default=None)
     p.add_argument("--device", default=None)
-    p.add_argument("--output", help="also write {prompt, output} rows to this JSONL file")
+    p.add_argument("--output", help="also write {prompt, output} rows to this JSONL file (never an input, nor inside "
+                                    "the model directory)")
+    p.add_argument("--overwrite", action="store_true", help="replace an --output file this command wrote")
     add_decoding_arguments(p)
     args = p.parse_args(argv)
     try:
         options = options_from_args(args)  # checked before the model is read
         batch_size = positive_int("batch_size", args.batch_size)
+        if args.output:
+            check_output(args)
         model, tok = load_for_generation(args.model, args.dtype, args.device)
         sampler = sampler_for(model)
         options = sampler.resolve(model, options)
@@ -115,9 +120,13 @@ def main(argv: list[str] | None = None) -> int:
         print(text)
     print(f"[{n_tokens} tokens in {time.time() - t0:.1f}s]", file=sys.stderr)
     if args.output:
-        with open(args.output, "w") as f:
-            for prompt, text in zip(prompts, outputs):
-                f.write(json.dumps({"prompt": prompt, "output": text}) + "\n")
+        try:
+            with atomic_file(args.output) as f:
+                for prompt, text in zip(prompts, outputs):
+                    f.write(json.dumps({"prompt": prompt, "output": text}) + "\n")
+        except (DlmarchError, OSError) as e:
+            print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+            return 2
     return 0
 
 
@@ -134,6 +143,25 @@ def positive_int(name: str, value) -> int:
     if n < 1:
         raise OptionError(f"{name} must be at least 1, found {n}")
     return n
+
+
+def _is_generate_output(path: Path) -> bool:
+    """Whether a file is one this command wrote: JSONL rows of exactly {prompt, output}."""
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(1 << 20)
+        row = json.loads(first)
+    except (OSError, ValueError):
+        return False
+    return isinstance(row, dict) and set(row) == {"prompt", "output"}
+
+
+def check_output(args) -> None:
+    """--output through the output guard, before the model is loaded: not the --prompts file or the
+    model's files, not inside the model directory; an existing file only with --overwrite and only
+    one this command wrote."""
+    check_file_output(args.output, {"--prompts": args.prompts, "--model": args.model}, "--output", args.overwrite,
+                      _is_generate_output)
 
 
 if __name__ == "__main__":

@@ -281,6 +281,7 @@ def test_leftovers_in_a_run_directory_are_removed_by_the_next_run(task, tmp_path
     for d in (run / "checkpoints" / f".step-00000003.tmp-{pid}-0a1b", run / f".model.tmp-{pid}-2c3d"):
         d.mkdir()
         (d / "weights.safetensors").write_bytes(b"half")
+        (d / ".dlmarch-temp").write_text(json.dumps({"pid": pid}))  # what every temporary directory of ours holds
     capsys.readouterr()
     assert sft(args + ["--resume"]) == 0
     assert "removed 1 temporary directory" in capsys.readouterr().err
