@@ -12,7 +12,9 @@ Weighting (`weighting`):
   "inverse_t" (default): the 1 / p above, the masked-diffusion ELBO.
   "classical":  the Blockwise SFT paper's "classical SFT" baseline (Bowen-Sun-0728/Blockwise-SFT
                 `train_fullseq.py`): no 1 / p; each document's mean CE over its masked tokens (0 when
-                none is masked), then the mean over documents. The normaliser does not apply.
+                none is masked), then the mean over documents. The normaliser does not apply. Only the
+                answer (through its EOS) is masked: trained EOS padding (`eos_pad="train"`) stays clean,
+                attended and out of the loss, as the reference pads with clean pad (= EOS) tokens.
 
 CART (option `cart_p`, the baseline shipped with LIFT): each masked token's term is further weighted
 by its closeness to unmasked tokens, w_j = sum over unmasked i of 0.5 p (1 - p)^(|i - j| - 1)
@@ -70,11 +72,13 @@ def sft(model, batch: Batch, generator: torch.Generator, *, mask_id: int, normal
     p = (1 - EPS) * t + EPS
     u = doc_uniform(batch, generator)[0]
     seg = batch.seg.clamp(min=0)
-    masked = batch.loss_mask & (u < p[seg])
     if weighting == "classical":
         if cart_p:
             raise ValueError("CART weights the 1 / p loss; it does not combine with the classical weighting")
+        # train_fullseq.py masks the answer only: its EOS padding stays clean, attended and out of the loss.
+        masked = batch.answer & (u < p[seg])
         return classical_loss(model, batch, masked, mask_id=mask_id, t_mean=float(t.mean()))
+    masked = batch.loss_mask & (u < p[seg])
     extra = cart_weights(batch, masked, cart_p)[masked] if cart_p else None
     return sft_loss(model, batch, masked, p, mask_id=mask_id, normaliser=normaliser, t_mean=float(t.mean()),
                     extra_weights=extra)
