@@ -145,9 +145,12 @@ def autocast_ctx(args, device):
 
 
 def lr_lambda(total: int, warmup: int, schedule: str, min_ratio: float) -> Callable[[int], float]:
+    """lr / peak lr after `step` optimizer steps: transformers' get_{linear,cosine,constant}_schedule_with_warmup
+    (and get_cosine_with_min_lr_schedule_with_warmup's min_lr_rate), so the first step runs at lr 0 during a
+    warmup, as under the HF Trainer the reference recipes use."""
     def f(step: int) -> float:
         if warmup and step < warmup:
-            return (step + 1) / warmup
+            return step / warmup
         if schedule == "constant" or total <= warmup:
             return 1.0
         progress = min(1.0, (step - warmup) / max(1, total - warmup))

@@ -102,3 +102,13 @@ def test_lora_targets_name_llada_modules(path):
     if targets is None:
         pytest.skip("no lora-targets")
     check_lora_targets(tiny_llada(), targets)
+
+
+def test_method_configs_state_the_reference_rendering_and_no_options_to_come():
+    """The GIFT and LIFT configs claim d1's / LIFT's setting, which renders the whole conversation; no
+    config announces an option as "being added" (each exists)."""
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        text = path.read_text()
+        assert "being added" not in text, path.name
+        if path.name.startswith(("gift-", "lift-")):
+            assert yaml.safe_load(text)["render-full-conversation"] is True, path.name

@@ -293,3 +293,29 @@ def test_sft_classical_weighting_leaves_eos_padding_clean_as_train_fullseq_does(
         ce = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
         want = (ce.sum(-1) / mask_flags.sum(-1).clamp(min=1)).mean()
         torch.testing.assert_close(out.loss_sum / out.denom, want, atol=1e-5, rtol=1e-5)
+
+
+# --- the lr schedule -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "constant"])
+def test_lr_schedule_is_transformers_schedule_with_warmup(schedule):
+    """The warmup starts at 0 (step / warmup), as transformers' get_*_schedule_with_warmup; ours started at
+    1 / warmup, one step ahead."""
+    import transformers
+    from trainers.loop import lr_lambda
+
+    total, warmup = 50, 7
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(()))], lr=1.0)
+    if schedule == "constant":
+        ref = transformers.get_constant_schedule_with_warmup(opt, warmup)
+    else:
+        ref = getattr(transformers, f"get_{schedule}_schedule_with_warmup")(opt, warmup, total)
+    ours = lr_lambda(total, warmup, schedule, 0.0)
+    for step in range(total + 1):
+        assert ours(step) == pytest.approx(ref.lr_lambdas[0](step), abs=1e-12), step
+    if schedule == "cosine":  # with a floor: get_cosine_with_min_lr_schedule_with_warmup(min_lr_rate)
+        ref = transformers.get_cosine_with_min_lr_schedule_with_warmup(opt, warmup, total, min_lr_rate=0.1)
+        ours = lr_lambda(total, warmup, schedule, 0.1)
+        for step in range(warmup, total + 1):  # (its warmup is the same; it only floors the decay)
+            assert ours(step) == pytest.approx(ref.lr_lambdas[0](step), abs=1e-12), step
