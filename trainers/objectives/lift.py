@@ -130,10 +130,8 @@ def lift(model, batch: Batch, generator: torch.Generator, *, mask_id: int, varia
     confidence = None
     if bool((comp != RANDOM).any()):
         if bool(superset.any()):
-            was_training = model.training
-            model.eval()
+            # In the model's own mode, as the reference's torch.no_grad() pass (LoRA dropout active in training).
             confidence = gold_confidence(model, batch, superset, mask_id)
-            model.train(was_training)
         else:  # nothing to rank
             confidence = torch.zeros(superset.shape, device=superset.device)
     keep, comp, k = lift_keep(superset, batch.seg, batch.num_docs, t, rho, confidence, u[1], variant, h, component_from)
