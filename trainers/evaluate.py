@@ -36,7 +36,7 @@ from dlmarch.sampling.cli import sampler_warnings
 from .tasks import REASONING_PREFIX, TASKS, get_task, pass_at_k
 
 RUN_KEYS = ("task", "rows", "samples", "gen_length", "block_length", "steps", "temperature", "batch_size", "seed",
-            "kv_cache", "threshold", "block_causal", "reasoning_prefix", "system_prompt")
+            "kv_cache", "threshold", "block_causal", "reasoning_prefix", "system_prompt", "attend_padding")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,8 +205,14 @@ def evaluate(model, tokenizer, task, rows: list[dict], *, gen_length: int = 128,
              steps: int | None = None, batch_size: int = 16, reasoning_prefix: bool = True, chat_template: bool = True,
              temperature: float = 0.0, kv_cache: bool = False, threshold: float | None = None, block_causal: bool = False,
              seed: int = 0, samples: int = 1, output: Path | None = None, resume: bool = False, extra=None,
-             ks: list[int] | None = None, progress: bool = True) -> tuple[dict, list[dict]]:
+             ks: list[int] | None = None, progress: bool = True, attend_padding: bool = False) -> tuple[dict, list[dict]]:
     """Generate `samples` answers for every row, score them, summarise. Returns (summary, records).
+
+    Prompts are left-padded per batch. By default the padding is hidden from attention, so a row's
+    generation does not depend on its batch-mates. `attend_padding` passes no attention mask, as d1's
+    eval.py / generate.py do (dllm-reasoning/d1): rows then attend to their padding and the scores
+    depend on the batch composition; with d1's batch size (its --batch_size 4) and item order this
+    replicates d1's generations exactly.
 
     With `output`, records are appended to `output.partial-RANK.jsonl` batch by batch, and rank 0
     merges them into `output` (sorted by row and sample) once every process is done.
@@ -246,7 +252,7 @@ def evaluate(model, tokenizer, task, rows: list[dict], *, gen_length: int = 128,
     for b in iterator:
         batch = batches[b]
         ids, am = left_pad([encoded[i] for i, _ in batch], pad)
-        ids, am = ids.to(model.device), am.to(model.device)
+        ids, am = ids.to(model.device), (None if attend_padding else am.to(model.device))
         # One generator per batch: its draws depend on the batch alone, not on which process runs it.
         gen = torch.Generator(device=model.device).manual_seed(seed * 1_000_003 + b)
         with torch.no_grad():
@@ -332,6 +338,9 @@ def main(argv=None) -> int:
     p.add_argument("--kv-cache", action="store_true")
     p.add_argument("--threshold", type=float, default=None)
     p.add_argument("--block-causal", action="store_true")
+    p.add_argument("--attend-padding", action="store_true",
+                   help="no attention mask over the prompts' left padding, as d1's eval.py (scores then depend on the "
+                        "batch; use d1's --batch-size 4 to replicate it); default: padding hidden")
     p.add_argument("--no-reasoning-prefix", action="store_true")
     p.add_argument("--no-system-prompt", action="store_true")
     p.add_argument("--device", default=None)
@@ -365,7 +374,8 @@ def main(argv=None) -> int:
                    block_length=args.block_length, steps=args.steps or max(1, args.gen_length // 2),
                    temperature=args.temperature, batch_size=args.batch_size, seed=args.seed, kv_cache=args.kv_cache,
                    threshold=args.threshold, block_causal=args.block_causal,
-                   reasoning_prefix=not args.no_reasoning_prefix, system_prompt=task.system_prompt)
+                   reasoning_prefix=not args.no_reasoning_prefix, system_prompt=task.system_prompt,
+                   **({"attend_padding": True} if args.attend_padding else {}))
         rank, world = _dist()
         _check_run(out, run, args.resume, rank)
         if world > 1:
@@ -382,7 +392,7 @@ def main(argv=None) -> int:
                               reasoning_prefix=not args.no_reasoning_prefix, temperature=args.temperature,
                               kv_cache=args.kv_cache, threshold=args.threshold, block_causal=args.block_causal,
                               seed=args.seed, samples=args.samples, output=out, resume=args.resume, extra=extra,
-                              ks=ks)
+                              ks=ks, attend_padding=args.attend_padding)
     except (DlmarchError, ValueError, OSError) as e:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2

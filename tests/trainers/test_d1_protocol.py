@@ -32,3 +32,31 @@ def test_countdown_from_d1s_file_takes_d1s_order(tmp_path):
     got = Countdown().load(path)
     assert [r["target"] for r in got] == [int(rows[i]["output"]) for i in order]
     assert d1_items(list(range(10)), "gsm8k") == list(range(10))  # GSM8K, MATH-500: every row
+
+
+def test_attend_padding_decodes_as_d1s_eval_without_an_attention_mask(tmp_path):
+    """d1's eval.py calls generate(model, input_ids) on left-padded prompts with no attention mask, so a
+    short prompt attends to its padding. --attend-padding does the same; the default hides the padding."""
+    import torch
+
+    from dlmarch import generate
+    from dlmarch.prompts import encode_prompts, left_pad
+    from tests.helpers import tiny_model_dir
+    from trainers import evaluate as ev
+    from trainers.tasks import get_task
+
+    model, tok = tiny_model_dir(tmp_path / "m")
+    task = get_task("countdown")
+    task.system_prompt = None  # short prompts for the character tokenizer
+    rows = [{"numbers": [3, 5], "target": 8}, {"numbers": [12, 40, 7], "target": 59}]
+    kw = dict(gen_length=8, block_length=8, steps=4, batch_size=2, progress=False, reasoning_prefix=False)
+    _, d1_like = ev.evaluate(model, tok, task, rows, attend_padding=True, **kw)
+    _, masked = ev.evaluate(model, tok, task, rows, **kw)
+    encoded = encode_prompts(tok, [task.messages(r) for r in rows], True, "")
+    assert len(encoded[0]) != len(encoded[1])  # one row is padded
+    ids, _ = left_pad(encoded, tok.pad_token_id)
+    out = generate(model, ids, steps=4, gen_length=8, block_length=8)  # d1: no attention mask
+    want = [tok.decode(ev.cut_after_eos(r, model.stop_token_ids)[0], skip_special_tokens=False)
+            for r in out[:, ids.shape[1]:].tolist()]
+    assert [r["generation"] for r in d1_like] == want
+    assert [r["generation"] for r in masked] != want
