@@ -217,3 +217,26 @@ def test_ar_to_diffusion_demo_quick(tmp_path):
     assert all(math.isfinite(r["cell_accuracy"]) and 0 <= r["cell_accuracy"] <= 1 for r in rows)
     cfg = json.loads((tmp_path / "run" / "dream-sft" / "model" / "config.json").read_text())
     assert cfg["model"] == "DreamModel"
+
+
+def test_to_diffusion_then_sft_uses_the_tokenizers_mask_token(tmp_path):
+    """A source whose tokenizer already has a mask token: to-diffusion --style dream takes that id (it
+    appended a row at id V, and trainers.sft then refused "the tokenizer's mask token id 4 differs from the
+    model's 72"), and trainers.sft trains the result."""
+    import json
+
+    from conversions.to_diffusion import to_diffusion
+    from dlmarch import AutoModel
+    from tests.helpers import hf_llama
+    from trainers.sft import main
+    from trainers.tokenizer import build_char_tokenizer
+
+    _, src = hf_llama(tmp_path / "hf")
+    tok = build_char_tokenizer("abcdefgh", pad_to=8)
+    tok.save_pretrained(src)
+    to_diffusion(src, tmp_path / "dream", "dream")
+    assert AutoModel.from_pretrained(tmp_path / "dream").config.mask_token_id == tok.mask_token_id
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"prompt": "abc", "response": "cba"}) + "\n" for _ in range(4)))
+    assert main(["--model", str(tmp_path / "dream"), "--data", str(data), "--output", str(tmp_path / "run"),
+                 "--max-steps", "1", "--batch-size", "4", "--max-length", "32", "--no-progress"]) == 0
