@@ -21,7 +21,7 @@ def objective(ctx):
     # The re-implementation's pad id: the tokenizer's pad token (EOS for LLaDA), else EOS.
     pad_id = ctx.tokenizer.pad_token_id if ctx.tokenizer.pad_token_id is not None else ctx.eos_id
     return GIFTObjective(ctx.mask_id, ctx.args.normaliser, ctx.args.probe_every, pad_id=pad_id,
-                         train_padding=ctx.args.eos_pad == "train")
+                         train_padding=ctx.args.eos_pad in ("train", "hidden"))
 
 
 def main(argv=None) -> int:

@@ -461,7 +461,7 @@ def load_model_and_tokens(args, needs_mask: bool, model_loader, device):
     eos_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else cfg.eos_token_id
     if eos_id is None:
         raise DlmarchError(f"{args.model}: neither the tokenizer nor the config names an EOS token")
-    pad_id = eos_id if args.eos_pad == "train" else (tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id)
+    pad_id = eos_id if args.eos_pad in ("train", "hidden") else (tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id)
     return tokenizer, model, mask_id, eos_id, pad_id
 
 
@@ -506,7 +506,8 @@ def setup(objective_factory, args, name, needs_mask, model_loader, rank, world, 
                                      full_conversation=args.render_full_conversation)
     schedule = BatchSchedule(examples, micro_batch_size=args.batch_size, micro_batches_per_step=args.grad_accum * world,
                              max_length=args.max_length, pad_id=pad_id, seed=args.seed, pack=args.pack,
-                             eos_pad=args.eos_pad, pad_to=args.pad_to)
+                             eos_pad=args.eos_pad, pad_to=args.pad_to,
+                             response_cutoff=getattr(args, "response_cutoff", "none"))
     total_steps = args.max_steps or max(1, int(args.epochs * schedule.steps_per_epoch))
     warmup = args.warmup_steps if args.warmup_steps is not None else int(0.03 * total_steps)
     if args.grad_checkpointing:

@@ -40,8 +40,12 @@ def common_parser(prog: str, description: str) -> argparse.ArgumentParser:
     g.add_argument("--over-long", choices=["drop", "truncate"], default="drop", help="rows longer than --max-length")
     g.add_argument("--skip-bad-rows", action="store_true", help="skip and count malformed rows instead of stopping")
     g.add_argument("--pack", action="store_true", help="pack several rows per --max-length sequence (needs --eos-pad exclude)")
-    g.add_argument("--eos-pad", choices=["train", "exclude"], default="train",
-                   help="train on EOS padding (LLaDA) or hide it")
+    g.add_argument("--eos-pad", choices=["train", "exclude", "hidden"], default="train",
+                   help="train on EOS padding (LLaDA), hide it (exclude), or train it hidden from attention (hidden: Dream's "
+                        "recipe)")
+    g.add_argument("--response-cutoff", choices=["none", "batch"], default="none",
+                   help="batch: cut every response of a micro-batch to one of its response lengths, drawn per batch "
+                        "(Dream's per-batch cutoff)")
     g.add_argument("--pad-to", choices=["batch", "max"], default="batch", help="pad rows to the batch's longest or --max-length")
     g.add_argument("--no-chat-template", action="store_true", help="plain prompt + response even if the tokenizer has a template")
     g.add_argument("--render-full-conversation", action="store_true",
