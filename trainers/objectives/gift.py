@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from ..data import Batch
-from .common import EPS, ObjectiveOutput, doc_times, doc_uniform, masked_forward, zero_loss
+from .common import EPS, ObjectiveOutput, doc_times, doc_uniform, loss_metrics, masked_forward, with_masks, zero_loss
 from .protocol import Objective
 from .sft import denom_without_masks, weighted_loss
 
@@ -64,7 +64,7 @@ def probe_betas(model, batch: Batch, mask_id: int, pad_id: int | None = None, tr
     """beta_i = sqrt(entropy) at every content token, (K,) in row-major order of the content; the
     content and the trained pad-like tokens are masked, as at t = 1."""
     content, padding = gift_regions(batch, pad_id, train_padding)
-    all_masked = torch.where(content | padding, torch.full_like(batch.input_ids, mask_id), batch.input_ids)
+    all_masked = with_masks(batch, content | padding, mask_id)
     logits = masked_forward(model, all_masked, batch, content)
     return entropy_from_logits(logits).sqrt()
 
@@ -94,14 +94,13 @@ def gift(model, batch: Batch, generator: torch.Generator, *, mask_id: int, norma
     if fallback:  # masked-diffusion SFT's plain mask
         masked = resp & (u[1] < p[batch.seg.clamp(min=0)])
         rates = p[batch.seg.clamp(min=0)]
-    noisy = torch.where(masked, torch.full_like(batch.input_ids, mask_id), batch.input_ids)
+    noisy = with_masks(batch, masked, mask_id)
     logits = masked_forward(model, noisy, batch, masked)
     if not bool(masked.any()):
         return ObjectiveOutput(zero_loss(logits), denom_without_masks(batch, normaliser), {"masked_frac": 0.0})
     weights = 1.0 / rates[masked]
     loss_sum, denom, ce = weighted_loss(logits, batch.input_ids[masked], weights, batch, masked, normaliser)
-    metrics = {"masked_frac": float(masked.sum() / resp.sum()), "ce": float(ce.detach().mean()), "beta_ref": float(beta_ref),
-               "fallback": float(fallback), "t": float(t.mean())}
+    metrics = {**loss_metrics(ce, masked, resp, float(t.mean())), "beta_ref": float(beta_ref), "fallback": float(fallback)}
     return ObjectiveOutput(loss_sum, denom, metrics)
 
 

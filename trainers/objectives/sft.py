@@ -37,7 +37,8 @@ from __future__ import annotations
 import torch
 
 from ..data import Batch
-from .common import EPS, ObjectiveOutput, doc_times, doc_uniform, masked_forward, per_doc, token_ce, zero_loss
+from .common import (EPS, ObjectiveOutput, doc_times, doc_uniform, loss_metrics, masked_forward, per_doc, per_doc_mean,
+                     token_ce, with_masks, zero_loss)
 
 NORMALISERS = ("answer_length", "response", "masked")
 WEIGHTINGS = ("inverse_t", "classical", "dream")
@@ -104,7 +105,7 @@ def sft_loss(model, batch: Batch, masked, p, *, mask_id: int, normaliser: str, t
              extra_weights=None) -> ObjectiveOutput:
     """The masked-diffusion loss for a given mask (B, L) and per-document rate p (num_docs,); extra_weights
     (K,) multiply the masked tokens' terms (CART)."""
-    noisy = torch.where(masked, torch.full_like(batch.input_ids, mask_id), batch.input_ids)
+    noisy = with_masks(batch, masked, mask_id)
     logits = masked_forward(model, noisy, batch, masked)
     if not bool(masked.any()):
         return ObjectiveOutput(zero_loss(logits), denom_without_masks(batch, normaliser), {"masked_frac": 0.0})
@@ -112,43 +113,30 @@ def sft_loss(model, batch: Batch, masked, p, *, mask_id: int, normaliser: str, t
     if extra_weights is not None:
         weights = weights * extra_weights
     loss_sum, denom, ce = weighted_loss(logits, batch.input_ids[masked], weights, batch, masked, normaliser)
-    metrics = {"masked_frac": float(masked.sum() / batch.loss_mask.sum()), "ce": float(ce.detach().mean()),
-               "supervised_tokens": float(masked.sum())}
-    if t_mean is not None:
-        metrics["t"] = t_mean
-    return ObjectiveOutput(loss_sum, denom, metrics)
+    return ObjectiveOutput(loss_sum, denom, loss_metrics(ce, masked, batch.loss_mask, t_mean))
 
 
 def classical_loss(model, batch: Batch, masked, *, mask_id: int, t_mean: float | None = None) -> ObjectiveOutput:
     """Each document's mean CE over its masked tokens, no 1 / p; the loop divides the sum by num_docs."""
-    noisy = torch.where(masked, torch.full_like(batch.input_ids, mask_id), batch.input_ids)
+    noisy = with_masks(batch, masked, mask_id)
     logits = masked_forward(model, noisy, batch, masked)
     if not bool(masked.any()):
         return ObjectiveOutput(zero_loss(logits), float(batch.num_docs), {"masked_frac": 0.0})
     ce = token_ce(logits, batch.input_ids[masked])
-    seg = batch.seg[masked]
-    doc_loss = per_doc(ce, seg, batch.num_docs) / per_doc(torch.ones_like(ce), seg, batch.num_docs).clamp(min=1)
-    metrics = {"masked_frac": float(masked.sum() / batch.loss_mask.sum()), "ce": float(ce.detach().mean()),
-               "supervised_tokens": float(masked.sum())}
-    if t_mean is not None:
-        metrics["t"] = t_mean
-    return ObjectiveOutput(doc_loss.sum(), float(batch.num_docs), metrics)
+    doc_loss = per_doc_mean(ce, batch.seg[masked], batch.num_docs)
+    return ObjectiveOutput(doc_loss.sum(), float(batch.num_docs), loss_metrics(ce, masked, batch.answer, t_mean))
 
 
 def dream_loss(model, batch: Batch, masked, *, mask_id: int, cart_p: float, t_mean: float | None = None) -> ObjectiveOutput:
     """Dream's recipe: sum over masked tokens of CART weight x CE, over the batch's response-token count."""
-    noisy = torch.where(masked, torch.full_like(batch.input_ids, mask_id), batch.input_ids)
+    noisy = with_masks(batch, masked, mask_id)
     logits = masked_forward(model, noisy, batch, masked)
     denom = float(batch.loss_mask.sum())
     if not bool(masked.any()):
         return ObjectiveOutput(zero_loss(logits), denom, {"masked_frac": 0.0})
     ce = token_ce(logits, batch.input_ids[masked])
     weights = cart_weights(batch, masked, cart_p, hidden_context=True)[masked]
-    metrics = {"masked_frac": float(masked.sum() / batch.loss_mask.sum()), "ce": float(ce.detach().mean()),
-               "supervised_tokens": float(masked.sum())}
-    if t_mean is not None:
-        metrics["t"] = t_mean
-    return ObjectiveOutput((ce * weights).sum(), denom, metrics)
+    return ObjectiveOutput((ce * weights).sum(), denom, loss_metrics(ce, masked, batch.loss_mask, t_mean))
 
 
 def denom_without_masks(batch: Batch, normaliser: str) -> float:
