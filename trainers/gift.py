@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import sys
+
 from .cli import run
 from .objectives.gift import GIFTObjective
 from .objectives.sft import NORMALISERS
+from .options import at_least, limited
 
 
 def add_options(p):
     g = p.add_argument_group("gift")
     g.add_argument("--normaliser", choices=NORMALISERS, default="masked",
                    help="masked (the GIFT re-implementation), answer_length (LLaDA) or response (d1)")
-    g.add_argument("--probe-every", type=int, default=1,
-                   help="re-probe each example's entropies every K epochs, reusing them in between "
-                        "(an approximation that makes the probe cost 1/K; 1 = the paper's GIFT exactly)")
+    limited(g.add_argument("--probe-every", type=int, default=1,
+                           help="re-probe each example's entropies every K epochs, reusing them in between "
+                                "(an approximation that makes the probe cost 1/K; 1 = the paper's GIFT exactly)"),
+            at_least(1))
 
 
 def objective(ctx):

@@ -89,7 +89,7 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> arg
         parser.error("missing " + ", ".join(f"--{m}" for m in missing) + " (on the command line or in --config)")
     actions = {a.dest: a for a in parser._actions}
     for dest, value in vars(args).items():
-        problem = _out_of_range(dest, value)
+        problem = _out_of_range(actions[dest], value)
         if problem:
             raise DlmarchError(f"{_flag(actions[dest])} {problem}")
     _check_paths(args)
@@ -123,7 +123,7 @@ def _yaml_values(parser: argparse.ArgumentParser, path: Path) -> dict:
             out[dest] = _convert(actions[dest], value)
         except _Invalid as e:
             raise DlmarchError(f"{where}: {e}") from None
-        problem = _out_of_range(dest, out[dest])
+        problem = _out_of_range(actions[dest], out[dest])
         if problem:
             raise DlmarchError(f"{where} {problem}")
     return out
@@ -177,12 +177,22 @@ def _convert_one(action: argparse.Action, value):
     return converted
 
 
-def _at_least(low):
+def at_least(low):
     return lambda v: None if v >= low else f"must be at least {low}, found {v}"
 
 
-def _positive(v):
+def positive(v):
     return None if v > 0 and math.isfinite(v) else f"must be a positive number, found {v}"
+
+
+_at_least, _positive = at_least, positive
+
+
+def limited(action: argparse.Action, rule) -> argparse.Action:
+    """A method's option with its limit, checked like the shared ones (flag or YAML), kept beside its flag:
+    `limited(g.add_argument("--block-size", type=int), at_least(1))`."""
+    action.limit = rule
+    return action
 
 
 def _fraction(v):
@@ -193,22 +203,20 @@ def _probability(v):
     return None if 0 <= v < 1 else f"must be at least 0 and below 1, found {v}"
 
 
-# Ranges of the counts and sizes that would otherwise fail deep inside a run (a division by zero, an
-# empty batch) or do nothing silently (a zero learning rate). Keyed by dest; options of every method.
+# Ranges of the shared counts and sizes that would otherwise fail deep inside a run (a division by zero, an
+# empty batch) or do nothing silently (a zero learning rate). Keyed by dest; a method's own options carry
+# their limit on their flag (`limited`).
 RANGES = {
     "batch_size": _at_least(1), "grad_accum": _at_least(1), "max_steps": _at_least(1), "log_every": _at_least(1),
     "save_every": _at_least(1), "keep": _at_least(1), "max_length": _at_least(2), "warmup_steps": _at_least(0),
     "lora_rank": _at_least(0), "lr": _positive, "epochs": _positive, "lora_alpha": _positive,
     "clip": _at_least(0), "weight_decay": _at_least(0), "min_lr_ratio": _fraction, "lora_dropout": _probability,
     "adam_betas": _probability,
-    # method options
-    "block_size": _at_least(1), "probe_every": _at_least(1), "l2d_lora_rank": _at_least(1),
-    "flow_dim": _at_least(1), "num_classes": _at_least(1), "noise_scale": _positive,
 }
 
 
-def _out_of_range(dest: str, value) -> str | None:
-    rule = RANGES.get(dest)
+def _out_of_range(action: argparse.Action, value) -> str | None:
+    rule = getattr(action, "limit", None) or RANGES.get(action.dest)
     if rule is None or value is None:
         return None
     for v in value if isinstance(value, (list, tuple)) else [value]:
