@@ -286,7 +286,7 @@ def pad_batch(examples: list[Example], pad_id: int, eos_pad: str, length: int | 
         loss[i, e.prompt_len:n] = True
         answer[i, e.prompt_len:n] = True
         seg[i, :n] = i
-        if eos_pad in ("train", "hidden"):
+        if trains_padding(eos_pad):
             loss[i, n:] = True
             seg[i, n:] = i
         if eos_pad != "train":
@@ -340,6 +340,17 @@ def packed_batch(rows: list[list[Example]], length: int, pad_id: int) -> Batch:
 
 
 EOS_PADS = ("train", "exclude", "hidden")
+
+
+def trains_padding(eos_pad: str) -> bool:
+    """Whether the layout's padding is trained (EOS targets): "train" and "hidden"."""
+    return eos_pad in ("train", "hidden")
+
+
+def padding_id(eos_pad: str, eos_id: int, pad_token_id: int | None) -> int:
+    """The id that fills padded rows: EOS where the padding is trained, else the tokenizer's pad token
+    (EOS when it has none)."""
+    return eos_id if trains_padding(eos_pad) or pad_token_id is None else pad_token_id
 RESPONSE_CUTOFFS = ("none", "batch")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 from .cli import run
+from .data import trains_padding
 from .objectives.gift import GIFTObjective
 from .objectives.sft import NORMALISERS
 from .options import at_least, limited
@@ -24,7 +25,7 @@ def objective(ctx):
     # The re-implementation's pad id: the tokenizer's pad token (EOS for LLaDA), else EOS.
     pad_id = ctx.tokenizer.pad_token_id if ctx.tokenizer.pad_token_id is not None else ctx.eos_id
     return GIFTObjective(ctx.mask_id, ctx.args.normaliser, ctx.args.probe_every, pad_id=pad_id,
-                         train_padding=ctx.args.eos_pad in ("train", "hidden"))
+                         train_padding=trains_padding(ctx.args.eos_pad))
 
 
 def main(argv=None) -> int:

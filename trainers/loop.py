@@ -46,7 +46,7 @@ from dlmarch.dtypes import parse_dtype
 from dlmarch.errors import DlmarchError
 from dlmarch.registry import load_pretrained
 
-from .data import BatchSchedule, check_layout, load_examples
+from .data import BatchSchedule, check_layout, load_examples, padding_id
 from .objectives.protocol import as_objective
 from .record import TRAINING_RECORD, TrainingRecord
 
@@ -461,7 +461,7 @@ def load_model_and_tokens(args, needs_mask: bool, model_loader, device):
     eos_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else cfg.eos_token_id
     if eos_id is None:
         raise DlmarchError(f"{args.model}: neither the tokenizer nor the config names an EOS token")
-    pad_id = eos_id if args.eos_pad in ("train", "hidden") else (tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id)
+    pad_id = padding_id(args.eos_pad, eos_id, tokenizer.pad_token_id)
     return tokenizer, model, mask_id, eos_id, pad_id
 
 

@@ -11,6 +11,8 @@ import yaml
 
 from dlmarch.errors import DlmarchError
 
+from .data import EOS_PADS
+
 
 def common_parser(prog: str, description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description=description,
@@ -40,7 +42,7 @@ def common_parser(prog: str, description: str) -> argparse.ArgumentParser:
     g.add_argument("--over-long", choices=["drop", "truncate"], default="drop", help="rows longer than --max-length")
     g.add_argument("--skip-bad-rows", action="store_true", help="skip and count malformed rows instead of stopping")
     g.add_argument("--pack", action="store_true", help="pack several rows per --max-length sequence (needs --eos-pad exclude)")
-    g.add_argument("--eos-pad", choices=["train", "exclude", "hidden"], default="train",
+    g.add_argument("--eos-pad", choices=EOS_PADS, default="train",
                    help="train on EOS padding (LLaDA), hide it (exclude), or train it hidden from attention (hidden: Dream's "
                         "recipe)")
     g.add_argument("--response-cutoff", choices=["none", "batch"], default="none",

@@ -240,6 +240,10 @@ def test_to_diffusion_then_sft_uses_the_tokenizers_mask_token(tmp_path):
     data.write_text("".join(json.dumps({"prompt": "abc", "response": "cba"}) + "\n" for _ in range(4)))
     assert main(["--model", str(tmp_path / "dream"), "--data", str(data), "--output", str(tmp_path / "run"),
                  "--max-steps", "1", "--batch-size", "4", "--max-length", "32", "--no-progress"]) == 0
+    # and Dream's recipe end to end (configs/sft-dream-7b.yaml's three options)
+    assert main(["--model", str(tmp_path / "dream"), "--data", str(data), "--output", str(tmp_path / "run-dream"),
+                 "--max-steps", "2", "--batch-size", "2", "--max-length", "32", "--no-progress", "--weighting", "dream",
+                 "--eos-pad", "hidden", "--response-cutoff", "batch"]) == 0
 
 
 # --- Dream's SFT recipe (ZHZisZZ/dllm) ---------------------------------------------------------------------------
