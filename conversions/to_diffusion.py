@@ -11,7 +11,9 @@ fine-tune, with the same weights:
   re-trained to unshift; the blocks are kept). LLaDA rotates RoPE in fp32 (its reference does).
 
 The mask token: `--mask-token-id N` names an existing row (e.g. a reserved token of the tokenizer),
-kept as it is. Without it a row is appended at id = vocab_size: its input embedding is the mean of
+kept as it is. Without it, a mask token the source's tokenizer already defines (inside the
+vocabulary) is used, so that the tokenizer and config.json agree and the trainers accept the pair;
+otherwise a row is appended at id = vocab_size: its input embedding is the mean of
 the embedding rows (a point inside the cloud of real tokens rather than an outlier), and an untied
 head gets the mean head row (the mask token's logit is then the average logit, well below the
 likely tokens). The tokenizer files are copied unchanged; the samplers read the id from
@@ -65,6 +67,18 @@ def with_mask_row(weight: torch.Tensor) -> torch.Tensor:
     return torch.cat([weight, weight.float().mean(0, keepdim=True).to(weight.dtype)])
 
 
+def tokenizer_mask_id(src: Path, vocab_size: int) -> int | None:
+    """The mask token id of the tokenizer stored with the source, if it has one inside the vocabulary."""
+    try:
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(src, local_files_only=True, trust_remote_code=False)
+    except Exception:  # no tokenizer files (a bare native checkpoint): nothing to agree with
+        return None
+    mask = tok.mask_token_id
+    return mask if mask is not None and 0 <= mask < vocab_size else None
+
+
 def to_diffusion(src: str | Path, dst: str | Path, style: str, mask_token_id: int | None = None,
                  overwrite: bool = False) -> Report:
     t0 = time.time()
@@ -79,6 +93,8 @@ def to_diffusion(src: str | Path, dst: str | Path, style: str, mask_token_id: in
     V = cfg.vocab_size
     if mask_token_id is not None and not 0 <= mask_token_id < V:
         raise ConfigError(f"--mask-token-id {mask_token_id} is outside the vocabulary [0, {V}) of {src}")
+    if mask_token_id is None:
+        mask_token_id = tokenizer_mask_id(src, V)
     append = mask_token_id is None
     new_cfg = diffusion_config(cfg, style, V + append, V if append else mask_token_id, str(src))
 

@@ -69,8 +69,11 @@ def llada_log_likelihood(model, prompt: Tensor, answer: Tensor, mc_num: int = 12
     """Monte Carlo estimate of log p(answer | prompt) under a LLaDA model. prompt (l1,), answer (l2,).
 
     The reference's keywords and defaults (mask_id defaults to the model's). `generator` (a CPU
-    generator) drives the masks; None uses torch's global generator, as the reference does (the
-    module docstring says when that reproduces its value).
+    generator) drives the masks; None uses torch's global CPU generator. After torch.manual_seed(s)
+    this equals ML-GSAI/LLaDA get_log_likelihood.py run on CPU with the same seed. On GPU the
+    reference draws k from the CUDA generator (`torch.randint(..., device=batch.device)`) and the
+    permutations from the CPU one, so its masks, and its estimate, differ from ours there: the same
+    estimator under other random draws, not the same number.
     """
     if mc_num % batch_size:
         raise ValueError(f"mc_num ({mc_num}) must be a multiple of batch_size ({batch_size})")

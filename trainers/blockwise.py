@@ -14,14 +14,15 @@ from .cli import run
 from .objectives.blockwise import ALL_BLOCKS_SHIFTED, all_blocks, blockwise
 from .objectives.common import predicts_next_token
 from .objectives.protocol import FunctionObjective
+from .options import at_least, fraction, limited
 
 
 def add_options(p):
     g = p.add_argument_group("blockwise")
-    g.add_argument("--block-size", type=int, default=32, help="match the sampler's block_length")
+    limited(g.add_argument("--block-size", type=int, default=32, help="match the sampler's block_length"), at_least(1))
     g.add_argument("--all-blocks", action="store_true", help="every block in one block-causal pass (see above)")
-    g.add_argument("--prefix-mask-rate", type=float, default=0.0, help="ablation: noise on the clean prefix")
-    g.add_argument("--suffix-mask-prob", type=float, default=1.0, help="ablation: probability of masking the suffix")
+    limited(g.add_argument("--prefix-mask-rate", type=float, default=0.0, help="ablation: noise on the clean prefix"), fraction)
+    limited(g.add_argument("--suffix-mask-prob", type=float, default=1.0, help="ablation: probability of masking the suffix"), fraction)
 
 
 def objective(ctx):

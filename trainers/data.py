@@ -18,6 +18,9 @@ EOS (the padding switch `eos_pad`, docs/masked-diffusion-sft.md):
   learns to fill the rest of a fixed-length canvas with EOS, which LLaDA's sampler relies on.
 - "exclude": one EOS ends each response and is trained; padding is hidden (key padding) and carries
   no loss.
+- "hidden" (Dream's recipe, ZHZisZZ/dllm `examples/dream/sft.py`: DataCollatorForSeq2Seq pads the labels
+  with the pad id = EOS and the attention mask with 0): the padding EOS are targets like "train"
+  (noised, in the loss) but hidden from attention like "exclude".
 Either way `Batch.answer_mask` marks each document's own response (its answer through its first
 EOS), without the trained padding: objectives whose per-token choices depend on the response
 (GIFT's entropy reference, Blockwise SFT's blocks) read it, so that padding never changes them.
@@ -286,10 +289,10 @@ def pad_batch(examples: list[Example], pad_id: int, eos_pad: str, length: int | 
         loss[i, e.prompt_len:n] = True
         answer[i, e.prompt_len:n] = True
         seg[i, :n] = i
-        if eos_pad == "train":
+        if trains_padding(eos_pad):
             loss[i, n:] = True
             seg[i, n:] = i
-        else:
+        if eos_pad != "train":
             am[i, n:] = 0
     positions = torch.arange(L).expand(B, L).clone()
     attention_mask = None if eos_pad == "train" or bool(am.all()) else am
@@ -339,11 +342,36 @@ def packed_batch(rows: list[list[Example]], length: int, pad_id: int) -> Batch:
                  torch.tensor(prompt_lens), torch.tensor(keys), torch.tensor(labels))
 
 
+EOS_PADS = ("train", "exclude", "hidden")
+
+
+def trains_padding(eos_pad: str) -> bool:
+    """Whether the layout's padding is trained (EOS targets): "train" and "hidden"."""
+    return eos_pad in ("train", "hidden")
+
+
+def padding_id(eos_pad: str, eos_id: int, pad_token_id: int | None) -> int:
+    """The id that fills padded rows: EOS where the padding is trained, else the tokenizer's pad token
+    (EOS when it has none)."""
+    return eos_id if trains_padding(eos_pad) or pad_token_id is None else pad_token_id
+RESPONSE_CUTOFFS = ("none", "batch")
+
+
+def cut_responses(examples: list[Example], rng: random.Random) -> list[Example]:
+    """Dream's per-batch cutoff (ZHZisZZ/dllm DreamSFTCollator.apply_perbatch_cutoff, after DreamLM/Dream's
+    SFT trainer): one response length drawn uniformly from the batch's examples, every longer response
+    cut to it (its EOS included: a cut response ends without one), so that the model does not learn that
+    every answer fills the canvas. The draw is a pure function of (seed, step, micro-batch)."""
+    kept = rng.choice([len(e.ids) - e.prompt_len for e in examples])
+    return [e if len(e.ids) - e.prompt_len <= kept else Example(e.ids[:e.prompt_len + kept], e.prompt_len, e.line, e.label)
+            for e in examples]
+
+
 def check_layout(pack: bool, eos_pad: str) -> None:
     """Packing has no padding to train: `--pack` with `--eos-pad train` would silently train one EOS
     per document and no padding, so the combination is refused."""
-    if pack and eos_pad == "train":
-        raise DataError("--pack trains no EOS padding, so it cannot honour --eos-pad train; pass --eos-pad exclude "
+    if pack and eos_pad != "exclude":
+        raise DataError(f"--pack trains no EOS padding, so it cannot honour --eos-pad {eos_pad}; pass --eos-pad exclude "
                         "with --pack, or drop --pack")
 
 
@@ -358,15 +386,19 @@ class BatchSchedule:
 
     def __init__(self, examples: list[Example], *, micro_batch_size: int, micro_batches_per_step: int, max_length: int,
                  pad_id: int, seed: int = 0, pack: bool = False, eos_pad: str = "train", pad_to: str = "batch",
-                 shuffle: bool = True):
-        if eos_pad not in ("train", "exclude"):
-            raise ValueError(f"eos_pad must be 'train' or 'exclude', found {eos_pad!r}")
+                 shuffle: bool = True, response_cutoff: str = "none"):
+        if eos_pad not in EOS_PADS:
+            raise ValueError(f"eos_pad must be one of {EOS_PADS}, found {eos_pad!r}")
+        if response_cutoff not in RESPONSE_CUTOFFS:
+            raise ValueError(f"response_cutoff must be one of {RESPONSE_CUTOFFS}, found {response_cutoff!r}")
+        if pack and response_cutoff != "none":
+            raise DataError("--response-cutoff cuts the responses of a padded batch; it does not combine with --pack")
         if pad_to not in ("batch", "max"):
             raise ValueError(f"pad_to must be 'batch' or 'max', found {pad_to!r}")
         check_layout(pack, eos_pad)
         self.examples, self.mbs, self.per_step = examples, micro_batch_size, micro_batches_per_step
         self.max_length, self.pad_id, self.seed, self.pack = max_length, pad_id, seed, pack
-        self.eos_pad, self.pad_to, self.shuffle = eos_pad, pad_to, shuffle
+        self.eos_pad, self.pad_to, self.shuffle, self.response_cutoff = eos_pad, pad_to, shuffle, response_cutoff
         self._epoch_cache: dict[int, list] = {}
         self.steps_per_epoch = len(self._units(0)) // (self.mbs * self.per_step)
         if self.steps_per_epoch == 0:
@@ -392,6 +424,9 @@ class BatchSchedule:
         if self.pack:
             batch = packed_batch(chunk, self.max_length, self.pad_id)
         else:
+            if self.response_cutoff == "batch":
+                rng = random.Random((self.seed * 1_000_003 + step) * 7919 + index)
+                chunk = cut_responses(chunk, rng)
             batch = pad_batch(chunk, self.pad_id, self.eos_pad, self.max_length if self.pad_to == "max" else None)
         batch.epoch = epoch
         return batch

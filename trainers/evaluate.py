@@ -44,7 +44,7 @@ from .tasks import REASONING_PREFIX, TASKS, get_task, pass_at_k
 from .tasks.common import is_int, wrong
 
 RUN_KEYS = ("model_fingerprint", "data_sha256", "task", "rows", "samples", "batch_size", "seed", "reasoning_prefix",
-            "system_prompt", *(n for n in DecodingOptions.names() if n != "seed"))
+            "system_prompt", "attend_padding", *(n for n in DecodingOptions.names() if n != "seed"))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -256,7 +256,7 @@ D1_PROTOCOL = {"steps": lambda v: max(1, v["gen_length"] // 2), "stop_at_eos": T
 def evaluate(model, tokenizer, task, rows: list[dict], options: DecodingOptions | None = None, *, batch_size: int = 16,
              reasoning_prefix: bool = True, chat_template: bool = True, samples: int = 1, output: Path | None = None,
              resume: bool = False, extra=None, ks: list[int] | None = None, progress: bool = True, stats: dict | None = None,
-             **decoding) -> tuple[dict, list[dict]]:
+             attend_padding: bool = False, **decoding) -> tuple[dict, list[dict]]:
     """Generate `samples` answers for every row, score them, summarise. Returns (summary, records).
 
     `options` (or DecodingOptions fields as keywords: gen_length=..., steps=...) are completed for the
@@ -264,6 +264,12 @@ def evaluate(model, tokenizer, task, rows: list[dict], options: DecodingOptions 
     are appended to `output.partial-RANK.jsonl` batch by batch, and rank 0 merges them into `output`
     (sorted by row and sample) once every process is done. `stats` receives what the sampler reports
     (L2D: 'diffusion_evaluations', 'tokens').
+
+    Prompts are left-padded per batch. By default the padding is hidden from attention, so a row's
+    generation does not depend on its batch-mates. `attend_padding` passes no attention mask, as d1's
+    eval.py / generate.py do (dllm-reasoning/d1): rows then attend to their padding and the scores
+    depend on the batch composition; with d1's batch size (its --batch_size 4) and item order this
+    replicates d1's generations exactly.
     """
     if decoding:
         options = DecodingOptions.parse({**(options.given() if options else {}), **decoding})
@@ -295,7 +301,7 @@ def evaluate(model, tokenizer, task, rows: list[dict], options: DecodingOptions 
     for b in iterator:
         batch = batches[b]
         ids, am = left_pad([encoded[i] for i, _ in batch], pad)
-        ids, am = ids.to(model.device), am.to(model.device)
+        ids, am = ids.to(model.device), (None if attend_padding else am.to(model.device))
         # One generator per batch: its draws depend on the batch alone, not on which process runs it.
         gen = torch.Generator(device=model.device).manual_seed((seed * 1_000_003 + b) % (1 << 62))
         with torch.no_grad():
@@ -365,6 +371,9 @@ def _main(argv, stack: contextlib.ExitStack) -> int:
     p.add_argument("--samples", type=int, default=1, help="generations per item (pass@k; use --temperature > 0)")
     p.add_argument("--pass-k", default=None, help="comma-separated k of pass@k (default with --samples N: 1 and N)")
     p.add_argument("--batch-size", default="16", help="prompts per sampler call (default 16)")
+    p.add_argument("--attend-padding", action="store_true",
+                   help="no attention mask over the prompts' left padding, as d1's eval.py (scores then depend on the "
+                        "batch; use d1's --batch-size 4 to replicate it); default: padding hidden")
     p.add_argument("--no-reasoning-prefix", action="store_true")
     p.add_argument("--no-system-prompt", action="store_true")
     p.add_argument("--device", default=None)
@@ -405,7 +414,8 @@ def _main(argv, stack: contextlib.ExitStack) -> int:
         out = Path(args.output) if args.output else Path(f"eval-{Path(args.model).resolve().name}-{args.task}.jsonl")
         run = dict(task=args.task, rows=len(rows), samples=args.samples, batch_size=args.batch_size, seed=seed,
                    reasoning_prefix=not args.no_reasoning_prefix, system_prompt=task.system_prompt,
-                   **{k: v for k, v in options.given().items() if k != "seed"})
+                   **{k: v for k, v in options.given().items() if k != "seed"},
+                   **({"attend_padding": True} if args.attend_padding else {}))
         run.update(_made_from(args.model, rows))
         rank, world = _dist()
         _check_output(out, {"--model": args.model, "--data": args.data}, args, "generations")
@@ -424,7 +434,8 @@ def _main(argv, stack: contextlib.ExitStack) -> int:
                 print(w, file=sys.stderr)
         summary, _ = evaluate(model, tok, task, rows, resolved, batch_size=args.batch_size,
                               reasoning_prefix=not args.no_reasoning_prefix, samples=args.samples, output=out,
-                              resume=args.resume, extra=extra, ks=ks)
+                              resume=args.resume, extra=extra, ks=ks,
+                              attend_padding=args.attend_padding)
         if rank != 0:
             return 0
         summary.update(model=str(args.model), generations=str(out), made_from=run)

@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import sys
+
 from .cli import run
+from .data import trains_padding
 from .objectives.gift import GIFTObjective
 from .objectives.sft import NORMALISERS
+from .options import at_least, limited
 
 
 def add_options(p):
     g = p.add_argument_group("gift")
     g.add_argument("--normaliser", choices=NORMALISERS, default="masked",
                    help="masked (the GIFT re-implementation), answer_length (LLaDA) or response (d1)")
-    g.add_argument("--probe-every", type=int, default=1,
-                   help="re-probe each example's entropies every K epochs, reusing them in between "
-                        "(an approximation that makes the probe cost 1/K; 1 = the paper's GIFT exactly)")
+    limited(g.add_argument("--probe-every", type=int, default=1,
+                           help="re-probe each example's entropies every K epochs, reusing them in between "
+                                "(an approximation that makes the probe cost 1/K; 1 = the paper's GIFT exactly)"),
+            at_least(1))
 
 
 def objective(ctx):
-    return GIFTObjective(ctx.mask_id, ctx.args.normaliser, ctx.args.probe_every)
+    # The re-implementation's pad id: the tokenizer's pad token (EOS for LLaDA), else EOS.
+    pad_id = ctx.tokenizer.pad_token_id if ctx.tokenizer.pad_token_id is not None else ctx.eos_id
+    return GIFTObjective(ctx.mask_id, ctx.args.normaliser, ctx.args.probe_every, pad_id=pad_id,
+                         train_padding=trains_padding(ctx.args.eos_pad))
 
 
 def main(argv=None) -> int:

@@ -18,6 +18,7 @@ from dlmarch.models.l2d import L2DConfig, L2DModel
 
 from .cli import run
 from .objectives.l2d import l2d
+from .options import at_least, limited, positive
 
 
 def add_options(p):
@@ -25,11 +26,12 @@ def add_options(p):
     g.add_argument("--init", help="continue from this L2D checkpoint instead of a fresh diffusion path")
     g.add_argument("--l2d-options", help="JSON of SakanaAI/L2D option names")
     g.add_argument("--adapter", choices=["lora", "full"], default=None, help="diffusion q/o/MLP: LoRA or full copies")
-    g.add_argument("--l2d-lora-rank", type=int, default=None)
-    g.add_argument("--l2d-lora-alpha", type=float, default=None)
-    g.add_argument("--flow-dim", type=int, default=None)
-    g.add_argument("--noise-scale", type=float, default=None)
-    g.add_argument("--num-classes", type=int, default=None, help="guidance classes (rows carry an integer \"class\")")
+    limited(g.add_argument("--l2d-lora-rank", type=int, default=None), at_least(1))
+    limited(g.add_argument("--l2d-lora-alpha", type=float, default=None), positive)
+    limited(g.add_argument("--flow-dim", type=int, default=None), at_least(1))
+    limited(g.add_argument("--noise-scale", type=float, default=None), positive)
+    limited(g.add_argument("--num-classes", type=int, default=None, help="guidance classes (rows carry an integer \"class\")"),
+            at_least(1))
     # An autoregressive model learns one EOS; padding carries no loss.
     p.set_defaults(eos_pad="exclude", lr=1e-4)
 

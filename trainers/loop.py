@@ -43,7 +43,7 @@ from dlmarch.registry import load_pretrained
 
 from .checkpoints import (TrainingError, last_good, checkpoints, load_checkpoint, newest_intact_checkpoint,  # noqa: F401
                           restore_newest, save_checkpoint, verify_checkpoint)
-from .data import BatchSchedule, check_layout, load_examples
+from .data import BatchSchedule, check_layout, load_examples, padding_id
 from .sources import field_map
 from .objectives.protocol import as_objective
 from .progress import Progress, check_tracker, plot_losses
@@ -142,9 +142,12 @@ def autocast_ctx(args, device):
 
 
 def lr_lambda(total: int, warmup: int, schedule: str, min_ratio: float) -> Callable[[int], float]:
+    """lr / peak lr after `step` optimizer steps: transformers' get_{linear,cosine,constant}_schedule_with_warmup
+    (and get_cosine_with_min_lr_schedule_with_warmup's min_lr_rate), so the first step runs at lr 0 during a
+    warmup, as under the HF Trainer the reference recipes use."""
     def f(step: int) -> float:
         if warmup and step < warmup:
-            return (step + 1) / warmup
+            return step / warmup
         if schedule == "constant" or total <= warmup:
             return 1.0
         progress = min(1.0, (step - warmup) / max(1, total - warmup))
@@ -287,7 +290,7 @@ def load_model_and_tokens(args, needs_mask: bool, model_loader, device):
     eos_id = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else cfg.eos_token_id
     if eos_id is None:
         raise DlmarchError(f"{args.model}: neither the tokenizer nor the config names an EOS token")
-    pad_id = eos_id if args.eos_pad == "train" else (tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_id)
+    pad_id = padding_id(args.eos_pad, eos_id, tokenizer.pad_token_id)
     return tokenizer, model, mask_id, eos_id, pad_id
 
 
@@ -345,7 +348,8 @@ def setup(objective_factory, args, name, needs_mask, model_loader, rank, world, 
             validation = Validation(example_loader(args, tokenizer, eos_id, args.eval_data)[0], args, pad_id)
         schedule = BatchSchedule(examples, micro_batch_size=args.batch_size, micro_batches_per_step=args.grad_accum * world,
                                  max_length=args.max_length, pad_id=pad_id, seed=args.seed, pack=args.pack,
-                                 eos_pad=args.eos_pad, pad_to=args.pad_to)
+                                 eos_pad=args.eos_pad, pad_to=args.pad_to,
+                                 response_cutoff=getattr(args, "response_cutoff", "none"))
     check_tracker(getattr(args, "report_to", None))
     total_steps = args.max_steps or max(1, int(args.epochs * schedule.steps_per_epoch))
     warmup = args.warmup_steps if args.warmup_steps is not None else int(0.03 * total_steps)

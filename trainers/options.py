@@ -13,6 +13,7 @@ from dlmarch.config import read_text
 from dlmarch.errors import DlmarchError
 
 from .sources import add_options as add_source_options, is_dataset_folder
+from .data import EOS_PADS
 
 
 def common_parser(prog: str, description: str) -> argparse.ArgumentParser:
@@ -45,8 +46,12 @@ def common_parser(prog: str, description: str) -> argparse.ArgumentParser:
     g.add_argument("--over-long", choices=["drop", "truncate"], default="drop", help="rows longer than --max-length")
     g.add_argument("--skip-bad-rows", action="store_true", help="skip and count malformed rows instead of stopping")
     g.add_argument("--pack", action="store_true", help="pack several rows per --max-length sequence (needs --eos-pad exclude)")
-    g.add_argument("--eos-pad", choices=["train", "exclude"], default="train",
-                   help="train on EOS padding (LLaDA) or hide it")
+    g.add_argument("--eos-pad", choices=EOS_PADS, default="train",
+                   help="train on EOS padding (LLaDA), hide it (exclude), or train it hidden from attention (hidden: Dream's "
+                        "recipe)")
+    g.add_argument("--response-cutoff", choices=["none", "batch"], default="none",
+                   help="batch: cut every response of a micro-batch to one of its response lengths, drawn per batch "
+                        "(Dream's per-batch cutoff)")
     g.add_argument("--pad-to", choices=["batch", "max"], default="batch", help="pad rows to the batch's longest or --max-length")
     g.add_argument("--no-chat-template", action="store_true", help="plain prompt + response even if the tokenizer has a template")
     g.add_argument("--render-full-conversation", action="store_true",
@@ -97,7 +102,7 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> arg
         parser.error("missing " + ", ".join(f"--{m}" for m in missing) + " (on the command line or in --config)")
     actions = {a.dest: a for a in parser._actions}
     for dest, value in vars(args).items():
-        problem = _not_finite(value) or _out_of_range(dest, value)
+        problem = _not_finite(value) or _out_of_range(actions[dest], value)
         if problem:
             raise DlmarchError(f"{_flag(actions[dest])} {problem}")
     _check_paths(args)
@@ -127,7 +132,7 @@ def _yaml_values(parser: argparse.ArgumentParser, path: Path) -> dict:
             out[dest] = _convert(actions[dest], value)
         except _Invalid as e:
             raise DlmarchError(f"{where}: {e}") from None
-        problem = _not_finite(out[dest]) or _out_of_range(dest, out[dest])
+        problem = _not_finite(out[dest]) or _out_of_range(actions[dest], out[dest])
         if problem:
             raise DlmarchError(f"{where} {problem}")
     return out
@@ -181,36 +186,46 @@ def _convert_one(action: argparse.Action, value):
     return converted
 
 
-def _at_least(low):
+def at_least(low):
     return lambda v: None if v >= low else f"must be at least {low}, found {v}"
 
 
-def _positive(v):
+def positive(v):
     return None if v > 0 and math.isfinite(v) else f"must be a positive number, found {v}"
 
 
-def _fraction(v):
+_at_least, _positive = at_least, positive
+
+
+def limited(action: argparse.Action, rule) -> argparse.Action:
+    """A method's option with its limit, checked like the shared ones (flag or YAML), kept beside its flag:
+    `limited(g.add_argument("--block-size", type=int), at_least(1))`."""
+    action.limit = rule
+    return action
+
+
+def fraction(v):
     return None if 0 <= v <= 1 else f"must be between 0 and 1, found {v}"
+
+
+_fraction = fraction
 
 
 def _probability(v):
     return None if 0 <= v < 1 else f"must be at least 0 and below 1, found {v}"
 
 
-# Ranges of the counts and sizes that would otherwise fail deep inside a run (a division by zero, an
-# empty batch) or do nothing silently (a zero learning rate). Keyed by dest; options of every method.
+# Ranges of the shared counts and sizes that would otherwise fail deep inside a run (a division by zero, an
+# empty batch) or do nothing silently (a zero learning rate). Keyed by dest; a method's own options carry
+# their limit on their flag (`limited`).
 RANGES = {
     "batch_size": _at_least(1), "grad_accum": _at_least(1), "max_steps": _at_least(1), "log_every": _at_least(1),
     "save_every": _at_least(1), "keep": _at_least(1), "max_length": _at_least(2), "warmup_steps": _at_least(0),
     "lora_rank": _at_least(0), "lr": _positive, "epochs": _positive, "lora_alpha": _positive,
     "clip": _at_least(0), "weight_decay": _at_least(0), "min_lr_ratio": _fraction, "lora_dropout": _probability,
     "adam_betas": _probability,
-    # method options
-    "block_size": _at_least(1), "probe_every": _at_least(1), "l2d_lora_rank": _at_least(1),
-    "flow_dim": _at_least(1), "num_classes": _at_least(1), "noise_scale": _positive,
-    "random_length_fraction": _fraction, "eval_every": _at_least(1), "print_every": _at_least(1),
-    "prefix_mask_rate": _fraction, "suffix_mask_prob": _fraction, "l2d_lora_alpha": _positive, "cart_p": _positive,
-    "seed": lambda v: seed_problem(v),
+    # common options of trainers.pt's and every trainer's logging
+    "eval_every": _at_least(1), "print_every": _at_least(1), "seed": lambda v: seed_problem(v),
 }
 
 
@@ -219,8 +234,8 @@ def seed_problem(v: int) -> str | None:
     return None if 0 <= v < 2**63 else f"must be between 0 and 2**63 - 1, found {v}"
 
 
-def _out_of_range(dest: str, value) -> str | None:
-    rule = RANGES.get(dest)
+def _out_of_range(action: argparse.Action, value) -> str | None:
+    rule = getattr(action, "limit", None) or RANGES.get(action.dest)
     if rule is None or value is None:
         return None
     for v in value if isinstance(value, (list, tuple)) else [value]:

@@ -18,6 +18,7 @@ from functools import partial
 from dlmarch.errors import DlmarchError
 
 from .cli import run
+from .options import fraction, limited
 from .data import DataError, DataReport, Example, _kind
 from .objectives.pt import RANDOM_LENGTH_FRACTION, pretrain
 from .sources import field_map, open_source
@@ -25,8 +26,9 @@ from .sources import field_map, open_source
 
 def add_options(p):
     g = p.add_argument_group("pt")
-    g.add_argument("--random-length-fraction", type=float, default=RANDOM_LENGTH_FRACTION,
-                   help="share of micro-batches cut to a length drawn uniformly from [1, --max-length] (LLaDA: 1%%)")
+    limited(g.add_argument("--random-length-fraction", type=float, default=RANDOM_LENGTH_FRACTION,
+                           help="share of micro-batches cut to a length drawn uniformly from [1, --max-length] "
+                                "(LLaDA: 1%%)"), fraction)
 
 
 def load_text(args, tokenizer, eos_id: int, path) -> tuple[list[Example], DataReport]:

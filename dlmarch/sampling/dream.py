@@ -24,6 +24,28 @@ from `generator` (default: torch's global generator, as the reference). Differen
   tokens become masks); here only masked slots are written. Where no row runs short the two agree.
 - nothing is computed for a step with no masked position left (the reference runs the model and
   draws nothing; the output is the same).
+
+Block decoding, caches and confidence thresholds (opt-in: `block_length`, `kv_cache`, `threshold`), as
+NVlabs/Fast-dLLM decodes Dream (`dream/model/generation_utils_block.py`, `_sample`): the new tokens are
+decoded in blocks of `block_length`, each with steps / num_blocks steps. Each block starts with one full
+forward that commits the block's first token (its argmax or draw) and, with a cache, stores keys/values:
+- kv_cache="prefix": of the positions before the block; later steps run the block and everything after it;
+- kv_cache="dual": of every position outside the block; later steps run the block alone. (Fast-dLLM
+  writes the block's new keys into the cache at its positions; here they are appended after the cached
+  ones, which is the same attention, keys carrying their RoPE positions.)
+- kv_cache=None: every step runs the whole canvas (no approximation beyond the schedule).
+Both caches are APPROXIMATIONS (a bidirectional model's keys change as the block is decoded). Later
+steps of a block:
+- threshold=None: Fast-dLLM's schedule, with "entropy" confidences whatever `alg` (its
+  `neg_entropy=True`): n = int(M / B * (1 - s / t)) over the block's masked positions (all at the
+  block's last step), t, s from linspace(1, eps, steps_per_block + 1), starting at its second timestep;
+- threshold=τ: the probability of the token as confidence; every masked position of the block at or
+  above τ, and at least the most confident one, is committed, until the block is full (Fast-dLLM's
+  `alg='confidence_threshold'`, written there for one row; here each row on its own).
+Fast-dLLM shifts the logits of the window it runs (`cat([l[:, :1], l[:, :-1]])`), so the block's first
+position reads its own logits: that position is committed at the block's start and never read again, so
+the shift is the full canvas's. Off by default: without these arguments the reference mode above runs,
+token for token.
 """
 
 from __future__ import annotations
@@ -126,6 +148,9 @@ def generate_dream(
     alg_temp: float | None = None,
     eps: float = 1e-3,
     generator: torch.Generator | None = None,
+    block_length: int | None = None,
+    kv_cache: str | None = None,
+    threshold: float | None = None,
 ) -> Tensor:
     """input_ids (B, P) (left-padded, 1/0 `attention_mask`) -> (B, P + max_new_tokens), prompt included.
 
@@ -134,6 +159,8 @@ def generate_dream(
     1.0, top_k 50, no top-p; max_length 20 + P; steps 512; alg 'origin'; eps 1e-3) — not the 0.0 /
     None / None of DreamGenerationConfig. Pass every argument to get what Dream's examples use
     (e.g. temperature=0.2, top_p=0.95, alg='entropy', alg_temp=0.0, steps=max_new_tokens).
+    `block_length`, `kv_cache` (None, "prefix", "dual") and `threshold`: Fast-dLLM's block decoding (module
+    docstring); any of them switches it on (block_length then defaults to 32, Fast-dLLM's).
     """
     mask_id = check_arguments(model, input_ids, attention_mask, max_new_tokens, steps, temperature, top_p, top_k,
                               alg, alg_temp, eps)
@@ -142,6 +169,10 @@ def generate_dream(
     if attention_mask is not None:
         # The appended positions are tokens to generate, not padding.
         attention_mask = F.pad(attention_mask.to(device, torch.long), (0, max_new_tokens), value=1)
+    if block_length is not None or kv_cache is not None or threshold is not None:
+        return _generate_blocks(model, x, attention_mask, input_ids.shape[1], max_new_tokens, steps,
+                                32 if block_length is None else block_length, kv_cache, threshold, temperature,
+                                top_p, top_k, alg_temp, eps, mask_id, generator)
     B = x.shape[0]
     rows = torch.arange(B, device=device)[:, None]
     timesteps = torch.linspace(1, eps, steps + 1, device=device)
@@ -182,4 +213,104 @@ def generate_dream(
     return x
 
 
-__all__ = ["generate_dream", "sample_tokens", "top_p_filter", "top_k_filter", "ALGORITHMS"]
+KV_CACHES = (None, "prefix", "dual")
+
+
+def dream_positions(attention_mask: Tensor | None, B: int, L: int, device) -> Tensor:
+    """Dream's RoPE positions (B, L): cumsum(mask) - 1, 1 on padded slots (Fast-dLLM's tok_idx); arange
+    without padding."""
+    if attention_mask is None or bool(attention_mask.all()):
+        return torch.arange(L, device=device).expand(B, L)
+    pos = attention_mask.long().cumsum(-1) - 1
+    return pos.masked_fill(attention_mask == 0, 1)
+
+
+def _shift(logits: Tensor) -> Tensor:
+    return torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+
+
+def _generate_blocks(model, x: Tensor, am: Tensor | None, P: int, gen_length: int, steps: int, block_length: int,
+                     kv_cache, threshold, temperature, top_p, top_k, alg_temp, eps, mask_id, generator) -> Tensor:
+    """Fast-dLLM's block decoding of Dream (module docstring). x (B, P + gen_length) is decoded in place."""
+    if kv_cache not in KV_CACHES:
+        raise ValueError(f"kv_cache must be one of {KV_CACHES}, found {kv_cache!r}")
+    if threshold is not None and not 0 < threshold <= 1:
+        raise ValueError(f"threshold must be in (0, 1], found {threshold}")
+    if block_length <= 0 or gen_length % block_length:
+        raise ValueError(f"max_new_tokens ({gen_length}) must be a positive multiple of block_length ({block_length})")
+    num_blocks = gen_length // block_length
+    if steps % num_blocks:
+        raise ValueError(f"steps ({steps}) must be divisible by the number of blocks ({num_blocks})")
+    steps_per_block = steps // num_blocks
+    B, L = x.shape
+    device = x.device
+    pos = dream_positions(am, B, L, device)
+    timesteps = torch.linspace(1, eps, steps_per_block + 1, device=device)
+    rows = torch.arange(B, device=device)[:, None]
+    for b in range(num_blocks):
+        s, e = P + b * block_length, P + (b + 1) * block_length
+        out = model(x, attention_mask=am, position_ids=pos, return_kv=kv_cache is not None)
+        logits = _shift(out.logits)
+        V = logits.shape[-1]
+        _, x0 = sample_tokens(logits.reshape(-1, V), temperature, top_p, top_k, "maskgit_plus", generator)
+        x[:, s] = x0.view(B, L)[:, s]
+        if kv_cache == "prefix":
+            past = [(k[:, :, :s], v[:, :, :s]) for k, v in out.kv]
+        elif kv_cache == "dual":
+            past = [(torch.cat([k[:, :, :s], k[:, :, e:]], 2), torch.cat([v[:, :, :s], v[:, :, e:]], 2)) for k, v in out.kv]
+        stop = e if kv_cache == "dual" else L  # the window the later steps score: [s, stop)
+        i = 1
+        while bool((x[:, s:e] == mask_id).any()):
+            if threshold is None and i == steps_per_block:
+                break
+            if kv_cache == "prefix":
+                logits = model(x[:, s:], attention_mask=am, past_kv=past, position_ids=pos[:, s:]).logits
+            elif kv_cache == "dual":
+                dual_am = None if am is None else torch.cat([am[:, :s], am[:, e:], am[:, s:e]], 1)
+                logits = model(x[:, s:e], attention_mask=dual_am, past_kv=past, position_ids=pos[:, s:e]).logits
+            else:
+                logits = model(x, attention_mask=am, position_ids=pos).logits[:, s:]
+            logits = _shift(logits)  # (B, stop - s, V): within the window, as Fast-dLLM
+            window = x[:, s:stop]  # a view: writes go to the canvas
+            mask_index = window == mask_id
+            in_block = torch.arange(stop - s, device=device) < block_length
+            if threshold is None:
+                mask_index &= in_block
+                t, t_next = timesteps[i], timesteps[i + 1]
+                confidence, x0 = sample_tokens(logits[mask_index], temperature, top_p, top_k, "entropy", generator)
+                per_row = mask_index.sum() / B
+                n = int(per_row * (1 - t_next / t)) if i < steps_per_block - 1 else int(per_row)
+                i += 1
+                if n <= 0:
+                    continue
+                full = torch.full(window.shape, -torch.inf, dtype=logits.dtype, device=device)
+                full[mask_index] = confidence
+                if alg_temp is None or alg_temp == 0:
+                    chosen = torch.topk(full, n).indices
+                else:
+                    chosen = torch.multinomial(F.softmax(full / alg_temp, dim=-1), n, generator=generator)
+                proposal = torch.full_like(window, mask_id)
+                proposal[mask_index] = x0
+                write = mask_index[rows, chosen]  # only masked slots (as the reference mode, module docstring)
+                r = rows.expand_as(chosen)[write]
+                window[r, chosen[write]] = proposal[r, chosen[write]]
+            else:
+                # Fast-dLLM draws tokens for every masked position of the window, then keeps the block's.
+                confidence, x0 = sample_tokens(logits[mask_index], temperature, top_p, top_k, "maskgit_plus", generator)
+                full = torch.full(window.shape, -torch.inf, dtype=logits.dtype, device=device)
+                full[mask_index] = confidence
+                full[:, ~in_block] = -torch.inf
+                proposal = torch.full_like(window, mask_id)
+                proposal[mask_index] = x0
+                for j in range(B):
+                    n = int((mask_index[j] & in_block).sum())
+                    if n == 0:
+                        continue
+                    conf, idx = torch.topk(full[j], n)
+                    keep = conf >= threshold
+                    keep[0] = True  # at least the most confident position
+                    window[j, idx[keep]] = proposal[j, idx[keep]]
+    return x
+
+
+__all__ = ["generate_dream", "sample_tokens", "top_p_filter", "top_k_filter", "ALGORITHMS", "KV_CACHES"]

@@ -203,6 +203,10 @@ def _choose(logits: Tensor, x_block: Tensor, mask_block: Tensor, k: Tensor | Non
 
     full_shape: in reference mode, the (B, L, V) shape the reference draws its random numbers with,
     so that the same generator state gives the same tokens; the block's slice of the draw is used.
+    Confidences: reference mode takes the softmax in the logits' dtype, as ML-GSAI/LLaDA generate.py
+    does; every other mode (cache, threshold, block-causal) in float64, as Fast-dLLM's
+    get_transfer_index does (`F.softmax(logits.to(torch.float64))`): on a bf16 model the bf16 softmax
+    rounds confidences across a threshold and ties the top-k.
     """
     B, bl, V = logits.shape
     gumbel = None
@@ -218,7 +222,7 @@ def _choose(logits: Tensor, x_block: Tensor, mask_block: Tensor, k: Tensor | Non
         if eos_eot:
             logits = logits.clone()
             logits[..., eos_eot] = -torch.inf
-        p = F.softmax(logits, dim=-1)
+        p = F.softmax(logits if full_shape is not None else logits.to(torch.float64), dim=-1)
         x0_p = p.gather(-1, x0[..., None]).squeeze(-1)
     else:
         if full_shape is not None:

@@ -104,3 +104,31 @@ def test_lora_targets_name_llada_modules(path):
     if targets is None:
         pytest.skip("no lora-targets")
     check_lora_targets(tiny_llada(), targets)
+
+
+def test_method_configs_state_the_reference_rendering_and_no_options_to_come():
+    """The GIFT and LIFT configs claim d1's / LIFT's setting, which renders the whole conversation; no
+    config announces an option as "being added" (each exists)."""
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        text = path.read_text()
+        assert "being added" not in text, path.name
+        if path.name.startswith(("gift-", "lift-")):
+            assert yaml.safe_load(text)["render-full-conversation"] is True, path.name
+
+
+@pytest.mark.parametrize("method,flag,value", [("blockwise", "block-size", 0), ("gift", "probe-every", 0),
+                                               ("l2d", "flow-dim", 0), ("l2d", "noise-scale", 0)])
+def test_method_option_limits_live_with_the_method(tmp_path, method, flag, value):
+    """A method's own option carries its limit on its flag (options.limited), checked from the command line
+    and from a YAML file like the shared ones."""
+    from dlmarch.errors import DlmarchError
+    from trainers.options import RANGES, parse
+
+    assert flag.replace("-", "_") not in RANGES
+    parser = method_parser(method)
+    with pytest.raises(DlmarchError, match=f"--{flag} must be"):
+        parse(parser, [*REQUIRED, f"--{flag}", str(value)])
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"{flag}: {value}\n")
+    with pytest.raises(DlmarchError, match=f"c.yaml: {flag} must be"):
+        parse(method_parser(method), [*REQUIRED, "--config", str(cfg)])

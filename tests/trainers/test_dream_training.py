@@ -217,3 +217,104 @@ def test_ar_to_diffusion_demo_quick(tmp_path):
     assert all(math.isfinite(r["cell_accuracy"]) and 0 <= r["cell_accuracy"] <= 1 for r in rows)
     cfg = json.loads((tmp_path / "run" / "dream-sft" / "model" / "config.json").read_text())
     assert cfg["model"] == "DreamModel"
+
+
+def test_to_diffusion_then_sft_uses_the_tokenizers_mask_token(tmp_path):
+    """A source whose tokenizer already has a mask token: to-diffusion --style dream takes that id (it
+    appended a row at id V, and trainers.sft then refused "the tokenizer's mask token id 4 differs from the
+    model's 72"), and trainers.sft trains the result."""
+    import json
+
+    from conversions.to_diffusion import to_diffusion
+    from dlmarch import AutoModel
+    from tests.helpers import hf_llama
+    from trainers.sft import main
+    from trainers.tokenizer import build_char_tokenizer
+
+    _, src = hf_llama(tmp_path / "hf")
+    tok = build_char_tokenizer("abcdefgh", pad_to=8)
+    tok.save_pretrained(src)
+    to_diffusion(src, tmp_path / "dream", "dream")
+    assert AutoModel.from_pretrained(tmp_path / "dream").config.mask_token_id == tok.mask_token_id
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"prompt": "abc", "response": "cba"}) + "\n" for _ in range(4)))
+    assert main(["--model", str(tmp_path / "dream"), "--data", str(data), "--output", str(tmp_path / "run"),
+                 "--max-steps", "1", "--batch-size", "4", "--max-length", "32", "--no-progress"]) == 0
+    # and Dream's recipe end to end (configs/sft-dream-7b.yaml's three options)
+    assert main(["--model", str(tmp_path / "dream"), "--data", str(data), "--output", str(tmp_path / "run-dream"),
+                 "--max-steps", "2", "--batch-size", "2", "--max-length", "32", "--no-progress", "--weighting", "dream",
+                 "--eos-pad", "hidden", "--response-cutoff", "batch"]) == 0
+
+
+# --- Dream's SFT recipe (ZHZisZZ/dllm) ---------------------------------------------------------------------------
+
+
+def dllm_cart_weight(masked_mask, p=0.3):
+    """ZHZisZZ/dllm dllm/pipelines/dream/trainer.py cart_weight, transcribed."""
+    b, l = masked_mask.shape
+    idx = torch.arange(l)
+    dist_matrix = idx[None, :] - idx[:, None]
+    geo_matrix = (torch.log(torch.tensor(p)) + (dist_matrix.abs() - 1).clamp(min=0) * torch.log(torch.tensor(1 - p))).exp() * 0.5
+    geo_matrix.masked_fill_(dist_matrix == 0, 0.0)
+    valid_mask = (~masked_mask).float()
+    weights = valid_mask @ geo_matrix.T
+    return weights * masked_mask.float()
+
+
+def dllm_mdlm_loss(dream, input_ids, labels, attention_mask, masked_mask, mask_token_id):
+    """ZHZisZZ/dllm core/trainers/mdlm.py MDLMTrainer.compute_loss with DreamTrainer's CART weights, the
+    right-shifted logits and loss_norm_type "token", transcribed for a given mask. dllm's Dream
+    (models/modeling_dream.py) takes position_ids = arange whatever the attention mask."""
+    maskable_mask = labels != -100
+    noised_input_ids = torch.where(masked_mask, mask_token_id, input_ids)
+    positions = torch.arange(input_ids.shape[1]).expand_as(input_ids)
+    logits = dream(noised_input_ids, attention_mask=attention_mask, position_ids=positions).logits
+    logits = torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
+    loss_weights = dllm_cart_weight(masked_mask)
+    token_nll = F.cross_entropy(logits.transpose(1, 2), input_ids, reduction="none")
+    token_nll = token_nll * loss_weights * masked_mask.to(token_nll.dtype)
+    token_nll /= maskable_mask.sum().clamp_min(1)
+    return token_nll.sum()
+
+
+class Recording(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.inputs = model, []
+        self.kind, self.shifted_logits = model.kind, model.shifted_logits
+
+    def forward(self, ids, **kw):
+        self.inputs.append(ids.clone())
+        return self.model(ids, **kw)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_dream_weighting_is_dllms_dream_sft_loss(seed):
+    """--weighting dream with --eos-pad hidden: CART (p = 0.3) without 1/t over the response-token count,
+    padding trained as EOS targets and hidden from attention (DataCollatorForSeq2Seq with
+    label_pad_token_id = pad id): dllm's Dream loss on the same mask."""
+    dream = tiny_dream()
+    batch = pad_batch(examples(), EOS, "hidden")
+    assert batch.attention_mask is not None and (batch.loss_mask & ~batch.attention_mask.bool()).any()
+    model = Recording(dream)
+    out = sft(model, batch, torch.Generator().manual_seed(seed), mask_id=MASK, weighting="dream")
+    masked = model.inputs[-1] == MASK
+    assert masked.any()
+    labels = torch.where(batch.loss_mask, batch.input_ids, -100)
+    want = dllm_mdlm_loss(dream, batch.input_ids, labels, batch.attention_mask, masked, MASK)
+    torch.testing.assert_close(out.loss_sum / out.denom, want, atol=1e-5, rtol=1e-5)
+
+
+def test_per_batch_cutoff_is_dllms():
+    """DreamSFTCollator.apply_perbatch_cutoff: one response length drawn from the batch, longer responses cut."""
+    import random
+
+    from trainers.data import cut_responses
+
+    ex = examples(n=4)
+    rng = random.Random(3)
+    kept = random.Random(3).choice([len(e.ids) - e.prompt_len for e in ex])
+    cut = cut_responses(ex, rng)
+    for e, c in zip(ex, cut):
+        r_len = len(e.ids) - e.prompt_len
+        assert c.ids == e.ids[:len(e.ids) - max(r_len - kept, 0)] and c.prompt_len == e.prompt_len

@@ -259,3 +259,106 @@ def test_sft_classical_weighting_is_blockwise_sft_full_sequence_baseline():
         ce = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
         want = (ce.sum(-1) / mask_flags.sum(-1).clamp(min=1)).mean()
         torch.testing.assert_close(out.loss_sum / out.denom, want, atol=1e-5, rtol=1e-5)
+
+
+class Recording(torch.nn.Module):
+    """Wraps a model and records the input ids of every call."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.inputs = model, []
+
+    def forward(self, ids, **kw):
+        self.inputs.append(ids.clone())
+        return self.model(ids, **kw)
+
+
+def test_sft_classical_weighting_leaves_eos_padding_clean_as_train_fullseq_does():
+    """train_fullseq.py (Bowen-Sun-0728/Blockwise-SFT) masks [plen, len(ids)) only and right-pads with the
+    clean pad id (= EOS), out of the loss; under the default --eos-pad train the padding must not be
+    masked or scored (before: 58.5% of the loss tokens were padding at the blockwise config's setting)."""
+    model = Recording(tiny_llada())
+    ex = [example(1, 6, 12, 0), example(2, 4, 5, 1)]
+    batch = pad_batch(ex, EOS, "train", length=32)
+    padding = batch.loss_mask & ~own_answers(batch, ex)
+    for seed in range(4):
+        out = sft(model, batch, torch.Generator().manual_seed(seed), mask_id=MASK, weighting="classical")
+        noisy = model.inputs[-1]
+        assert not (noisy[padding] == MASK).any()
+        # the reference's loss from its own (noisy, mask_flags) rows, padding visible and unmasked
+        mask_flags = noisy == MASK
+        labels = batch.input_ids.clone()
+        labels[~mask_flags] = -100
+        logits = model.model(noisy).logits
+        ce = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none")
+        want = (ce.sum(-1) / mask_flags.sum(-1).clamp(min=1)).mean()
+        torch.testing.assert_close(out.loss_sum / out.denom, want, atol=1e-5, rtol=1e-5)
+
+
+# --- the lr schedule -------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine", "constant"])
+def test_lr_schedule_is_transformers_schedule_with_warmup(schedule):
+    """The warmup starts at 0 (step / warmup), as transformers' get_*_schedule_with_warmup; ours started at
+    1 / warmup, one step ahead."""
+    import transformers
+    from trainers.loop import lr_lambda
+
+    total, warmup = 50, 7
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(()))], lr=1.0)
+    if schedule == "constant":
+        ref = transformers.get_constant_schedule_with_warmup(opt, warmup)
+    else:
+        ref = getattr(transformers, f"get_{schedule}_schedule_with_warmup")(opt, warmup, total)
+    ours = lr_lambda(total, warmup, schedule, 0.0)
+    for step in range(total + 1):
+        assert ours(step) == pytest.approx(ref.lr_lambdas[0](step), abs=1e-12), step
+    if schedule == "cosine":  # with a floor: get_cosine_with_min_lr_schedule_with_warmup(min_lr_rate)
+        ref = transformers.get_cosine_with_min_lr_schedule_with_warmup(opt, warmup, total, min_lr_rate=0.1)
+        ours = lr_lambda(total, warmup, schedule, 0.1)
+        for step in range(warmup, total + 1):  # (its warmup is the same; it only floors the decay)
+            assert ours(step) == pytest.approx(ref.lr_lambdas[0](step), abs=1e-12), step
+
+
+# --- GIFT: the pad id is not content; the probe in the model's mode ------------------------------------------
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_gift_leaves_every_pad_id_token_out_as_the_lift_repository_does(seed):
+    """LLaDA's pad id is its EOS: the re-implementation's response_mask drops every token equal to it, the
+    answer's own EOS included (never masked, probed or scored); under --eos-pad exclude we must too."""
+    model = tiny_llada()
+    ex = [example(1, 3, 9, 0), example(2, 5, 7, 1), example(3, 4, 8, 2)]  # 12 tokens each, ending with EOS
+    batch = pad_batch(ex, EOS, "exclude")
+    out = gift(model, batch, torch.Generator().manual_seed(seed), mask_id=MASK, pad_id=EOS, train_padding=False)
+    g = torch.Generator().manual_seed(seed)
+    t = (1 - common.EPS) * torch.rand(batch.num_docs, generator=g) + common.EPS
+    u = common.doc_uniform(batch, g, n=2)[0]
+    want = lift_repo_gift_loss(model, batch.input_ids, batch.prompt_len, t, u, EOS, MASK)
+    assert out.metrics["fallback"] == 0.0
+    torch.testing.assert_close(out.loss_sum / out.denom, want, atol=1e-5, rtol=1e-5)
+
+
+class ModeRecording(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.modes = model, []
+
+    def forward(self, ids, **kw):
+        self.modes.append(self.training)
+        return self.model(ids, **kw)
+
+
+def test_gift_probe_and_lift_confidence_run_in_the_models_mode_as_the_reference():
+    """The re-implementations run their no-grad passes (GIFT's probe, LIFT's confidence) without model.eval():
+    in training, LoRA dropout is active there too."""
+    ex = [example(1, 3, 9, 0), example(2, 5, 7, 1)]
+    batch = pad_batch(ex, PAD, "exclude")
+    model = ModeRecording(tiny_llada()).train()
+    gift(model, batch, torch.Generator().manual_seed(0), mask_id=MASK)
+    assert model.modes == [True, True]
+    model.modes.clear()
+    for seed in range(6):  # some draw takes a confidence-ranked component
+        lift(model, batch, torch.Generator().manual_seed(seed), mask_id=MASK)
+    assert len(model.modes) > 6 and all(model.modes)

@@ -35,7 +35,8 @@ from torch import Tensor
 from dlmarch.masks import AttentionMask, pack_selected
 
 from ..data import Batch
-from .common import ObjectiveOutput, doc_uniform, masked_forward, per_doc, predicts_next_token, token_ce, zero_loss
+from .common import (ObjectiveOutput, doc_uniform, loss_metrics, masked_forward, per_doc_mean, predicts_next_token,
+                     token_ce, with_masks, zero_loss)
 
 P_MIN = 1e-3  # the reference's MASK_PROB_EPS: p ~ U(1e-3, 1)
 
@@ -111,26 +112,18 @@ def blockwise_masks(batch: Batch, generator: torch.Generator, *, block_size: int
             "in_active": in_active}
 
 
-def per_doc_mean_ce(ce: Tensor, seg: Tensor, num_docs: int) -> Tensor:
-    """Mean of per-token losses (K,) over each document (counts clamped to 1). (num_docs,)"""
-    total = per_doc(ce, seg, num_docs)
-    count = per_doc(torch.ones_like(ce), seg, num_docs)
-    return total / count.clamp(min=1)
-
-
 def blockwise(model, batch: Batch, generator: torch.Generator, *, mask_id: int, block_size: int = 32, seed: int = 0,
               prefix_mask_rate: float = 0.0, suffix_mask_prob: float = 1.0) -> ObjectiveOutput:
     m = blockwise_masks(batch, generator, block_size=block_size, seed=seed, prefix_mask_rate=prefix_mask_rate,
                         suffix_mask_prob=suffix_mask_prob)
     hide = m["active"] | m["prefix_noise"] | m["suffix"]
-    noisy = torch.where(hide, torch.full_like(batch.input_ids, mask_id), batch.input_ids)
+    noisy = with_masks(batch, hide, mask_id)
     logits = masked_forward(model, noisy, batch, m["active"])
     if not bool(m["active"].any()):
         return ObjectiveOutput(zero_loss(logits), float(batch.num_docs), {"masked_frac": 0.0})
     ce = token_ce(logits, batch.input_ids[m["active"]])
-    doc_loss = per_doc_mean_ce(ce, batch.seg[m["active"]], batch.num_docs)
-    metrics = {"ce": float(ce.detach().mean()), "supervised_tokens": float(m["active"].sum()),
-               "masked_frac": float(m["active"].sum() / m["in_active"].sum().clamp(min=1))}
+    doc_loss = per_doc_mean(ce, batch.seg[m["active"]], batch.num_docs)
+    metrics = loss_metrics(ce, m["active"], m["in_active"])
     return ObjectiveOutput(doc_loss.sum(), float(batch.num_docs), metrics)
 
 
@@ -210,7 +203,7 @@ def all_blocks(model, batch: Batch, generator: torch.Generator, *, mask_id: int,
     blk = (response_index(batch) // block_size).clamp(min=0, max=max_blocks - 1)
     masked = batch.answer & (u < p[seg, blk])
     padding = batch.loss_mask & ~batch.answer
-    noisy = torch.where(masked | padding, torch.full_like(batch.input_ids, mask_id), batch.input_ids)
+    noisy = with_masks(batch, masked | padding, mask_id)
     ce, doc, block, logits = all_blocks_losses(model, batch, noisy, masked, block_size)
     if ce.numel() == 0:
         return ObjectiveOutput(zero_loss(logits), float(batch.num_docs), {"masked_frac": 0.0})
@@ -219,7 +212,6 @@ def all_blocks(model, batch: Batch, generator: torch.Generator, *, mask_id: int,
     block_cnt = torch.zeros(batch.num_docs * max_blocks, device=ce.device).index_add_(0, key, torch.ones_like(ce))
     block_loss = (block_sum / block_cnt.clamp(min=1)).view(batch.num_docs, max_blocks)
     doc_loss = block_loss.sum(1) / n_blocks.clamp(min=1)
-    metrics = {"ce": float(ce.detach().mean()), "supervised_tokens": float(masked.sum()),
-               "masked_frac": float(masked.sum() / batch.answer.sum().clamp(min=1))}
+    metrics = loss_metrics(ce, masked, batch.answer)
     return ObjectiveOutput(doc_loss.sum(), float(batch.num_docs), metrics)
 

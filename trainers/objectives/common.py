@@ -84,6 +84,27 @@ def masked_forward(model, noisy: Tensor, batch: Batch, select: Tensor) -> Tensor
     return model(noisy, logits_at=at, **batch.model_inputs()).logits[real]  # (B, K, V) -> (K, V)
 
 
+def with_masks(batch: Batch, where: Tensor, mask_id: int) -> Tensor:
+    """The batch's tokens with the mask id at `where` (B, L): the noisy input of every objective."""
+    return torch.where(where, torch.full_like(batch.input_ids, mask_id), batch.input_ids)
+
+
+def per_doc_mean(values: Tensor, seg: Tensor, num_docs: int) -> Tensor:
+    """Mean of per-token values (K,) over each document seg (K,) (counts clamped to 1; an empty document
+    gives 0, as the references' clamped counts). (num_docs,)"""
+    return per_doc(values, seg, num_docs) / per_doc(torch.ones_like(values), seg, num_docs).clamp(min=1)
+
+
+def loss_metrics(ce: Tensor, masked: Tensor, of: Tensor, t_mean: float | None = None) -> dict:
+    """The metrics every objective logs: masked_frac (masked tokens over the tokens `of` (B, L) they were
+    drawn from), the mean CE of the scored tokens, their number, and the mean t when there is one."""
+    out = {"masked_frac": float(masked.sum() / of.sum().clamp(min=1)), "ce": float(ce.detach().mean()),
+           "supervised_tokens": float(masked.sum())}
+    if t_mean is not None:
+        out["t"] = t_mean
+    return out
+
+
 def token_ce(logits: Tensor, targets: Tensor) -> Tensor:
     """Per-token cross-entropy in fp32, (K,)."""
     return F.cross_entropy(logits.float(), targets, reduction="none")

@@ -28,7 +28,8 @@ import torch
 from torch import Tensor
 
 from ..data import Batch
-from .common import EPS, ObjectiveOutput, doc_times, doc_uniform, masked_forward, per_doc, token_ce, zero_loss
+from .common import (EPS, ObjectiveOutput, doc_times, doc_uniform, loss_metrics, masked_forward, per_doc, token_ce,
+                     with_masks, zero_loss)
 
 TOP, BOTTOM, RANDOM = 0, 1, 2
 COMPONENT_NAMES = {TOP: "top", BOTTOM: "bottom", RANDOM: "random"}
@@ -111,7 +112,7 @@ def lift_keep(superset: Tensor, seg: Tensor, num_docs: int, t: Tensor, rho: Tens
 @torch.no_grad()  # (not inference_mode: FSDP2's all-gathered parameters must stay ordinary tensors)
 def gold_confidence(model, batch: Batch, superset: Tensor, mask_id: int) -> Tensor:
     """log p(gold) at the superset positions of the superset view, (B, L) (0 elsewhere)."""
-    noisy = torch.where(superset, torch.full_like(batch.input_ids, mask_id), batch.input_ids)
+    noisy = with_masks(batch, superset, mask_id)
     logits = masked_forward(model, noisy, batch, superset)
     conf = torch.zeros(superset.shape, device=logits.device)
     conf[superset] = torch.log_softmax(logits.float(), -1).gather(-1, batch.input_ids[superset][:, None]).squeeze(-1)
@@ -130,23 +131,19 @@ def lift(model, batch: Batch, generator: torch.Generator, *, mask_id: int, varia
     confidence = None
     if bool((comp != RANDOM).any()):
         if bool(superset.any()):
-            was_training = model.training
-            model.eval()
+            # In the model's own mode, as the reference's torch.no_grad() pass (LoRA dropout active in training).
             confidence = gold_confidence(model, batch, superset, mask_id)
-            model.train(was_training)
         else:  # nothing to rank
             confidence = torch.zeros(superset.shape, device=superset.device)
     keep, comp, k = lift_keep(superset, batch.seg, batch.num_docs, t, rho, confidence, u[1], variant, h, component_from)
-    noisy = torch.where(keep, torch.full_like(batch.input_ids, mask_id), batch.input_ids)
+    noisy = with_masks(batch, keep, mask_id)
     logits = masked_forward(model, noisy, batch, keep)
     denom = float(batch.loss_mask.sum())
     if not bool(keep.any()):
         return ObjectiveOutput(zero_loss(logits), denom, {"masked_frac": 0.0})
     ce = token_ce(logits, batch.input_ids[keep])
     loss_sum = (ce / t[batch.seg[keep]]).sum()
-    metrics = {"ce": float(ce.detach().mean()), "masked_frac": float(keep.sum() / batch.loss_mask.sum()),
-               "supervised_tokens": float(keep.sum()),
-               "t": float(t.mean()), "rho": float(rho.mean())}
+    metrics = {**loss_metrics(ce, keep, batch.loss_mask, float(t.mean())), "rho": float(rho.mean())}
     for c, name in COMPONENT_NAMES.items():
         metrics[f"frac_{name}"] = float((comp == c).float().mean())
     return ObjectiveOutput(loss_sum, denom, metrics)

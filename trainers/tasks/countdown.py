@@ -18,7 +18,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from .common import Task, is_int, read_jsonl, wrong
-from .d1 import COUNTDOWN_SYSTEM_PROMPT, countdown_correct, countdown_expression, countdown_value, uses_exactly
+from .d1 import COUNTDOWN_SYSTEM_PROMPT, countdown_correct, countdown_expression, countdown_value, d1_items, uses_exactly
 
 _OPS = ("+", "-", "*", "/")
 
@@ -72,7 +72,9 @@ class Countdown(Task):
 
     def load(self, path: str | Path) -> list[dict]:
         rows = read_jsonl(path, self.name, (("numbers", "target"), ("input", "output")), self.check_row)
-        return [r if "numbers" in r else {"numbers": [int(x) for x in r["input"].split(",")],
+        if rows and all("numbers" not in r for r in rows):  # d1's file (countdown_cd3_test.jsonl): its 256 items
+            rows = d1_items(rows, self.name)
+        return [r if "numbers" in r else {"numbers": [int(x) for x in str(r["input"]).split(",")],
                                           "target": int(r["output"])} for r in rows]
 
     def check_row(self, row: dict) -> str | None:

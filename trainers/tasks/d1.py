@@ -24,6 +24,26 @@ import operator
 import re
 
 # ---------------------------------------------------------------------------------------------
+# Item sets (eval/eval.py, eval/gsm8k.py)
+
+D1_SUBSAMPLE = {"countdown": 256, "sudoku": 256}  # eval.py's num_evals; GSM8K and MATH-500: every row
+D1_SEED = 42  # eval.py's init_seed(42), which seeds numpy before the dataset is built
+
+
+def d1_items(rows: list, task: str) -> list:
+    """The items d1 scores from one of its test files, in its order: for Countdown and Sudoku,
+    `np.random.choice(len(rows), 256, replace=False)` right after `np.random.seed(42)` (GSM8KDataset's
+    `subsample`, which the Sudoku and Countdown datasets inherit); other tasks, every row. A file with
+    fewer rows than d1 draws (d1 asserts) is kept whole."""
+    import numpy as np
+
+    n = D1_SUBSAMPLE.get(task, -1)
+    if n == -1 or len(rows) < n:
+        return rows
+    return [rows[int(i)] for i in np.random.RandomState(D1_SEED).choice(len(rows), n, replace=False)]
+
+
+# ---------------------------------------------------------------------------------------------
 # Prompts (eval/gsm8k.py, eval/math500.py, eval/countdown.py, eval/sudoku.py)
 
 GSM8K_SYSTEM_PROMPT = (

@@ -16,7 +16,7 @@ from pathlib import Path
 from dlmarch.errors import DlmarchError
 
 from .common import Task, read_csv, read_jsonl, wrong
-from .d1 import D1_END_MARKERS, SUDOKU_SYSTEM_PROMPT, sudoku_answer, sudoku_cells, sudoku_puzzle
+from .d1 import D1_END_MARKERS, SUDOKU_SYSTEM_PROMPT, d1_items, sudoku_answer, sudoku_cells, sudoku_puzzle
 
 BOXES = [[(r, c) for r in range(br, br + 2) for c in range(bc, bc + 2)] for br in (0, 2) for bc in (0, 2)]
 
@@ -109,16 +109,17 @@ class Sudoku(Task):
             self.system_prompt = None
 
     def load(self, path: str | Path) -> list[dict]:
-        if str(path).endswith(".csv"):
-            rows = [{"puzzle": r["Puzzle"], "solution": r["Solution"]}
-                    for r in read_csv(path, self.name, ("Puzzle", "Solution"))]
-            first = 2
-        else:
+        if not str(path).endswith(".csv"):
             return read_jsonl(path, self.name, (("puzzle", "solution"),), self.check_row)
-        for n, r in enumerate(rows, first):
+        # d1's file (dataset/4x4_test_sudoku.csv): d1's 256 items, in its order
+        rows = [{"puzzle": r["Puzzle"], "solution": r["Solution"], "line": n}
+                for n, r in enumerate(read_csv(path, self.name, ("Puzzle", "Solution")), 2)]
+        rows = d1_items(rows, self.name)
+        for r in rows:
+            line = r.pop("line")
             problem = self.check_row(r)
             if problem:
-                raise DlmarchError(f"{path}: line {n}: {problem}")
+                raise DlmarchError(f"{path}: line {line}: {problem}")
         return rows
 
     def check_row(self, row: dict) -> str | None:
