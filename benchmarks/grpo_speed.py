@@ -25,6 +25,7 @@ import torch  # noqa: E402
 from benchmarks.common import machine, sync, table  # noqa: E402
 from dlmarch import AutoModel, LLaDAConfig, LLaDAModel  # noqa: E402
 from dlmarch.dtypes import DTYPES  # noqa: E402
+from dlmarch.sampling.options import DecodingOptions  # noqa: E402
 from trainers.data import Example, pad_batch  # noqa: E402
 from trainers.objectives.grpo import GRPOObjective, GRPOSettings, frozen_copy  # noqa: E402
 
@@ -76,14 +77,15 @@ def main() -> None:
     N = args.prompts * args.num_generations
     rewards = {"r": [float(i % 3) for i in range(N)]}
     steps = args.steps or args.gen_length // 2
-    variants = {"reference": {}, "kv cache (prefix)": {"kv_cache": True}, "dual cache": {"kv_cache": "dual"},
+    variants = {"reference": {}, "kv cache (prefix)": {"kv_cache": "prefix"}, "dual cache": {"kv_cache": "dual"},
                 f"threshold {args.threshold}": {"threshold": args.threshold},
                 f"dual cache + threshold {args.threshold}": {"kv_cache": "dual", "threshold": args.threshold}}
     params = [p for p in model.parameters() if p.requires_grad]
     out = []
     for name, extra in variants.items():
         s = GRPOSettings(task="bench", num_generations=args.num_generations, num_iterations=args.num_iterations,
-                         gen_length=args.gen_length, block_length=args.block_length, steps=steps, **extra)
+                         decoding=DecodingOptions(gen_length=args.gen_length, block_length=args.block_length,
+                                                  steps=steps, **extra))
         obj = GRPOObjective(s, tokenizer=NoTokenizer(), rows=rows, mask_id=cfg.mask_token_id, eos_id=cfg.eos_token_id,
                             pad_id=cfg.eos_token_id, reward_fn=lambda t, r: rewards, reward_names=["r"], ref_model=ref)
         autocast = torch.autocast(args.device.split(":")[0], dtype=torch.bfloat16) if args.dtype == "bf16" else None

@@ -104,6 +104,8 @@ class TransformerConfig:
     family: ClassVar[str] = ""
     _model_type: ClassVar[str] = ""  # config.json's model_type of the HF layout
     causal: ClassVar[bool] = True
+    # Whether a config of this family must name its mask token (see the token-id checks below).
+    mask_token_required: ClassVar[bool] = True
 
     def __post_init__(self):
         self._check_values()
@@ -146,10 +148,12 @@ class TransformerConfig:
             if f.type == "bool":
                 _flag(value, f.name)
             # Token ids are JSON integers ("5", 5.0 and true are refused, not cast); a mask token is
-            # required where the family has one (the sampler writes it). They index the embedding;
+            # required where the family has one (the sampler writes it), unless the family's Hub configs
+            # may leave it out (MoE families: the model card's id, passed to the sampler). They index the embedding;
             # pad_token_id's range is exempt because HF configs write -1 for "none" and nothing here
             # embeds it.
-            elif f.name.endswith("_token_id") and (value is not None or f.name == "mask_token_id"):
+            elif f.name.endswith("_token_id") and (value is not None or (f.name == "mask_token_id"
+                                                                      and self.mask_token_required)):
                 if isinstance(value, bool) or not isinstance(value, int):
                     raise ConfigError(f"{f.name} must be an integer token id, found {value!r}")
                 if f.name != "pad_token_id" and not 0 <= value < self.vocab_size:

@@ -37,7 +37,10 @@ def _build(name: str, root):
     if f.hf_model_type:  # a Transformer family: its config class with tiny sizes and the tokenizer's ids
         want = dict(vocab_size=len(tok), hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
                     intermediate_size=48, max_position_embeddings=1024, eos_token_id=tok.eos_token_id,
-                    pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, mask_token_id=tok.mask_token_id)
+                    pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, mask_token_id=tok.mask_token_id,
+                    # mixtures of experts: 4 experts of width 16, 2 per token, one shared expert,
+                    num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16, shared_expert_intermediate_size=16,
+                    moe_layer_freq=[0, 1])  # a dense first layer, then a MoE one
         names = {fl.name for fl in dataclasses.fields(f.config_class)}
         torch.manual_seed(0)
         model = f.model_class(f.config_class(**{k: v for k, v in want.items() if k in names})).init_weights(std=0.2)

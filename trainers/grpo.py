@@ -11,9 +11,9 @@ micro-batch; each gets --num-generations completions.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from dlmarch.errors import DlmarchError
+from dlmarch.sampling.options import add_decoding_arguments, options_from_args
 
 from .cli import run
 from .data import BatchSchedule, DataReport, Example
@@ -22,7 +22,6 @@ from .tasks import get_task
 from .tasks.rewards import REWARDS, grpo_user_message, score_completions
 
 TASKS = tuple(REWARDS)
-KV_CACHE = {"off": False, "prefix": True, "dual": "dual"}
 
 
 def add_options(p):
@@ -43,19 +42,11 @@ def add_options(p):
     g.add_argument("--scale-rewards", action="store_true",
                    help="divide advantages by the group's std + 1e-4 (TRL's GRPO); d1 does not")
     g = p.add_argument_group("rollouts")
-    g.add_argument("--gen-length", type=int, default=256, help="completion tokens (d1's max_completion_length)")
-    g.add_argument("--block-length", type=int, default=64)
-    g.add_argument("--diffusion-steps", type=int, default=64)
-    g.add_argument("--temperature", type=float, default=0.9)
-    g.add_argument("--remasking", choices=["low_confidence", "random"], default="low_confidence")
-    g.add_argument("--cfg-scale", type=float, default=0.0)
-    g.add_argument("--kv-cache", choices=list(KV_CACHE), default="off",
-                   help="Fast-dLLM's prefix or dual cache in the rollouts (LLaDA; an approximation)")
-    g.add_argument("--threshold", type=float, default=None,
-                   help="confidence-threshold parallel decoding in the rollouts (LLaDA; an approximation)")
     g.add_argument("--generation-batch-size", type=int, default=0, help="completions sampled at once (0: all)")
-    g.add_argument("--dream-alg", choices=["origin", "maskgit_plus", "topk_margin", "entropy"], default="entropy",
-                   help="Dream's remasking order in the rollouts")
+    add_decoding_arguments(p, "Rollouts decode with the model's own sampler (LLaDA's generate, Dream's "
+                              "generate_dream), these options the same as `python -m dlmarch.generate`'s; left out, "
+                              "d1's rollout settings (gen_length 256, block_length 64, steps 64, temperature 0.9), "
+                              "then the sampler's reference defaults. --seed is the run's.", exclude=("seed",))
 
 
 def check_options(args) -> None:
@@ -67,9 +58,7 @@ def check_options(args) -> None:
     need(args.num_iterations >= 1, "--num-iterations", f"must be at least 1, found {args.num_iterations}")
     need(0 <= args.p_mask_prompt < 1, "--p-mask-prompt", f"must be in [0, 1), found {args.p_mask_prompt}")
     need(args.epsilon >= 0 and args.beta >= 0, "--epsilon/--beta", "must be non-negative")
-    need(args.gen_length >= 1 and args.diffusion_steps >= 1, "--gen-length/--diffusion-steps", "must be positive")
     need(args.max_prompt_length >= 1, "--max-prompt-length", f"must be positive, found {args.max_prompt_length}")
-    need(args.temperature >= 0, "--temperature", f"must be non-negative, found {args.temperature}")
     need(not args.pack, "--pack", "does not apply: diffu-GRPO samples from prompts")
 
 
@@ -128,26 +117,20 @@ def settings(args) -> GRPOSettings:
     return GRPOSettings(task=args.task, num_generations=args.num_generations, num_iterations=args.num_iterations,
                         epsilon=args.epsilon, beta=args.beta, p_mask_prompt=args.p_mask_prompt,
                         random_masking=not args.no_random_masking, scale_rewards=args.scale_rewards,
-                        gen_length=args.gen_length, block_length=args.block_length, steps=args.diffusion_steps,
-                        temperature=args.temperature, remasking=args.remasking, cfg_scale=args.cfg_scale,
-                        kv_cache=KV_CACHE[args.kv_cache], threshold=args.threshold,
-                        generation_batch_size=args.generation_batch_size, dream_alg=args.dream_alg)
+                        decoding=options_from_args(args), generation_batch_size=args.generation_batch_size)
 
 
 def make_objective(data: GRPOData):
     def objective(ctx):
         args, model = ctx.args, ctx.model
         s = settings(args)
-        if getattr(model, "shifted_logits", False):
-            if args.kv_cache != "off" or args.threshold is not None:
-                raise DlmarchError(f"{args.model}: --kv-cache and --threshold are options of LLaDA's sampler; "
-                                   f"Dream's rollouts (generate_dream) have neither")
-        elif model.sampler != "generate":
-            raise DlmarchError(f"{args.model}: diffu-GRPO samples masked-diffusion models (LLaDA, Dream); "
+        if model.kind != "masked-diffusion" or model.sampler not in ("generate", "generate_dream"):
+            raise DlmarchError(f"{args.model}: diffu-GRPO samples masked-diffusion models (LLaDA, LLaDA-MoE, Dream); "
                                f"a {model.config.family} model has sampler {model.sampler}")
-        elif args.gen_length % args.block_length or args.diffusion_steps % (args.gen_length // args.block_length):
-            raise DlmarchError(f"--gen-length {args.gen_length} must be a multiple of --block-length {args.block_length}, "
-                               f"and --diffusion-steps {args.diffusion_steps} of the number of blocks")
+        try:
+            GRPOObjective.resolve_rollouts(model, s)  # every rollout option checked before the first step
+        except ValueError as e:
+            raise DlmarchError(str(e)) from None
         ref = frozen_copy(model) if (s.beta != 0.0 and not args.lora_rank) else None
         names = [n for n, _ in REWARDS[args.task]]
         return GRPOObjective(s, tokenizer=ctx.tokenizer, rows=data.rows, mask_id=ctx.mask_id, eos_id=ctx.eos_id,

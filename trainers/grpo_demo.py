@@ -37,7 +37,7 @@ def grpo_stage(base: Path, out: Path, data: Path, steps: int, seed: int, resume:
         return json.loads((out / "summary.json").read_text())
     args = ["--model", str(base), "--data", str(data), "--task", "sudoku", "--system-prompt", "none",
             "--output", str(out), "--max-steps", str(steps), "--batch-size", "4", "--num-generations", "8",
-            "--num-iterations", "2", "--gen-length", "32", "--block-length", "32", "--diffusion-steps", "16",
+            "--num-iterations", "2", "--gen-length", "32", "--block-length", "32", "--steps", "16",
             "--lr", "2e-4", "--schedule", "constant", "--warmup-steps", "0", "--save-every", "20",
             "--seed", str(seed), "--no-progress", *extra]
     if resume and out.exists():
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m trainers.grpo_demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--output", default="runs/grpo-demo")
     p.add_argument("--base-steps", type=int, default=600, help="SFT steps of the cold start (the demo's quick base)")
-    p.add_argument("--steps", type=int, default=40, help="GRPO optimizer steps")
+    p.add_argument("--grpo-steps", type=int, default=40, help="GRPO optimizer steps")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--figure", default=None, help="PNG of the reward curve (default: OUTPUT/reward.png)")
     p.add_argument("--resume", action="store_true")
@@ -98,8 +98,8 @@ def main(argv=None) -> int:
             for r in rows:
                 puzzle = r["messages"][0]["content"].split(": ")[1].strip()
                 f.write(json.dumps({"puzzle": puzzle, "solution": puzzle.replace("0", "1")}) + "\n")
-        print(f"grpo demo: diffu-GRPO ({args.steps} steps)", file=sys.stderr)
-        summary = grpo_stage(out / "base" / "model", out / "grpo", puzzles, args.steps, args.seed, args.resume, [])
+        print(f"grpo demo: diffu-GRPO ({args.grpo_steps} steps)", file=sys.stderr)
+        summary = grpo_stage(out / "base" / "model", out / "grpo", puzzles, args.grpo_steps, args.seed, args.resume, [])
         figure = Path(args.figure) if args.figure else out / "reward.png"
         plot(out / "grpo" / "metrics.jsonl", figure,
              f"diffu-GRPO, Sudoku toy (target: empty cells = 1), LLaDA {QUICK.hidden}x{QUICK.layers} after {args.base_steps} SFT steps")

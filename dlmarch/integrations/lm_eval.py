@@ -245,7 +245,7 @@ class DlmarchLM(LM):
                                           generator=g)
                 greedy = False  # the harness's is_target_greedy_dec (not computed)
             else:
-                cfg_scale = self.options.cfg_scale
+                cfg_scale = self.options.cfg_scale or 0.0  # None: a sampler without CFG (LLaDA2)
                 ll = llada_log_likelihood(self.model, ctx_t, cont_t, self.mc_num, self.batch_size, cfg_scale, generator=g)
                 greedy = self.check_greedy and llada_suffix_greedy(self.model, ctx_t, cont_t, cfg_scale)
             out.append((ll, greedy))

@@ -71,6 +71,7 @@ class MoEConfig(TransformerConfig):
 
     fused_qkv: ClassVar[bool] = False
     causal: ClassVar[bool] = False
+    mask_token_required: ClassVar[bool] = False  # Hub configs leave it out: the model card's id
 
     def __post_init__(self):
         super().__post_init__()

@@ -172,8 +172,9 @@ SAMPLERS: dict[str, Sampler] = {s.name: s for s in (
     Sampler("generate_llada2", frozenset({"gen_length", "block_length", "steps", "temperature", "top_p", "top_k",
                                           "threshold", "kv_cache", "stop_at_eos"}),
             # inclusionAI LLaDA2.0 `model.generate`: block 32, 32 steps per block, threshold 0.95, greedy,
-            # gen_length 2048, eos_early_stop off.
-            dict(gen_length=2048, block_length=32,
+            # gen_length 2048, eos_early_stop off (a canvas that 32 does not divide is one block, as for LLaDA:
+            # the decoding options keep one rule for block_length).
+            dict(gen_length=2048, block_length=lambda v: 32 if v["gen_length"] % 32 == 0 else v["gen_length"],
                  steps=lambda v: 32 * -(-v["gen_length"] // v["block_length"]), temperature=0.0, threshold=0.95,
                  kv_cache="none", stop_at_eos=False, seed=1234),
             _llada2, "inclusionAI LLaDA2.0 modeling_llada2_moe.py generate"),

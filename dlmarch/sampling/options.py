@@ -213,13 +213,16 @@ def _convert(name: str, value, meta: dict):
     return str(value)
 
 
-def add_decoding_arguments(parser, note: str = "") -> None:
+def add_decoding_arguments(parser, note: str = "", exclude: tuple[str, ...] = ()) -> None:
     """Every decoding option as a flag (`--gen-length`, ...): values are read as text and checked by
-    `DecodingOptions.parse`, so a command line refuses a bad value with the same line as lm-eval."""
+    `DecodingOptions.parse`, so a command line refuses a bad value with the same line as lm-eval.
+    `exclude` leaves out fields the command defines itself (a trainer's --seed seeds the whole run)."""
     g = parser.add_argument_group("decoding", note or "Options left out come from the model (config.json's "
                                   "`decoding` entry, then its sampler's reference defaults); an option its "
                                   "sampler does not take is refused.")
     for f in fields(DecodingOptions):
+        if f.name in exclude:
+            continue
         flag = "--" + f.name.replace("_", "-")
         m = f.metadata
         choices = f" ({'|'.join(m['choices'])})" if m["choices"] else ""
@@ -234,7 +237,7 @@ def add_decoding_arguments(parser, note: str = "") -> None:
 
 def options_from_args(args) -> DecodingOptions:
     """The DecodingOptions of an argparse namespace built with `add_decoding_arguments`."""
-    return DecodingOptions.parse({n: getattr(args, n) for n in DecodingOptions.names()})
+    return DecodingOptions.parse({n: getattr(args, n, None) for n in DecodingOptions.names()})
 
 
 __all__ = ["DecodingOptions", "OptionError", "add_decoding_arguments", "options_from_args", "REMASKING", "KV_CACHE",

@@ -6,6 +6,7 @@ safetensors library itself refuses.
 """
 
 import json
+import re
 import struct
 
 import pytest
@@ -666,10 +667,17 @@ def test_experiments_output_problems_are_one_line(tmp_path, capsys, case):
     ("eval.jsonl.run.json", b"[1, 2]", "expected a JSON object, found list"),
 ])
 def test_evaluate_resume_files_are_named(tmp_path, capsys, templated, name, raw, message):
-    from trainers.evaluate import main
+    from dlmarch.errors import DlmarchError
+    from trainers.evaluate import _read_done, main
 
     (tmp_path / name).write_bytes(raw)
-    rc = main(["--task", "sudoku", "--num", "1", "--model", str(templated["raises"].parent / "base"), "--output",
-               str(tmp_path / "eval.jsonl"), "--resume"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert rc == 2 and len(err) == 1 and f"{tmp_path / name}: {message}" in err[0], err
+    if name.endswith(".run.json"):  # --resume reads the record of a run under way (its partial file is there)
+        (tmp_path / "eval.jsonl.partial-0.jsonl").write_text("")
+        rc = main(["--task", "sudoku", "--num", "1", "--model", str(templated["raises"].parent / "base"), "--output",
+                   str(tmp_path / "eval.jsonl"), "--resume"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and f"{tmp_path / name}: {message}" in err[0], err
+    else:  # the partial's records are read once the record matches (trainers/test_evaluate_output.py)
+        with pytest.raises(DlmarchError, match=re.escape(f"{tmp_path / name}: line 1")) as e:
+            _read_done(tmp_path / "eval.jsonl", False)
+        assert "UnicodeDecodeError" in str(e.value) or message in str(e.value)

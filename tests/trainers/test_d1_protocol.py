@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+from dlmarch.prompts import cut_at_eos
 from trainers.tasks.countdown import Countdown
 from trainers.tasks.d1 import d1_items
 from trainers.tasks.sudoku import Sudoku
@@ -56,7 +57,7 @@ def test_attend_padding_decodes_as_d1s_eval_without_an_attention_mask(tmp_path):
     assert len(encoded[0]) != len(encoded[1])  # one row is padded
     ids, _ = left_pad(encoded, tok.pad_token_id)
     out = generate(model, ids, steps=4, gen_length=8, block_length=8)  # d1: no attention mask
-    want = [tok.decode(ev.cut_after_eos(r, model.stop_token_ids)[0], skip_special_tokens=False)
+    want = [tok.decode(cut_at_eos(r, model.stop_token_ids, keep_eos=True)[0], skip_special_tokens=False)
             for r in out[:, ids.shape[1]:].tolist()]
     assert [r["generation"] for r in d1_like] == want
     assert [r["generation"] for r in masked] != want

@@ -38,9 +38,9 @@ def setup(tmp_path_factory):
 
 def interrupted(tmp, model, data, out, monkeypatch):
     """A run killed after its first batch: one batch in the partial file, nothing merged."""
-    import dlmarch
+    import dlmarch.sampling.llada as llada  # what the dispatcher calls for LLaDA (dlmarch.sampling.dispatch)
 
-    real, calls = dlmarch.generate, {"n": 0}
+    real, calls = llada.generate, {"n": 0}
 
     def dies(*a, **kw):
         calls["n"] += 1
@@ -48,10 +48,10 @@ def interrupted(tmp, model, data, out, monkeypatch):
             raise KeyboardInterrupt
         return real(*a, **kw)
 
-    monkeypatch.setattr(dlmarch, "generate", dies)
+    monkeypatch.setattr(llada, "generate", dies)
     with pytest.raises(KeyboardInterrupt):
         ev.main(args_for(model, data, out))
-    monkeypatch.setattr(dlmarch, "generate", real)
+    monkeypatch.setattr(llada, "generate", real)
     (part,) = tmp.glob(out.name + ".partial-*.jsonl")
     return part
 

@@ -233,7 +233,7 @@ def test_killed_run_resumes_to_the_same_losses(tmp_path, monkeypatch):
     out = tmp_path / "run"
     argv = ["--model", str(tmp_path / "model"), "--data", str(data), "--task", "sudoku", "--system-prompt", "none",
             "--output", str(out), "--max-steps", "5", "--batch-size", "1", "--num-generations", "3",
-            "--num-iterations", "2", "--gen-length", "8", "--block-length", "4", "--diffusion-steps", "4",
+            "--num-iterations", "2", "--gen-length", "8", "--block-length", "4", "--steps", "4",
             "--lr", "3e-2", "--schedule", "constant", "--warmup-steps", "0", "--save-every", "1", "--keep", "10",
             "--lora-rank", "4", "--lora-targets", "q_proj", "v_proj", "--no-progress"]
     assert grpo.main(argv) == 0
@@ -281,7 +281,8 @@ def test_scale_rewards_is_trls_normalisation():
 
 
 def test_rollout_options_reach_the_sampler(monkeypatch):
-    import dlmarch.sampling as sampling
+    import dlmarch.sampling.llada as llada
+    from dlmarch.sampling.options import DecodingOptions
 
     seen = {}
 
@@ -289,10 +290,15 @@ def test_rollout_options_reach_the_sampler(monkeypatch):
         seen.update(kw)
         return torch.cat([prompt, torch.full((prompt.shape[0], kw["gen_length"]), EOS)], 1)
 
-    monkeypatch.setattr(sampling, "generate", fake_generate)
-    s = GRPOSettings(task="t", num_generations=2, gen_length=8, block_length=4, steps=4, kv_cache="dual",
-                     threshold=0.8, temperature=0.9, remasking="random")
+    monkeypatch.setattr(llada, "generate", fake_generate)
+    s = GRPOSettings(task="t", num_generations=2, decoding=DecodingOptions(
+        gen_length=8, block_length=4, steps=4, kv_cache="dual", threshold=0.8, temperature=0.9, remasking="random"))
     obj = GRPOObjective(s, tokenizer=None, rows={}, mask_id=MASK, eos_id=EOS, pad_id=EOS, reward_fn=None)
     obj._generate(tiny_llada(), torch.zeros(2, 3, dtype=torch.long), None)
     assert {k: seen[k] for k in ("kv_cache", "threshold", "temperature", "remasking", "block_length", "steps")} == \
         {"kv_cache": "dual", "threshold": 0.8, "temperature": 0.9, "remasking": "random", "block_length": 4, "steps": 4}
+    assert seen["attention_mask"] is None  # d1's rollouts attend to the prompts' padding
+    # left out: d1's rollout settings
+    left_out = GRPOObjective(GRPOSettings(task="t"), tokenizer=None, rows={}, mask_id=MASK, eos_id=EOS, pad_id=EOS,
+                      reward_fn=None).rollout_options(tiny_llada())
+    assert (left_out.gen_length, left_out.block_length, left_out.steps, left_out.temperature) == (256, 64, 64, 0.9)

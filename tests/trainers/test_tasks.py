@@ -1,6 +1,7 @@
 """Tasks on d1's protocol: generators, scorers on hand-written and d1 generations, the evaluation command, the demo."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -10,6 +11,8 @@ from trainers.tasks import get_task
 from trainers.tasks.countdown import solve
 from trainers.tasks.sudoku import all_grids, count_solutions, is_valid_solution
 from tests.helpers import FIXTURES
+
+ROOT = FIXTURES.parent.parent  # the repository (the subprocesses run in tmp_path)
 
 
 def test_every_generated_sudoku_has_exactly_one_solution():
@@ -302,14 +305,17 @@ def test_evaluate_command_writes_every_generation(tmp_path):
     data = tmp_path / "gsm.jsonl"
     data.write_text("".join(json.dumps({"question": f"{i}+1?", "answer": f"#### {i + 1}"}) + "\n" for i in range(5)))
     r = subprocess.run([sys.executable, "-m", "trainers.evaluate", "--model", str(tmp_path / "m"), "--task", "gsm8k",
-                        "--data", str(data), "--gen-length", "16", "--block-length", "8"], capture_output=True, text=True)
+                        "--data", str(data), "--gen-length", "16", "--block-length", "8"], capture_output=True, text=True,
+                       cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert r.returncode == 0, r.stderr
-    rows = [json.loads(x) for x in (tmp_path / "m" / "eval-gsm8k.jsonl").read_text().splitlines()]
+    # the default output is in the current directory, never inside the model directory
+    rows = [json.loads(x) for x in (tmp_path / "eval-m-gsm8k.jsonl").read_text().splitlines()]
     assert len(rows) == 5 and all("generation" in x and "correct" in x for x in rows)
-    summary = json.loads((tmp_path / "m" / "eval-gsm8k.summary.json").read_text())
+    assert not list((tmp_path / "m").glob("eval-*"))
+    summary = json.loads((tmp_path / "eval-m-gsm8k.summary.json").read_text())
     assert summary["steps"] == 8 and summary["n"] == 5  # steps default to gen_length / 2
     bad = subprocess.run([sys.executable, "-m", "trainers.evaluate", "--model", str(tmp_path / "m"), "--task", "gsm8k"],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert bad.returncode == 2 and "no generator" in bad.stderr
 
 

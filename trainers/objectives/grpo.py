@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from dlmarch.sampling.options import DecodingOptions
+
 from .common import ObjectiveOutput, predicts_next_token
 from .protocol import Objective
 
@@ -121,17 +123,15 @@ class GRPOSettings:
     p_mask_prompt: float = 0.3
     random_masking: bool = True
     scale_rewards: bool = False
-    # rollouts
-    gen_length: int = 256
-    block_length: int = 64
-    steps: int = 64
-    temperature: float = 0.9
-    remasking: str = "low_confidence"
-    cfg_scale: float = 0.0
-    kv_cache: object = False
-    threshold: float | None = None
+    # rollouts: the model's own sampler (dlmarch.sampling.sampler_for) with these decoding options,
+    # d1's rollout settings (D1_ROLLOUTS) filling what they leave out
+    decoding: DecodingOptions | None = None
     generation_batch_size: int = 0  # 0: all completions of a micro-batch at once
-    dream_alg: str = "entropy"
+
+
+# DiffuGRPOConfig's rollout defaults (dllm-reasoning/d1 diffu-grpo/diffu_grpo_config.py): 256 completion
+# tokens, block 64, 64 diffusion steps, temperature 0.9; the rest is the sampler's reference default.
+D1_ROLLOUTS = {"gen_length": 256, "block_length": 64, "steps": 64, "temperature": 0.9}
 
 
 BUFFER_KEYS = ("ids", "mask", "advantages", "old", "ref", "seeds", "rewards", "prompt_len")
@@ -177,23 +177,27 @@ class GRPOObjective(Objective):
             return self.ref_model, None
         return model, model.disable_adapter()
 
-    def _generate(self, model, prompts: Tensor, generator) -> Tensor:
-        from dlmarch.sampling import generate, generate_dream
+    @staticmethod
+    def resolve_rollouts(model, s: GRPOSettings) -> DecodingOptions:
+        """The decoding options of the rollouts, completed for `model`'s sampler (OptionError, one line,
+        when one does not apply or does not fit)."""
+        from dlmarch.sampling import sampler_for
 
-        s = self.s
+        return sampler_for(model).resolve(model, s.decoding, protocol=D1_ROLLOUTS)
+
+    def rollout_options(self, model) -> DecodingOptions:
+        return self.resolve_rollouts(model, self.s)
+
+    def _generate(self, model, prompts: Tensor, generator) -> Tensor:
+        """(n, P) prompts -> (n, P + gen_length): the model's own sampler, without an attention mask over
+        the prompts' left padding, as d1's rollouts (its generate gets none)."""
+        from dlmarch.sampling import sampler_for
+
+        sampler, options = sampler_for(model), self.rollout_options(model)
         n = prompts.shape[0]
-        chunk = s.generation_batch_size or n
-        out = []
-        for i in range(0, n, chunk):
-            p = prompts[i:i + chunk]
-            if getattr(model, "shifted_logits", False):
-                out.append(generate_dream(model, p, max_new_tokens=s.gen_length, steps=s.steps, temperature=s.temperature,
-                                          top_p=None, top_k=None, alg=s.dream_alg, alg_temp=0.0, generator=generator))
-            else:
-                out.append(generate(model, p, steps=s.steps, gen_length=s.gen_length, block_length=s.block_length,
-                                    temperature=s.temperature, cfg_scale=s.cfg_scale, remasking=s.remasking,
-                                    mask_id=self.mask_id, generator=generator, kv_cache=s.kv_cache, threshold=s.threshold))
-        return torch.cat(out)
+        chunk = self.s.generation_batch_size or n
+        return torch.cat([sampler(model, prompts[i:i + chunk], None, options, generator=generator)
+                          for i in range(0, n, chunk)])
 
     def rollout(self, model, batch, generator) -> dict:
         """Completions, rewards, advantages, mask seeds, old and reference log-probabilities of one micro-batch."""
