@@ -100,19 +100,26 @@ def soft_format_reward(completions, rows):
 
 
 def count_xml(text: str) -> float:
-    """d1's `count_xml`: 0.125 per well-placed tag, minus 0.001 per character after the answer."""
-    count = 0.0
-    if text.count("<reasoning>\n") == 1:
-        count += 0.125
-    if text.count("\n</reasoning>\n") == 1:
-        count += 0.125
-    if text.count("\n<answer>\n") == 1:
-        count += 0.125
-        count -= len(text.split("\n</answer>\n")[-1]) * 0.001
-    if text.count("\n</answer>") == 1:
-        count += 0.125
-        count -= (len(text.split("\n</answer>")[-1]) - 1) * 0.001
-    return count
+    """d1's `count_xml`: 0.125 for each of the four tags that appears exactly once; the answer's tags
+    also lose 0.001 per character after their last occurrence (the closing tag's own newline spared).
+    The additions and subtractions run in d1's order, so the floats are d1's to the last bit."""
+    def once(tag: str) -> bool:
+        return text.count(tag) == 1
+
+    def after(tag: str) -> int:
+        return len(text.rsplit(tag, 1)[-1])
+
+    score = 0.0
+    for tag in ("<reasoning>\n", "\n</reasoning>\n"):
+        if once(tag):
+            score += 0.125
+    if once("\n<answer>\n"):
+        score += 0.125
+        score -= after("\n</answer>\n") * 0.001
+    if once("\n</answer>"):
+        score += 0.125
+        score -= (after("\n</answer>") - 1) * 0.001
+    return score
 
 
 def xmlcount_reward(completions, rows):
