@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from dlmarch.errors import DlmarchError
+from dlmarch.outputs import atomic_file, check_file_output
 
 from .demo import QUICK, build, max_length, prepare_output, train_stage
 
@@ -68,9 +69,20 @@ def plot(metrics: Path, figure: Path, title: str) -> None:
     ax.set_title(title, fontsize=9)
     ax.legend()
     fig.tight_layout()
-    figure.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(figure, dpi=110)
+    with atomic_file(figure, "wb") as f:  # never half a PNG; tagged so that --overwrite knows it is ours
+        fig.savefig(f, format="png", dpi=110, metadata={"Software": FIGURE_TAG})
     plt.close(fig)
+
+
+FIGURE_TAG = "dlmarch trainers.grpo_demo"
+# What the demo writes at the top of its --output (the manifest its marker records).
+WRITES = ("init", "data", "base", "grpo", "reward.png")
+
+
+def _our_figure(path: Path) -> bool:
+    """A PNG this command wrote: its text chunk (before the image data) names it."""
+    with open(path, "rb") as f:
+        return FIGURE_TAG.encode() in f.read(1 << 16)
 
 
 def main(argv=None) -> int:
@@ -85,7 +97,9 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     out = Path(args.output)
     try:
-        prepare_output(out, args.resume, args.overwrite)
+        if args.figure:  # a path outside --output: never an existing file of the user's
+            check_file_output(args.figure, {"--output": out}, "--figure", args.overwrite, _our_figure)
+        prepare_output(out, args.resume, args.overwrite, writes=WRITES, tool="trainers.grpo_demo")
         t0 = time.time()
         task, _ = build(out, QUICK, args.seed)
         length = max_length(task, out / "init")

@@ -302,3 +302,18 @@ def test_rollout_options_reach_the_sampler(monkeypatch):
     left_out = GRPOObjective(GRPOSettings(task="t"), tokenizer=None, rows={}, mask_id=MASK, eos_id=EOS, pad_id=EOS,
                       reward_fn=None).rollout_options(tiny_llada())
     assert (left_out.gen_length, left_out.block_length, left_out.steps, left_out.temperature) == (256, 64, 64, 0.9)
+
+
+def test_grpo_demo_never_writes_its_figure_over_a_users_file(tmp_path, capsys):
+    """--figure names a path outside --output: an existing file is refused (and kept) before any work;
+    with --overwrite only a PNG this command wrote (its text chunk names it) is replaced."""
+    from trainers import grpo_demo
+
+    mine = tmp_path / "notes.png"
+    mine.write_bytes(b"\x89PNG user's picture")
+    rc = grpo_demo.main(["--output", str(tmp_path / "run"), "--figure", str(mine), "--overwrite"])
+    assert rc == 2 and "not written by this command" in capsys.readouterr().err
+    assert mine.read_bytes() == b"\x89PNG user's picture" and not (tmp_path / "run").exists()
+    ours = tmp_path / "ours.png"
+    ours.write_bytes(b"\x89PNG tEXtSoftware\x00" + grpo_demo.FIGURE_TAG.encode())
+    assert grpo_demo._our_figure(ours) and not grpo_demo._our_figure(mine)
