@@ -88,6 +88,9 @@ def _dream_extensions(o: DecodingOptions) -> dict:
         wanted["threshold"] = o.threshold
     if o.block_length is not None and wanted:
         wanted["block_length"] = o.block_length
+    if wanted and o.alg not in (None, "entropy"):  # Fast-dLLM's block decoding ranks by entropy (its neg_entropy)
+        raise OptionError(f"alg {o.alg} does not apply with kv_cache/threshold for Dream models (Fast-dLLM's block "
+                          "decoding ranks positions by entropy); use alg entropy")
     accepted = inspect.signature(generate_dream).parameters
     missing = [k for k in wanted if k not in accepted]
     if missing:

@@ -97,3 +97,14 @@ def test_the_trained_block_length_reaches_the_generate_command(tmp_path, capsys)
     assert main(["--model", str(tmp_path / "m"), "--prompt", "ab", "--no-chat-template"]) == 0
     err = capsys.readouterr().err
     assert "warning" not in err and "[16 tokens in" in err
+
+
+def test_dream_block_decoding_refuses_an_ordering_it_would_ignore():
+    """Fast-dLLM's Dream block decoding ranks by entropy whatever `alg`: another alg is refused in one
+    line rather than silently replaced."""
+    from dlmarch.sampling.dispatch import _dream_extensions
+    from dlmarch.sampling.options import OptionError
+
+    with pytest.raises(OptionError, match="alg origin does not apply with kv_cache/threshold"):
+        _dream_extensions(DecodingOptions(alg="origin", kv_cache="prefix", gen_length=32, block_length=8))
+    assert _dream_extensions(DecodingOptions(alg="entropy", threshold=0.9, gen_length=32)) == {"threshold": 0.9}
