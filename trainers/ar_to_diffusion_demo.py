@@ -22,43 +22,22 @@ run resumes with --resume (finished stages and evaluations are kept).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from dlmarch.errors import DlmarchError
+from .demo import build, max_length
+from .toy import Plan, claim_output, evaluate_model, new_llama, pipeline_main, pipeline_parser, stage
 
 GEN_LENGTH = 32  # the answer and its tags fit one d1 block
-
-
-@dataclass
-class Plan:
-    hidden: int
-    layers: int
-    train_rows: int
-    test_rows: int
-    ar_steps: int  # teaching the causal model
-    sft_steps: int  # the masked-diffusion fine-tune of the converted model
-    batch: int
-    ar_lr: float
-    sft_lr: float
-
-
-FULL = Plan(hidden=64, layers=2, train_rows=4000, test_rows=128, ar_steps=600, sft_steps=1000, batch=32,
-            ar_lr=3e-3, sft_lr=1e-3)
-QUICK = Plan(hidden=32, layers=1, train_rows=64, test_rows=4, ar_steps=3, sft_steps=3, batch=8, ar_lr=2e-3, sft_lr=1e-3)
-
-
-def build(out: Path, plan: Plan, seed: int):
-    """Tokenizer, untrained causal Llama (out/init), data (out/data): the demo's, with a causal model.
-    Returns (task, test rows)."""
-    from trainers.demo import build as build_demo
-    from trainers.demo import new_llama
-
-    return build_demo(out, plan, seed, new_model=new_llama)
+# base_*: teaching the causal model (next-token SFT); method_*: the masked-diffusion fine-tune of the converted model
+FULL = Plan(hidden=64, layers=2, train_rows=4000, test_rows=128, base_steps=600, method_steps=1000, batch=32,
+            base_lr=3e-3, method_lr=1e-3)
+QUICK = Plan(hidden=32, layers=1, train_rows=64, test_rows=4, base_steps=3, method_steps=3, batch=8, base_lr=2e-3,
+             method_lr=1e-3)
+WRITES = ("init", "data", "ar", "dream", "dream-sft", "scratch", "scratch-sft", "eval-*.jsonl", "eval-*.summary.json",
+          "results.md", "results.json")
 
 
 def convert(src: Path, dst: Path) -> None:
@@ -82,65 +61,56 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m trainers.ar_to_diffusion_demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--output", default="runs/ar-to-diffusion")
-    p.add_argument("--quick", action="store_true", help="a few-second run (checks that it works; numbers meaningless)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="keep finished stages, resume an interrupted one")
-    p.add_argument("--overwrite", action="store_true")
+def run(argv=None) -> int:
+    p = pipeline_parser("python -m trainers.ar_to_diffusion_demo", __doc__, "runs/ar-to-diffusion",
+                        "a few-second run (checks that it works; numbers meaningless)")
     args = p.parse_args(argv)
     out = Path(args.output)
     plan = QUICK if args.quick else FULL
-    try:
-        from trainers.demo import max_length, prepare_output, run_eval, train_stage
-        from trainers.experiments import eval_causal
-
-        prepare_output(out, args.resume, args.overwrite, tool="trainers.ar_to_diffusion_demo",
-                       writes=("init", "data", "ar", "dream", "dream-sft", "scratch", "scratch-sft", "eval-*.jsonl",
-                               "eval-*.summary.json", "results.md", "results.json"))
-        t0 = time.time()
-        say = lambda msg: print(f"ar-to-diffusion: {msg}", file=sys.stderr)  # noqa: E731
-        say(f"building tokenizer, causal model and data in {out}")
-        task, test = build(out, plan, args.seed)
-        length = max_length(task, out / "init")
-        train = out / "data" / "train.jsonl"
-        common = [] if not args.quick else ["--no-progress"]
-        say(f"teaching the causal model ({plan.ar_steps} steps of next-token SFT)")
-        ar = train_stage("ar", out / "init", out / "ar", train, plan.ar_steps, plan.ar_lr, plan.batch, length,
-                         args.seed, args.resume, common)
-        say("converting it: to-diffusion --style dream")
-        convert(out / "ar" / "model", out / "dream")
-        say(f"fine-tuning the converted model ({plan.sft_steps} steps of masked-diffusion SFT)")
-        sft = train_stage("sft", out / "dream", out / "dream-sft", train, plan.sft_steps, plan.sft_lr, plan.batch,
-                          length, args.seed, args.resume, common)
-        say(f"control: the untrained causal model converted, then the same {plan.sft_steps} steps")
-        convert(out / "init", out / "scratch")
-        scratch = train_stage("sft", out / "scratch", out / "scratch-sft", train, plan.sft_steps, plan.sft_lr,
-                              plan.batch, length, args.seed, args.resume, common)
-        say("scoring")
-        ar_eval = eval_causal("ar", out / "ar" / "model", task, test, out, args.seed)
-        rows = [{"model": "causal Llama (next-token SFT)", "sampler": "greedy, left to right", **pick(ar_eval),
-                 "train_steps": plan.ar_steps, "train_seconds": ar["seconds"]}]
-        for name, label, steps, summary in [("dream", "converted to Dream", 0, None),
-                                            ("dream-sft", "converted + masked-diffusion SFT", plan.sft_steps, sft),
-                                            ("scratch-sft", "control: untrained Llama converted + the same SFT",
-                                             plan.sft_steps, scratch)]:
-            model_dir = out / name if summary is None else out / name / "model"
-            ev = run_eval(name, model_dir, task, test, out, args.seed, gen_length=GEN_LENGTH)
-            rows.append({"model": label, "sampler": f"generate_dream (entropy, {GEN_LENGTH // 2} steps)", **pick(ev),
-                         "train_steps": steps, "train_seconds": summary["seconds"] if summary else None})
-        table = markdown(rows)
-        seconds = time.time() - t0
-        (out / "results.md").write_text(table + f"\n\n{len(test)} held-out puzzles; {seconds:.0f} s in all.\n")
-        (out / "results.json").write_text(json.dumps({"plan": plan.__dict__, "seed": args.seed, "rows": rows,
-                                                      "seconds": seconds}, indent=2) + "\n")
-    except (DlmarchError, ValueError, OSError) as e:
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
-        return 2
+    claim_output(out, args.resume, args.overwrite, "trainers.ar_to_diffusion_demo", WRITES)
+    t0 = time.time()
+    say = lambda msg: print(f"ar-to-diffusion: {msg}", file=sys.stderr)  # noqa: E731
+    say(f"building tokenizer, causal model and data in {out}")
+    task, test = build(out, plan, args.seed, new_model=new_llama)
+    length = max_length(task, out / "init")
+    train = out / "data" / "train.jsonl"
+    common = [] if not args.quick else ["--no-progress"]
+    say(f"teaching the causal model ({plan.base_steps} steps of next-token SFT)")
+    ar = stage("ar", out / "init", out / "ar", train, plan.base_steps, plan.base_lr, plan.batch, length, args.seed,
+               args.resume, common)
+    say("converting it: to-diffusion --style dream")
+    convert(out / "ar" / "model", out / "dream")
+    say(f"fine-tuning the converted model ({plan.method_steps} steps of masked-diffusion SFT)")
+    sft = stage("sft", out / "dream", out / "dream-sft", train, plan.method_steps, plan.method_lr, plan.batch, length,
+                args.seed, args.resume, common)
+    say(f"control: the untrained causal model converted, then the same {plan.method_steps} steps")
+    convert(out / "init", out / "scratch")
+    scratch = stage("sft", out / "scratch", out / "scratch-sft", train, plan.method_steps, plan.method_lr, plan.batch,
+                    length, args.seed, args.resume, common)
+    say("scoring")
+    ar_eval = evaluate_model("ar", out / "ar" / "model", task, test, out, args.seed, gen_length=GEN_LENGTH)
+    rows = [{"model": "causal Llama (next-token SFT)", "sampler": "greedy, left to right", **pick(ar_eval),
+             "train_steps": plan.base_steps, "train_seconds": ar["seconds"]}]
+    for name, label, steps, summary in [("dream", "converted to Dream", 0, None),
+                                        ("dream-sft", "converted + masked-diffusion SFT", plan.method_steps, sft),
+                                        ("scratch-sft", "control: untrained Llama converted + the same SFT",
+                                         plan.method_steps, scratch)]:
+        model_dir = out / name if summary is None else out / name / "model"
+        ev = evaluate_model(name, model_dir, task, test, out, args.seed, gen_length=GEN_LENGTH)
+        rows.append({"model": label, "sampler": f"generate_dream (entropy, {GEN_LENGTH // 2} steps)", **pick(ev),
+                     "train_steps": steps, "train_seconds": summary["seconds"] if summary else None})
+    table = markdown(rows)
+    seconds = time.time() - t0
+    (out / "results.md").write_text(table + f"\n\n{len(test)} held-out puzzles; {seconds:.0f} s in all.\n")
+    (out / "results.json").write_text(json.dumps({"plan": plan.__dict__, "seed": args.seed, "rows": rows,
+                                                  "seconds": seconds}, indent=2) + "\n")
     print(table)
     print(f"{seconds:.0f} s; results: {out / 'results.md'}")
     return 0
+
+
+def main(argv=None) -> int:
+    return pipeline_main(run, argv)
 
 
 def pick(summary: dict) -> dict:

@@ -17,35 +17,15 @@ checkpoint).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from dlmarch.errors import DlmarchError
-from dlmarch.outputs import Claim
+from .toy import TAGS, Plan, claim_output, evaluate_model, new_llada, pipeline_main, pipeline_parser, prompt_length, stage, \
+    write_data
 
 METHODS = ("sft", "gift", "blockwise", "lift")
-TAGS = ("<reasoning>", "</reasoning>", "<answer>", "</answer>")
-
-
-@dataclass
-class Plan:
-    hidden: int
-    layers: int
-    train_rows: int
-    test_rows: int
-    base_steps: int
-    method_steps: int
-    batch: int
-    base_lr: float
-    method_lr: float
-
-
 FULL = Plan(hidden=128, layers=4, train_rows=4000, test_rows=256, base_steps=1500, method_steps=600, batch=32,
             base_lr=2e-3, method_lr=3e-4)
 QUICK = Plan(hidden=64, layers=2, train_rows=1000, test_rows=64, base_steps=600, method_steps=100, batch=16,
@@ -70,50 +50,6 @@ def build(out: Path, plan: Plan, seed: int, new_model=None):
     return task, test
 
 
-def write_data(data: Path, task, train: list[dict], test: list[dict], response) -> None:
-    """data/train.jsonl ({"messages"}: the task's prompt and `response(row)` as the assistant turn)
-    and data/test.jsonl (the rows themselves)."""
-    data.mkdir(parents=True, exist_ok=True)
-    with open(data / "train.jsonl", "w") as f:
-        for r in train:
-            f.write(json.dumps({"messages": task.messages(r) + [{"role": "assistant", "content": response(r)}]}) + "\n")
-    with open(data / "test.jsonl", "w") as f:
-        for r in test:
-            f.write(json.dumps(r) + "\n")
-
-
-def new_llada(path: Path, tok, hidden: int, layers: int, seed: int) -> None:
-    """A freshly initialised LLaDA (4 heads, SwiGLU of 3 x hidden) with the tokenizer, at `path`."""
-    from dlmarch import LLaDAConfig, LLaDAModel
-
-    torch.manual_seed(seed)
-    cfg = LLaDAConfig(vocab_size=len(tok), hidden_size=hidden, num_layers=layers, num_heads=4, num_kv_heads=4,
-                      intermediate_size=3 * hidden, mask_token_id=tok.mask_token_id, eos_token_id=tok.eos_token_id,
-                      pad_token_id=tok.pad_token_id, max_position_embeddings=512)
-    LLaDAModel(cfg).init_weights().save_pretrained(path)
-    tok.save_pretrained(path)
-
-
-def new_llama(path: Path, tok, hidden: int, layers: int, seed: int) -> None:
-    """A freshly initialised Llama of new_llada's shape (4 heads, SwiGLU of 3 x hidden) with the tokenizer."""
-    from dlmarch.models.causal import CausalLM, LlamaConfig
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, num_layers=layers, num_heads=4, num_kv_heads=4,
-                      intermediate_size=3 * hidden, eos_token_id=tok.eos_token_id, max_position_embeddings=512)
-    CausalLM(cfg).init_weights().save_pretrained(path)
-    tok.save_pretrained(path)
-
-
-def prompt_length(task, model_dir: Path, rows: list[dict]) -> int:
-    """The longest prompt of `rows` in tokens, as the sampler encodes them (chat template, generation prompt)."""
-    from dlmarch.prompts import encode_prompts
-    from dlmarch.tokenizers import load_tokenizer
-
-    prompts = encode_prompts(load_tokenizer(model_dir), [task.messages(r) for r in rows], True)
-    return max(len(p) for p in prompts)
-
-
 def max_length(task, init: Path) -> int:
     """The prompt (all Sudoku prompts have one length) + "<reasoning>" + the sampler's canvas: training
     rows padded (with trained EOS) to exactly the sequence the sampler decodes. "<reasoning>" is the
@@ -121,46 +57,6 @@ def max_length(task, init: Path) -> int:
     so the canvas covers the response's tokens after it; a row one token shorter would teach the model
     to end its answer one position before the canvas does."""
     return prompt_length(task, init, [{"puzzle": "0" * 16}]) + 1 + GEN_LENGTH
-
-
-def train_stage(method: str, model: Path, out: Path, data: Path, steps: int, lr: float, batch: int, length: int,
-                seed: int, resume: bool, extra: list[str]) -> dict:
-    """`python -m trainers.<method>` in process; a finished stage (summary.json and model/) is read
-    back, an interrupted one resumed from its last checkpoint when `resume`. Returns the summary."""
-    import importlib
-
-    if (out / "summary.json").exists() and (out / "model" / "config.json").exists():
-        return json.loads((out / "summary.json").read_text())  # finished earlier (--resume)
-    args = ["--model", str(model), "--data", str(data), "--output", str(out), "--max-steps", str(steps),
-            "--batch-size", str(batch), "--lr", str(lr), "--max-length", str(length), "--pad-to", "max",
-            "--warmup-steps", str(max(1, steps // 20)), "--save-every", str(max(50, steps // 4)), "--seed", str(seed),
-            *extra]
-    if resume and out.exists():
-        args.append("--resume")
-    rc = importlib.import_module(f"trainers.{method}").main(args)
-    if rc != 0:
-        raise DlmarchError(f"the {method} stage failed (exit {rc}); see {out}")
-    return json.loads((out / "summary.json").read_text())
-
-
-def run_eval(name: str, model_dir: Path, task, test: list[dict], out: Path, seed: int, gen_length: int = GEN_LENGTH,
-             block_length: int = BLOCK_LENGTH) -> dict:
-    """The d1 protocol (steps = gen_length / 2, greedy, low-confidence remasking) on `test`; the
-    summary is cached as out/eval-NAME.summary.json (generations beside it) and read back if present."""
-    from dlmarch.sampling.cli import load_for_generation
-    from trainers.evaluate import evaluate
-
-    cached = out / f"eval-{name}.summary.json"
-    if cached.exists():
-        return json.loads(cached.read_text())
-    model, tok = load_for_generation(str(model_dir), None, None)
-    summary, records = evaluate(model, tok, task, test, gen_length=gen_length, block_length=block_length,
-                                steps=gen_length // 2, batch_size=64, seed=seed)
-    with open(out / f"eval-{name}.jsonl", "w") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
-    cached.write_text(json.dumps(summary, indent=2) + "\n")
-    return summary
 
 
 def plot(out: Path, rows: list[dict], methods: list[str]) -> None:
@@ -205,69 +101,54 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-MARKER = ".dlmarch-demo"  # written into every demo and experiment output: --overwrite removes only what they made
 # What the demo writes at the top of its --output (the manifest its marker records): --overwrite
 # removes these and nothing else (a notebook the user added stays).
 WRITES = ("init", "data", "base", *METHODS, "eval-*.jsonl", "eval-*.summary.json", "results.md", "results.json",
           "demo.png")
 
 
-def prepare_output(out: Path, resume: bool, overwrite: bool, writes: tuple[str, ...] = WRITES,
-                   tool: str = "trainers.demo") -> None:
-    """Make `out` ours before anything is written (dlmarch.outputs.Claim): a non-empty `out` is
-    continued with `resume`, cleared of what the tool wrote with `overwrite` only when it carries the
-    marker a demo wrote there (never a directory of the user's, never a file the user added there),
-    and refused otherwise."""
-    Claim(out, MARKER, tool, writes).prepare(resume, overwrite)
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m trainers.demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--output", default="runs/demo")
-    p.add_argument("--quick", action="store_true", help="a one-minute run")
-    p.add_argument("--seed", type=int, default=0)
+def run(argv=None) -> int:
+    p = pipeline_parser("python -m trainers.demo", __doc__, "runs/demo", "a one-minute run")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    p.add_argument("--resume", action="store_true", help="keep finished stages, resume an interrupted one")
-    p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
     out = Path(args.output)
     plan = QUICK if args.quick else FULL
-    try:
-        prepare_output(out, args.resume, args.overwrite)
-        t0 = time.time()
-        print(f"demo ({'quick' if args.quick else 'full'}): building tokenizer, model and data in {out}", file=sys.stderr)
-        task, test = build(out, plan, args.seed)
-        length = max_length(task, out / "init")
-        train = out / "data" / "train.jsonl"
-        print(f"demo: teaching the format ({plan.base_steps} steps of sft from scratch)", file=sys.stderr)
-        base = train_stage("sft", out / "init", out / "base", train, plan.base_steps, plan.base_lr, plan.batch, length,
-                           args.seed, args.resume, [])
-        stages = {"untrained": (out / "init", None), "base (sft from scratch)": (out / "base" / "model", base)}
-        extra = {"blockwise": ["--block-size", str(BLOCK_LENGTH)]}
-        for m in args.methods:
-            print(f"demo: fine-tuning the base with {m} ({plan.method_steps} steps)", file=sys.stderr)
-            s = train_stage(m, out / "base" / "model", out / m, train, plan.method_steps, plan.method_lr, plan.batch, length,
-                            args.seed, args.resume, extra.get(m, []))
-            stages[m] = (out / m / "model", s)
-        rows = []
-        for name, (model_dir, summary) in stages.items():
-            key = name.split(" ")[0]
-            ev = run_eval(key, model_dir, task, test, out, args.seed)
-            rows.append({"method": name, "cell_accuracy": ev["cell_accuracy"], "solved_rate": ev["solved_rate"],
-                         "n": ev["n"], "eval_seconds": ev["seconds"],
-                         "train_tokens_per_s": summary["tokens_per_s"] if summary else None,
-                         "train_seconds": summary["seconds"] if summary else None})
-        table = markdown(rows)
-        (out / "results.md").write_text(table + "\n")
-        (out / "results.json").write_text(json.dumps({"plan": plan.__dict__, "seed": args.seed, "rows": rows,
-                                                      "seconds": time.time() - t0}, indent=2) + "\n")
-        plot(out, rows, list(args.methods))
-    except DlmarchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    claim_output(out, args.resume, args.overwrite, "trainers.demo", WRITES)
+    t0 = time.time()
+    print(f"demo ({'quick' if args.quick else 'full'}): building tokenizer, model and data in {out}", file=sys.stderr)
+    task, test = build(out, plan, args.seed)
+    length = max_length(task, out / "init")
+    train = out / "data" / "train.jsonl"
+    print(f"demo: teaching the format ({plan.base_steps} steps of sft from scratch)", file=sys.stderr)
+    base = stage("sft", out / "init", out / "base", train, plan.base_steps, plan.base_lr, plan.batch, length,
+                 args.seed, args.resume)
+    stages = {"untrained": (out / "init", None), "base (sft from scratch)": (out / "base" / "model", base)}
+    extra = {"blockwise": ["--block-size", str(BLOCK_LENGTH)]}
+    for m in args.methods:
+        print(f"demo: fine-tuning the base with {m} ({plan.method_steps} steps)", file=sys.stderr)
+        s = stage(m, out / "base" / "model", out / m, train, plan.method_steps, plan.method_lr, plan.batch, length,
+                  args.seed, args.resume, extra.get(m, []))
+        stages[m] = (out / m / "model", s)
+    rows = []
+    for name, (model_dir, summary) in stages.items():
+        ev = evaluate_model(name.split(" ")[0], model_dir, task, test, out, args.seed, gen_length=GEN_LENGTH,
+                            block_length=BLOCK_LENGTH, steps=GEN_LENGTH // 2)
+        rows.append({"method": name, "cell_accuracy": ev["cell_accuracy"], "solved_rate": ev["solved_rate"],
+                     "n": ev["n"], "eval_seconds": ev["seconds"],
+                     "train_tokens_per_s": summary["tokens_per_s"] if summary else None,
+                     "train_seconds": summary["seconds"] if summary else None})
+    table = markdown(rows)
+    (out / "results.md").write_text(table + "\n")
+    (out / "results.json").write_text(json.dumps({"plan": plan.__dict__, "seed": args.seed, "rows": rows,
+                                                  "seconds": time.time() - t0}, indent=2) + "\n")
+    plot(out, rows, list(args.methods))
     print(table)
     print(f"\ndemo finished in {time.time() - t0:.0f}s: {out / 'results.md'}, {out / 'demo.png'}")
     return 0
+
+
+def main(argv=None) -> int:
+    return pipeline_main(run, argv)
 
 
 if __name__ == "__main__":

@@ -25,27 +25,10 @@ import sys
 import time
 from pathlib import Path
 
-from dlmarch.errors import DlmarchError
 from dlmarch.outputs import atomic_file, check_file_output
 
-from .demo import QUICK, build, max_length, prepare_output, train_stage
-
-
-def grpo_stage(base: Path, out: Path, data: Path, steps: int, seed: int, resume: bool, extra: list[str]) -> dict:
-    from . import grpo
-
-    if (out / "summary.json").exists():
-        return json.loads((out / "summary.json").read_text())
-    args = ["--model", str(base), "--data", str(data), "--task", "sudoku", "--system-prompt", "none",
-            "--output", str(out), "--max-steps", str(steps), "--batch-size", "4", "--num-generations", "8",
-            "--num-iterations", "2", "--gen-length", "32", "--block-length", "32", "--steps", "16",
-            "--lr", "2e-4", "--schedule", "constant", "--warmup-steps", "0", "--save-every", "20",
-            "--seed", str(seed), "--no-progress", *extra]
-    if resume and out.exists():
-        args.append("--resume")
-    if grpo.main(args) != 0:
-        raise DlmarchError(f"the grpo stage failed; see {out}")
-    return json.loads((out / "summary.json").read_text())
+from .demo import QUICK, build, max_length
+from .toy import claim_output, grpo_stage, pipeline_main, pipeline_parser, stage
 
 
 def plot(metrics: Path, figure: Path, title: str) -> None:
@@ -85,43 +68,39 @@ def _our_figure(path: Path) -> bool:
         return FIGURE_TAG.encode() in f.read(1 << 16)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m trainers.grpo_demo", description=__doc__.split("\n\n")[0])
-    p.add_argument("--output", default="runs/grpo-demo")
+def run(argv=None) -> int:
+    p = pipeline_parser("python -m trainers.grpo_demo", __doc__, "runs/grpo-demo", argparse.SUPPRESS)
     p.add_argument("--base-steps", type=int, default=600, help="SFT steps of the cold start (the demo's quick base)")
     p.add_argument("--grpo-steps", type=int, default=40, help="GRPO optimizer steps")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--figure", default=None, help="PNG of the reward curve (default: OUTPUT/reward.png)")
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--overwrite", action="store_true")
     args = p.parse_args(argv)
     out = Path(args.output)
-    try:
-        if args.figure:  # a path outside --output: never an existing file of the user's
-            check_file_output(args.figure, {"--output": out}, "--figure", args.overwrite, _our_figure)
-        prepare_output(out, args.resume, args.overwrite, writes=WRITES, tool="trainers.grpo_demo")
-        t0 = time.time()
-        task, _ = build(out, QUICK, args.seed)
-        length = max_length(task, out / "init")
-        print(f"grpo demo: cold start ({args.base_steps} steps of sft)", file=sys.stderr)
-        train_stage("sft", out / "init", out / "base", out / "data" / "train.jsonl", args.base_steps, QUICK.base_lr,
-                    QUICK.batch, length, args.seed, args.resume, [])
-        rows = [json.loads(x) for x in (out / "data" / "train.jsonl").read_text().splitlines()]
-        puzzles = out / "data" / "puzzles.jsonl"
-        with open(puzzles, "w") as f:  # the same puzzles, with the toy's target as their "solution"
-            for r in rows:
-                puzzle = r["messages"][0]["content"].split(": ")[1].strip()
-                f.write(json.dumps({"puzzle": puzzle, "solution": puzzle.replace("0", "1")}) + "\n")
-        print(f"grpo demo: diffu-GRPO ({args.grpo_steps} steps)", file=sys.stderr)
-        summary = grpo_stage(out / "base" / "model", out / "grpo", puzzles, args.grpo_steps, args.seed, args.resume, [])
-        figure = Path(args.figure) if args.figure else out / "reward.png"
-        plot(out / "grpo" / "metrics.jsonl", figure,
-             f"diffu-GRPO, Sudoku toy (target: empty cells = 1), LLaDA {QUICK.hidden}x{QUICK.layers} after {args.base_steps} SFT steps")
-    except DlmarchError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if args.figure:  # a path outside --output: never an existing file of the user's
+        check_file_output(args.figure, {"--output": out}, "--figure", args.overwrite, _our_figure)
+    claim_output(out, args.resume, args.overwrite, "trainers.grpo_demo", WRITES)
+    t0 = time.time()
+    task, _ = build(out, QUICK, args.seed)
+    length = max_length(task, out / "init")
+    print(f"grpo demo: cold start ({args.base_steps} steps of sft)", file=sys.stderr)
+    stage("sft", out / "init", out / "base", out / "data" / "train.jsonl", args.base_steps, QUICK.base_lr, QUICK.batch,
+          length, args.seed, args.resume)
+    rows = [json.loads(x) for x in (out / "data" / "train.jsonl").read_text().splitlines()]
+    puzzles = out / "data" / "puzzles.jsonl"
+    with open(puzzles, "w") as f:  # the same puzzles, with the toy's target as their "solution"
+        for r in rows:
+            puzzle = r["messages"][0]["content"].split(": ")[1].strip()
+            f.write(json.dumps({"puzzle": puzzle, "solution": puzzle.replace("0", "1")}) + "\n")
+    print(f"grpo demo: diffu-GRPO ({args.grpo_steps} steps)", file=sys.stderr)
+    summary = grpo_stage(out / "base" / "model", out / "grpo", puzzles, args.grpo_steps, args.seed, args.resume)
+    figure = Path(args.figure) if args.figure else out / "reward.png"
+    plot(out / "grpo" / "metrics.jsonl", figure,
+         f"diffu-GRPO, Sudoku toy (target: empty cells = 1), LLaDA {QUICK.hidden}x{QUICK.layers} after {args.base_steps} SFT steps")
     print(f"grpo demo finished in {time.time() - t0:.0f}s: {figure}; {summary.get('model')}")
     return 0
+
+
+def main(argv=None) -> int:
+    return pipeline_main(run, argv)
 
 
 if __name__ == "__main__":

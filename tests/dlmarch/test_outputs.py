@@ -150,13 +150,14 @@ def test_every_writer_refuses_every_probe_and_touches_nothing(root, writer, inp,
 
 @pytest.mark.parametrize("tool", ["demo", "experiments"])
 def test_demo_and_experiments_refuse_a_users_file_or_directory(root, tool):
-    from trainers.demo import prepare_output
+    from trainers.demo import WRITES
+    from trainers.toy import claim_output
 
     before = tree(root)
     for out in (root / "notes.txt", root / "userdir", root / "model"):
         for resume, overwrite in ((False, False), (True, False), (False, True)):
             with pytest.raises(DlmarchError):
-                prepare_output(out, resume, overwrite, tool=tool)
+                claim_output(out, resume, overwrite, f"trainers.{tool}", WRITES)
     assert tree(root) == before
 
 
@@ -164,7 +165,11 @@ def test_demo_and_experiments_refuse_a_users_file_or_directory(root, tool):
 
 
 def test_demo_overwrite_replaces_only_what_the_demo_wrote(tmp_path):
-    from trainers.demo import MARKER, prepare_output
+    from trainers.demo import WRITES
+    from trainers.toy import MARKER, claim_output
+
+    def prepare_output(out, resume, overwrite):
+        claim_output(out, resume, overwrite, "trainers.demo", WRITES)
 
     out = tmp_path / "demo"
     prepare_output(out, False, False)

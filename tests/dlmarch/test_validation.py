@@ -642,15 +642,15 @@ def test_generate_prompts_with_non_string_messages(tmp_path, capsys, templated, 
 
 @pytest.mark.parametrize("case", ["under a file", "results not an object", "results not UTF-8", "config not an object"])
 def test_experiments_output_problems_are_one_line(tmp_path, capsys, case):
-    from trainers.demo import prepare_output
-    from trainers.experiments import main
+    from trainers.experiments.command import WRITES, main
+    from trainers.toy import claim_output
 
     if case == "under a file":
         (tmp_path / "f").write_text("mine")
         out = tmp_path / "f" / "exp"
     else:
         out = tmp_path / "exp"
-        prepare_output(out, resume=True, overwrite=False)  # a directory this command made
+        claim_output(out, True, False, "trainers.experiments", WRITES)  # a directory this command made
         raw = {"results not an object": b"[1, 2]", "results not UTF-8": b'{"a": "\xff"}',
                "config not an object": b'{"config": 5}'}[case]
         (out / "results.json").write_bytes(raw)

@@ -5,6 +5,7 @@ Sudoku task's own validity check."""
 import json
 import math
 import random
+import statistics
 
 import pytest
 import torch
@@ -99,7 +100,7 @@ def test_ar_refuses_a_masked_diffusion_model(tmp_path, capsys):
 
 def test_t_interval_is_scipys():
     stats = pytest.importorskip("scipy.stats")
-    from trainers.experiments import t_interval
+    from trainers.experiments.stats import t_interval
 
     rng = random.Random(0)
     for n in (2, 3, 5, 10, 30):
@@ -110,7 +111,7 @@ def test_t_interval_is_scipys():
 
 
 def test_traces_lead_to_the_answer():
-    from trainers.experiments import countdown_trace, sudoku_trace, task_setup
+    from trainers.experiments.setting import countdown_trace, sudoku_trace, task_setup
     from trainers.tasks.d1 import countdown_correct, countdown_value
     from trainers.tasks.sudoku import is_valid_solution
 
@@ -127,11 +128,12 @@ def test_traces_lead_to_the_answer():
 
 
 def test_every_character_of_the_rows_has_a_token():
-    from trainers.demo import TAGS
-    from trainers.experiments import CHARS, TASKS, task_setup
-    from trainers.tokenizer import build_char_tokenizer
+    from trainers.experiments.setting import TASKS, mixture, task_setup, tokenizer
 
-    tok = build_char_tokenizer(CHARS, words=TAGS, pad_to=8)
+    tok = tokenizer()
+    for row in mixture(200, 0):
+        ids = tok(row["text"], add_special_tokens=False)["input_ids"]
+        assert tok.unk_token_id not in ids, row
     for name in TASKS:
         task, response = task_setup(name)
         for row in task.generate(20, 0):
@@ -142,7 +144,7 @@ def test_every_character_of_the_rows_has_a_token():
 
 
 def test_a_users_directory_is_refused_untouched(tmp_path, capsys):
-    from trainers.experiments import main
+    from trainers.experiments.command import main
 
     user = tmp_path / "notes"
     user.mkdir()
@@ -152,16 +154,72 @@ def test_a_users_directory_is_refused_untouched(tmp_path, capsys):
     assert [p.name for p in user.iterdir()] == ["report.md"] and (user / "report.md").read_text() == "mine"
 
 
+def test_detectable_difference_has_80_percent_power():
+    """The stated smallest detectable difference: a two-sided t-test at 5% with n seeds a side has
+    power about 0.80 against it (exact, scipy's noncentral t: 0.77 at n = 2, closer above)."""
+    stats = pytest.importorskip("scipy.stats")
+    from trainers.experiments.stats import T80, detectable_difference, pooled_sd
+
+    assert [round(stats.t.ppf(0.8, d), 3) for d in range(1, 31)] == list(T80)
+    for n in (2, 3, 5, 10):
+        sd = 0.013
+        delta, df = detectable_difference(sd, n), 2 * n - 2
+        nc = delta / (sd * math.sqrt(2 / n))
+        crit = stats.t.ppf(0.975, df)
+        power = 1 - stats.nct.cdf(crit, df, nc) + stats.nct.cdf(-crit, df, nc)
+        assert 0.76 < power < 0.82 and (n < 3 or abs(power - 0.80) < 0.02), (n, power)
+    xs, ys = [0.1, 0.3, 0.2], [0.5, 0.9]
+    want = math.sqrt((2 * statistics.variance(xs) + statistics.variance(ys)) / 3)
+    assert math.isclose(pooled_sd([xs, ys]), want)
+
+
+def test_pretraining_mixture_never_shows_a_tasks_format():
+    """The base's texts hold none of the fine-tuning rows' markers (tags, grid words, targets, chat
+    turns), and every kind of text appears."""
+    from trainers.experiments.setting import MIXTURE, mixture
+
+    rows = mixture(400, 1)
+    assert len({r["text"].split(" ")[0] for r in rows if not r["text"][0].isdigit()}) == len(MIXTURE) - 2
+    for r in rows:
+        for marker in ("<", "Sudoku", "puzzle", "numbers", "equals", "answer", "[", "user"):
+            assert marker not in r["text"], r
+
+
+def test_model_at_a_budget_is_that_checkpoints_weights(tmp_path):
+    """A curve point is the run's weights at that step: the checkpoint's tensors, not the start's."""
+    from dlmarch import safetensors_io as st
+    from dlmarch.registry import load_pretrained
+    from tests.helpers import tiny_model_dir
+    from trainers.experiments.budgets import model_at
+
+    start = tmp_path / "start"
+    tiny_model_dir(start)
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step-00000002").mkdir(parents=True)
+    model = load_pretrained(start)
+    weights = {k: v + 1.0 for k, v in model.state_dict().items()}
+    st.save_file(weights, run / "checkpoints" / "step-00000002" / "weights.safetensors")
+    (run / "summary.json").write_text(json.dumps({"steps": 4}))
+    (run / "model").mkdir()
+    got = load_pretrained(model_at(run, start, 2)).state_dict()
+    assert all(torch.equal(got[k], weights[k]) for k in weights)
+    assert model_at(run, start, 4) == run / "model"
+
+
 @pytest.mark.slow
 def test_quick_run_writes_every_result(tmp_path):
     """The one end-to-end run: every experiment at tiny budgets; the schema, finite scores, plots and
     report; a second run with the same command reuses every finished stage."""
-    from trainers.experiments import BLOCKS, METHODS, ODE_EVALS, TASKS, main
+    from trainers.experiments.blocks import BLOCKS
+    from trainers.experiments.command import main
+    from trainers.experiments.l2d import ODE_EVALS
+    from trainers.experiments.setting import METHODS, QUICK, TASKS
 
     out = tmp_path / "exp"
     assert main(["--quick", "--output", str(out)]) == 0
     r = json.loads((out / "results.json").read_text())
-    assert set(r) == {"methods", "block_size", "l2d_steps", "cost", "config", "base", "cost_per_item"}
+    assert set(r) == {"methods", "block_size", "l2d_steps", "cost", "config", "base", "cost_per_item", "curves",
+                      "detectable", "gap", "rl"}
     assert set(r["methods"]) == set(TASKS) and all(set(r["methods"][t]) == set(METHODS) for t in TASKS)
 
     def score(x):
@@ -171,23 +229,31 @@ def test_quick_run_writes_every_result(tmp_path):
     assert [score(r["base"][t]) for t in TASKS]
     for task in TASKS:
         for m in METHODS:
-            e = r["methods"][task][m]
+            e, c = r["methods"][task][m], r["curves"][task][m]
             assert len(e["seeds"]) == len(e["scores"]) >= 2 and [score(s) for s in e["scores"]]
             assert e["ci95"][0] <= score(e["mean"]) <= e["ci95"][1] and all(map(math.isfinite, e["ci95"]))
+            assert c["budgets"] == list(QUICK.budgets) and c["scores"][-1] == e["scores"] and len(c["mean"]) == len(c["budgets"])
+        assert math.isfinite(r["detectable"][task]["difference"])
     b = r["block_size"]
     assert b["train"] == b["decode"] == list(BLOCKS) and [[score(x) for x in row] for row in b["accuracy"]]
-    assert len(b["accuracy"]) == 3 and all(len(row) == 3 for row in b["accuracy"])
+    assert len(b["accuracy"]) == 3 and all(len(row) == 3 for row in b["accuracy"]) and len(b["sft"]) == 3
     for solver, counts in ODE_EVALS.items():
         assert sorted(map(int, r["l2d_steps"][solver])) == list(counts)
         [score(x) for x in r["l2d_steps"][solver].values()]
         for n in counts:  # the sampler spent what the key says (+ the final read-out)
-            s = json.loads((out / "l2d" / f"eval-l2d-{solver}-{n}.summary.json").read_text())
+            s = json.loads((out / "l2d" / f"eval-l2d-s0-{solver}-{n}.summary.json").read_text())
             assert s["evaluations_per_token"] == n + 1
     score(r["l2d_steps"]["main_only"]), score(r["l2d_steps"]["ar_finetune"])
+    g = r["gap"]
+    assert len(g["causal"]) == len(g["mdm"]) == 3 and [score(x) for x in [*g["causal"], *g["mdm_decoding"].values()]]
+    for start in ("sft", "gift"):
+        x = r["rl"]["starts"][start]
+        assert len(x["reward"]) == len(QUICK.seeds) and all(len(c) == QUICK.rl_steps for c in x["reward"])
+        [score(v) for v in x["after"]]
     assert set(r["cost"]) == set(r["cost_per_item"]) == {*METHODS, "ar", "l2d"}
     assert r["cost"]["sft"] == r["cost_per_item"]["sft"] == 1.0
     assert all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in [*r["cost"].values(), *r["cost_per_item"].values()])
-    for png in ("methods", "block_size", "l2d_steps", "cost"):
+    for png in ("methods", "block_size", "l2d_steps", "cost", "gap", "rl"):
         assert (out / f"{png}.png").stat().st_size > 5000
     text = (out / "report.md").read_text()
     assert "## What comes out" in text and "method_lr" in text

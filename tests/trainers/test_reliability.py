@@ -392,7 +392,11 @@ def test_l2d_checkpoint_refuses_a_changed_main_path_of_the_same_shape(tmp_path):
 
 def test_demo_overwrite_never_deletes_a_users_directory(tmp_path):
     """`trainers.demo --overwrite` replaces only a directory a demo wrote (its marker file)."""
-    from trainers.demo import MARKER, prepare_output
+    from trainers.demo import WRITES
+    from trainers.toy import MARKER, claim_output
+
+    def prepare_output(out, resume, overwrite):
+        claim_output(out, resume, overwrite, "trainers.demo", WRITES)
 
     user = tmp_path / "mine"
     user.mkdir()
