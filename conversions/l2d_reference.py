@@ -20,7 +20,10 @@ from dlmarch.config import read_json
 from dlmarch.errors import CheckpointError, ConfigError
 from dlmarch.hub import local_model_dir
 from dlmarch.keymaps import plan
-from dlmarch.models.l2d import L2DConfig, L2DModel, load_main, reference_name
+from dlmarch.models.l2d import L2DModel
+from dlmarch.models.l2d_checkpoint import load_main
+from dlmarch.models.l2d_config import L2DConfig
+from dlmarch.models.l2d_reference import reference_name
 
 from .hf import Report, parse_dtype, replaceable
 

@@ -5,7 +5,8 @@ from .masks import AttentionMask
 from .models import CausalLM, LLaDAModel, ModelOutput, TransformerLM
 from .models.causal import LlamaConfig, Qwen2Config
 from .models.dream import DreamConfig, DreamModel
-from .models.l2d import L2DConfig, L2DModel
+from .models.l2d import L2DModel
+from .models.l2d_config import L2DConfig
 from .models.llada import LLaDAConfig
 from .models.llada2 import LLaDA2Config, LLaDA2Model
 from .models.lladamoe import LLaDAMoEConfig, LLaDAMoEModel

@@ -7,6 +7,7 @@ which names the family so that a native checkpoint knows what it holds.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -14,7 +15,7 @@ import re
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 from .errors import ConfigError
 
@@ -294,6 +295,71 @@ def _eos_out(cfg: "TransformerConfig"):
     if ids and ids[0] == cfg.eos_token_id:
         return list(ids)
     return cfg.eos_token_id
+
+
+# --- HF field tables: each family's config.json fields that are config fields ---------------------------
+
+REQUIRED = object()  # an HFField default: config.json must have the field
+
+
+@dataclass(frozen=True)
+class HFField:
+    """A config.json field `hf` that is the config field `ours`.
+
+    read: how from_hf checks it ("count": a positive integer, "number": a positive number, "flag":
+    true or false, "token": an id, or the first of a list, "value": as is), None where the family reads it itself;
+    default: its value when config.json lacks it (REQUIRED: an error naming it); out: to_hf's value,
+    cfg -> value, where it is not `ours` as is (ours None: a field of config.json only)."""
+
+    hf: str
+    ours: str | None
+    read: str | None = None
+    default: object = REQUIRED
+    out: Callable | None = None
+
+
+# A decoder's shape as transformers' config.json names it (Llama's, and most families'); from_hf reads
+# num_key_value_heads itself (its default is num_attention_heads).
+HF_SHAPE_FIELDS = (
+    HFField("vocab_size", "vocab_size", "count"),
+    HFField("hidden_size", "hidden_size", "count"),
+    HFField("num_hidden_layers", "num_layers", "count"),
+    HFField("num_attention_heads", "num_heads", "count"),
+    HFField("num_key_value_heads", "num_kv_heads"),
+)
+
+_READERS = {"count": _positive_int, "number": lambda v, name: _number(v, name, positive=True), "flag": _flag,
+            "token": lambda v, name: _first(v), "value": lambda v, name: v}
+
+
+def hf_read(hf: dict, table, family: str) -> dict:
+    """{our field: checked value} of the fields of `table` that have a `read`, in its order."""
+    kw = {}
+    for f in table:
+        if f.read is not None:
+            value = _need(hf, f.hf, family) if f.default is REQUIRED else hf.get(f.hf, f.default)
+            kw[f.ours] = _READERS[f.read](value, f.hf)
+    return kw
+
+
+def hf_known(table, *others: str) -> set:
+    """The config.json names a family models (its table's and `others`): the rest is hf_extra."""
+    return {f.hf for f in table} | set(others)
+
+
+def hf_write(cfg: "TransformerConfig", head: dict, table) -> dict:
+    """A family's config.json: `head` (architectures, model_type, constants), then the fields kept
+    in hf_extra from import, then the fields of `table` in its order (which win over both)."""
+    out = copy.deepcopy(head)
+    out.update(cfg.hf_extra)
+    out.pop("eos_token_ids", None)  # written back as the list eos_token_id (_eos_out)
+    out.update({f.hf: f.out(cfg) if f.out else getattr(cfg, f.ours) for f in table})
+    return out
+
+
+def hf_rope_scaling(cfg: "TransformerConfig") -> dict | None:
+    """rope_scaling as config.json writes it (a copy; null when there is none)."""
+    return dict(cfg.rope_scaling) if cfg.rope_scaling else None
 
 
 def check_regular_file(path: str | Path, kind: str = "file") -> None:

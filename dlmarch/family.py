@@ -104,17 +104,17 @@ def read_native_config(directory: str | Path) -> dict:
     return data
 
 
-def load_transformer(path: str | Path, families, dtype: torch.dtype | None = None, device=None,
-                     **config_overrides) -> torch.nn.Module:
+def load_transformer(path: str | Path, families, dtype: torch.dtype | None = None, device=None, *,
+                     config_json: dict | None = None, **config_overrides) -> torch.nn.Module:
     """A TransformerLM of one of `families` from a native directory or an HF directory: built on the
     meta device, every tensor assigned as it is read (no second copy in memory). `path` may be a hub
-    id (dlmarch.hub)."""
+    id (dlmarch.hub); `config_json`, its config.json when the caller has read it (not read again)."""
     from .hub import local_model_dir
 
     path = local_model_dir(path)
     if not path.is_dir():
         raise ConfigError(f"{path}: not a directory")
-    raw = read_json(path / "config.json")
+    raw = read_json(path / "config.json") if config_json is None else config_json
     if raw.get("format") == NATIVE_FORMAT:
         config = config_from_native(raw, families, path / "config.json")
         rename, ignorable, where = (lambda n: n), (lambda n: False), f"{path} (native {config.family})"

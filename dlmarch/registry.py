@@ -50,12 +50,14 @@ def config_from_pretrained(path: str | Path) -> TransformerConfig:
 
 
 def load_pretrained(path: str | Path, dtype: torch.dtype | None = None, device=None, **config_overrides) -> nn.Module:
-    """A model of any family from its directory (native, or HF converted on the fly)."""
+    """A model of any family from its directory (native, or HF converted on the fly). Its config.json
+    is read once: the class's loader takes it as read."""
     path = local_model_dir(path)
     if not path.is_dir():
         raise ConfigError(f"{path}: not a directory")
-    cls = model_class_of(read_json(path / "config.json"), path / "config.json")
-    return cls.from_pretrained(path, dtype=dtype, device=device, **config_overrides)
+    raw = read_json(path / "config.json")
+    cls = model_class_of(raw, path / "config.json")
+    return cls.from_pretrained(path, dtype=dtype, device=device, config_json=raw, **config_overrides)
 
 
 class AutoModel:

@@ -14,7 +14,8 @@ from functools import partial
 
 from dlmarch.config import read_json
 from dlmarch.errors import DlmarchError
-from dlmarch.models.l2d import L2DConfig, L2DModel
+from dlmarch.models.l2d import L2DModel
+from dlmarch.models.l2d_config import L2DConfig
 
 from .cli import run
 from .objectives.l2d import l2d

@@ -313,17 +313,20 @@ class TransformerLM(nn.Module):
 
     # --- checkpoints ------------------------------------------------------------------------------------
     @classmethod
-    def from_pretrained(cls, path: str | Path, dtype: torch.dtype | None = None, device=None, **config_overrides):
+    def from_pretrained(cls, path: str | Path, dtype: torch.dtype | None = None, device=None, *,
+                        config_json: dict | None = None, **config_overrides):
         """Load an HF directory of a supported family (converted on the fly) or a native one.
 
         The model is built on the meta device and every tensor is assigned as it is read, so a large
         checkpoint never exists twice in memory. `config_overrides` (e.g. attn_backend='flex') replace
-        config fields.
+        config fields. `config_json`: the directory's config.json when the caller has read it already
+        (`dlmarch.registry.load_pretrained`), so that it is not read again.
         """
         families = [f for f in cls.families if issubclass(f.model_class, cls)]
         if not families:
             raise TypeError(f"{cls.__name__} is not a model family; load with its family's class or dlmarch.AutoModel")
-        return load_transformer(path, families, dtype=dtype, device=device, **config_overrides)
+        return load_transformer(path, families, dtype=dtype, device=device, config_json=config_json,
+                                **config_overrides)
 
     def save_pretrained(self, path: str | Path, max_shard_size: int = 5 * 2**30, decoding: dict | None = None) -> None:
         """Write a native checkpoint (config.json + safetensors, sharded with an index when large),

@@ -7,12 +7,39 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..config import (TransformerConfig, _eos_out, _expect, _extra, _first, _flag, _hf_rope, _need, _number,
-                      _positive_int)
+from ..config import (HF_SHAPE_FIELDS, HFField, TransformerConfig, _eos_out, _expect, _extra, _flag, _hf_rope,
+                      _positive_int, hf_known, hf_read, hf_rope_scaling, hf_write)
 from ..errors import ConfigError
 from ..family import Family
 from ..keymaps import KeyTable
 from .base import TransformerLM
+
+
+def _rope_parameters(cfg: "LlamaConfig") -> dict:
+    """transformers 5.x's spelling of the rotary settings (rope_theta and rope_type in one object)."""
+    params = {"rope_theta": cfg.rope_theta, "rope_type": "default"}
+    if cfg.rope_scaling:
+        params.update(cfg.rope_scaling)
+        params.setdefault("rope_type", params.pop("type", "default"))
+    return params
+
+
+# Llama's config.json fields (Qwen2's and Dream's too), in the order to_hf writes them; from_hf reads
+# num_key_value_heads and head_dim (defaults derived from the others) and the rotary fields itself.
+LLAMA_FIELDS = HF_SHAPE_FIELDS + (
+    HFField("intermediate_size", "intermediate_size", "count"),
+    HFField("head_dim", "head_dim"),
+    HFField("rms_norm_eps", "rms_norm_eps", "number", 1e-6),
+    HFField("tie_word_embeddings", "tie_word_embeddings", "flag", False),
+    HFField("max_position_embeddings", "max_position_embeddings", "count", 2048),
+    HFField("bos_token_id", "bos_token_id", "token", None),
+    HFField("eos_token_id", "eos_token_id", "token", None, out=_eos_out),
+    HFField("pad_token_id", "pad_token_id", "token", None),
+    # Both spellings, so that transformers 4.x and 5.x read the same rotary settings.
+    HFField("rope_theta", "rope_theta"),
+    HFField("rope_scaling", "rope_scaling", out=hf_rope_scaling),
+    HFField("rope_parameters", None, out=_rope_parameters),
+)
 
 
 @dataclass
@@ -28,32 +55,16 @@ class LlamaConfig(TransformerConfig):
     def _common_hf(cls, hf: dict, f: str) -> dict:
         _expect(hf, "hidden_act", ("silu",), f)
         theta, scaling = _hf_rope(hf)
-        n_heads = _positive_int(_need(hf, "num_attention_heads", f), "num_attention_heads")
-        hidden = _positive_int(_need(hf, "hidden_size", f), "hidden_size")
-        known = {
-            "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
-            "intermediate_size", "head_dim", "rope_theta", "rope_scaling", "rope_parameters",
-            "rms_norm_eps", "attention_bias", "mlp_bias", "tie_word_embeddings",
-            "max_position_embeddings", "bos_token_id", "eos_token_id", "pad_token_id", "vocab_size",
-        }
-        return dict(
-            vocab_size=_positive_int(_need(hf, "vocab_size", f), "vocab_size"),
-            hidden_size=hidden,
-            num_layers=_positive_int(_need(hf, "num_hidden_layers", f), "num_hidden_layers"),
-            num_heads=n_heads,
-            num_kv_heads=_positive_int(hf.get("num_key_value_heads") or n_heads, "num_key_value_heads"),
-            intermediate_size=_positive_int(_need(hf, "intermediate_size", f), "intermediate_size"),
-            head_dim=_positive_int(hf.get("head_dim") or hidden // n_heads, "head_dim"),
+        kw = hf_read(hf, LLAMA_FIELDS, f)
+        heads = kw["num_heads"]
+        kw.update(
+            num_kv_heads=_positive_int(hf.get("num_key_value_heads") or heads, "num_key_value_heads"),
+            head_dim=_positive_int(hf.get("head_dim") or kw["hidden_size"] // heads, "head_dim"),
             rope_theta=theta,
             rope_scaling=scaling,
-            rms_norm_eps=_number(hf.get("rms_norm_eps", 1e-6), "rms_norm_eps", positive=True),
-            tie_word_embeddings=_flag(hf.get("tie_word_embeddings", False), "tie_word_embeddings"),
-            max_position_embeddings=_positive_int(hf.get("max_position_embeddings", 2048), "max_position_embeddings"),
-            bos_token_id=_first(hf.get("bos_token_id")),
-            eos_token_id=_first(hf.get("eos_token_id")),
-            pad_token_id=_first(hf.get("pad_token_id")),
-            hf_extra=_extra(hf, known),
+            hf_extra=_extra(hf, hf_known(LLAMA_FIELDS, "attention_bias", "mlp_bias")),
         )
+        return kw
 
     @classmethod
     def from_hf(cls, hf: dict) -> "LlamaConfig":
@@ -62,33 +73,8 @@ class LlamaConfig(TransformerConfig):
         return cls(qkv_bias=bias, out_bias=bias, mlp_bias=_flag(hf.get("mlp_bias", False), "mlp_bias"), **kw)
 
     def _common_to_hf(self) -> dict:
-        out = {"architectures": [self._architecture], "model_type": self._model_type, "hidden_act": "silu"}
-        out.update(self.hf_extra)
-        out.pop("eos_token_ids", None)
-        out.update(
-            vocab_size=self.vocab_size,
-            hidden_size=self.hidden_size,
-            num_hidden_layers=self.num_layers,
-            num_attention_heads=self.num_heads,
-            num_key_value_heads=self.num_kv_heads,
-            intermediate_size=self.intermediate_size,
-            head_dim=self.head_dim,
-            rms_norm_eps=self.rms_norm_eps,
-            tie_word_embeddings=self.tie_word_embeddings,
-            max_position_embeddings=self.max_position_embeddings,
-            bos_token_id=self.bos_token_id,
-            eos_token_id=_eos_out(self),
-            pad_token_id=self.pad_token_id,
-        )
-        # Both spellings, so that transformers 4.x and 5.x read the same rotary settings.
-        out["rope_theta"] = self.rope_theta
-        out["rope_scaling"] = dict(self.rope_scaling) if self.rope_scaling else None
-        params = {"rope_theta": self.rope_theta, "rope_type": "default"}
-        if self.rope_scaling:
-            params.update(self.rope_scaling)
-            params.setdefault("rope_type", params.pop("type", "default"))
-        out["rope_parameters"] = params
-        return out
+        head = {"architectures": [self._architecture], "model_type": self._model_type, "hidden_act": "silu"}
+        return hf_write(self, head, LLAMA_FIELDS)
 
     def to_hf(self) -> dict:
         if self.qkv_bias != self.out_bias:

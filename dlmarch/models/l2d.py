@@ -18,263 +18,32 @@ diffusion token at position i carries token i + 1 and uses RoPE position i.
 Native parameter names: `main.*` (the frozen main path, not saved with the L2D weights),
 `flow_embed`, `flow_in`, `time_embed`, `class_embed`, `blocks.N.{q_proj, attn_out, ff_proj,
 up_proj, ff_out}` (`.weight` for full copies, `.A`/`.B` for LoRA), `block_mod.N`, `out_mod`.
+
+This module is the model; beside it: its options (`l2d_config`, under the reference's names
+`l2d_reference`), its sampler's solvers and x1 temperature (`l2d_schedule`), `lora`, and its checkpoints
+(`l2d_checkpoint`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import os
-import re
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..checkpoint import NATIVE_FORMAT, WeightFiles, copy_weights, is_weight_file, native_header, write_weights
-from ..outputs import atomic_update, write_json
-from ..config import _positive_int, read_json, strict_dataclass
-from ..errors import ConfigError
-from ..family import Family, config_from_dict, read_native_config
-from ..hub import is_hub_id, local_model_dir, snapshot_repo_id
-from ..layers import Block, Modulation, rope_tables
 from ..attention import compute_dtype, resolve_backend
+from ..errors import ConfigError
+from ..family import Family
+from ..layers import Block, Modulation, rope_tables
 from ..masks import AttentionMask, Tokens, pack_selected
 from .base import ModelOutput, check_fits
 from .causal import CausalLM
-
-
-@dataclass
-class L2DConfig:
-    """L2D options, with the defaults of the paper's Llama/Qwen2 runs (docs/l2d.md). `from_reference` reads SakanaAI/L2D's option names."""
-
-    flow_dim: int = 256  # flow_representation_dim
-    flow_embed_layers: int = 1  # flow_representation_num_layers
-    flow_normalize: bool = True  # flow_representation_normalize
-    flow_rescaling: str = "mult"  # flow_representation_rescaling: mult (x sqrt F), div, none
-    noise_scale: float = 64.0  # noise_rescaling
-    flow_in_layers: int = 2  # flow_to_lm_translation_depth
-    flow_in_hidden: int | None = 256  # flow_to_lm_hidden_size (None: the main hidden size)
-    flow_in_time_rescaling: float = 1.0  # flow_to_lm_timestep_rescaling (0: no division by std(t))
-    flow_in_fp32: bool = True  # flow_to_lm_rescale_in_float32
-    time_freq_size: int = 256  # timestep_modulation_freq_embedding_size
-    time_hidden: int | None = 256  # timestep_modulation_hidden_size (None: the main hidden size)
-    time_layers: int = 2  # timestep_modulation_num_layers
-    full_dit_modulation: bool = True  # 6 adaLN terms per layer (else 2: the norm scales only)
-    freeze_modulation_at_flow_start: bool = False
-    preserve_behavior_at_flow_start: bool = True
-    adapter: str = "lora"  # "lora" (separate_flow_params_with_lora) or "full" (copies of the main weights)
-    lora_rank: int = 32
-    lora_alpha: float = 32.0
-    num_classes: int | None = None  # guidance_modulation_num_classes (null class = num_classes)
-    class_dropout: float = 0.2  # guidance_modulation_training_dropout
-    noise_schedule: str = "identity"  # identity | cosmap (training t)
-    min_training_noise: float = 0.0
-    # Sampling defaults (the reference keeps them on the model too: ode_kwargs, nstep_*).
-    ode_steps: int = 8  # grid points (midpoint: 2 evaluations per interval)
-    solver: str = "midpoint"  # ode_kwargs["method"]: euler, midpoint built in; the others through torchdiffeq
-    ode_atol: float = 1e-5  # ode_kwargs["atol"] (adaptive solvers)
-    ode_rtol: float = 1e-5  # ode_kwargs["rtol"]
-    ode_options: dict | None = None  # ode_kwargs["options"], e.g. {"first_step": 0.05}
-    final_timestep: float = 1.0
-    x1_estimation: str = "sample"  # sample: table row of the argmax/sampled token; average: expectation
-    temperature: float | str = 0.0  # nstep_temperature_schedule: x1 temperature, or "polynomial_<p>_<end>"
-    normalize_x1: bool = False  # nstep_normalize_x1_predictions (temperature > 0, not with clamp_x1)
-    clamp_x1: bool = False  # nstep_clamp_predictions ("average": the table row nearest the expectation)
-    guidance: float | None = None  # nstep_guidance_parameter (w); None: 1.0 when classes exist
-
-    def __post_init__(self):
-        # Sizes first: a string or an absurd count would otherwise reach a Linear's allocation.
-        for name in ("flow_dim", "flow_embed_layers", "flow_in_layers", "time_freq_size", "time_layers", "lora_rank",
-                     "ode_steps"):
-            _positive_int(getattr(self, name), f"L2D {name}")
-        for name in ("flow_in_hidden", "time_hidden", "num_classes"):
-            if getattr(self, name) is not None:
-                _positive_int(getattr(self, name), f"L2D {name}")
-        if self.adapter not in ("lora", "full"):
-            raise ConfigError(f"L2D adapter must be 'lora' or 'full', found {self.adapter!r}")
-        if self.flow_rescaling not in ("mult", "div", "none"):
-            raise ConfigError(f"L2D flow_rescaling must be mult, div or none, found {self.flow_rescaling!r}")
-        if self.noise_schedule not in ("identity", "cosmap"):
-            raise ConfigError(f"L2D noise_schedule must be identity or cosmap, found {self.noise_schedule!r}")
-        if self.solver not in SOLVERS:
-            raise ConfigError(f"L2D solver must be one of {SOLVERS}, found {self.solver!r}")
-        if self.x1_estimation not in ("sample", "average"):
-            raise ConfigError(f"L2D x1_estimation must be sample or average, found {self.x1_estimation!r}")
-        x1_temperature_schedule(self.temperature)  # refuses an unknown schedule by name
-        if self.freeze_modulation_at_flow_start and not self.preserve_behavior_at_flow_start:
-            raise ConfigError("freeze_modulation_at_flow_start needs preserve_behavior_at_flow_start")
-
-    def num_params(self, main) -> int:
-        """Parameters of the diffusion path on a main path of config `main` (its blocks are built at
-        the main's shape, then LoRA-wrapped or kept): for the memory check before building it."""
-        H, Fd, ht = main.hidden_size, self.flow_dim, self.time_hidden or main.hidden_size
-        fh = self.flow_in_hidden or H
-
-        def mlp_params(sizes):
-            return sum(a * b + b for a, b in zip(sizes[:-1], sizes[1:]))
-
-        n = mlp_params([H] + [Fd] * self.flow_embed_layers) + mlp_params([Fd] + [fh] * (self.flow_in_layers - 1) + [H])
-        n += mlp_params([self.time_freq_size] + [ht] * self.time_layers) + mlp_params([ht, ht, H])
-        n += ((self.num_classes or 0) + 1) * ht
-        per_layer = mlp_params([ht, ht, 6 * H]) + main.num_params(include_embedding=False) // main.num_layers
-        return n + main.num_layers * per_layer
-
-    @property
-    def flow_scale(self) -> float:
-        """Norm of a target embedding e_y (normalize * this)."""
-        return {"mult": math.sqrt(self.flow_dim), "div": 1 / math.sqrt(self.flow_dim), "none": 1.0}[self.flow_rescaling]
-
-    @property
-    def target_variance(self) -> float:
-        """The variance per dimension the flow-to-LM rescaling assumes for x_1."""
-        return {"mult": 1.0, "div": 1 / self.flow_dim**2, "none": 1 / self.flow_dim}[self.flow_rescaling]
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "L2DConfig":
-        return strict_dataclass(cls, d, "L2D option(s)")
-
-    @classmethod
-    def from_reference(cls, opts: dict, main_hidden: int) -> "L2DConfig":
-        """Options as SakanaAI/L2D names them (its .cfg / flow_kwargs.json); missing ones take that
-        code's defaults. Settings we do not implement are refused by name."""
-
-        def need(name, allowed, default):
-            value = opts.get(name, default)
-            if value not in allowed:
-                raise ConfigError(f"L2D option {name}={value!r} is not supported (supported: {allowed})")
-            return value
-
-        need("base_params_to_freeze", ("all",), "none")
-        need("flow_representation_space", ("mapping",), "mapping")
-        need("modulate_hidden_states", (False,), False)
-        need("separate_flow_params", (True,), False)
-        need("self_attention_on_flow_sequence", (False,), False)
-        need("velocity_schedule", ("constant",), "constant")
-        need("minimum_training_noise_units", ("time",), "time")
-        layers = opts.get("flow_representation_num_layers")
-        if not layers:
-            raise ConfigError("L2D option flow_representation_num_layers is required for the 'mapping' space")
-        rescaling = opts.get("flow_representation_rescaling") or "none"
-        lora_rank = int(opts.get("flow_lora_rank", 8))
-        alpha = opts.get("flow_lora_alpha")
-        alpha = 2.0 * lora_rank if alpha in (None, -1) else float(alpha)
-        ode = dict(opts.get("ode_kwargs") or {"atol": 1e-5, "rtol": 1e-5, "method": "midpoint"})
-        if "ode_solver" in opts:  # the benchmark's names, turned into ode_kwargs as its build_ode_solver does
-            solver = opts["ode_solver"]
-            fixed = ("euler", "midpoint", "heun", "heun2", "heun3", "rk4")
-            adaptive = ("adaptive_heun", "fehlberg2", "bosh3")
-            if solver not in fixed + adaptive:
-                raise ConfigError(f"L2D option ode_solver={solver!r} is not supported (supported: {fixed + adaptive})")
-            ode = {"atol": opts.get("ode_solver_atol", 1e-5), "rtol": opts.get("ode_solver_rtol", 1e-5),
-                   "method": solver}
-            if solver in adaptive:
-                ode["options"] = {"first_step": 0.05}
-        method = ode.pop("method", None)
-        if method is None:  # the reference indexes ode_kwargs["method"] unconditionally
-            raise ConfigError("L2D option ode_kwargs has no 'method'")
-        method = "heun2" if method == "heun" else method  # as the reference's nstep_inference renames it
-        if method not in SOLVERS:
-            raise ConfigError(f"L2D option ode_kwargs method={method!r} is not supported (supported: {SOLVERS})")
-        atol, rtol, ode_options = ode.pop("atol", 1e-5), ode.pop("rtol", 1e-5), ode.pop("options", None)
-        if ode:
-            raise ConfigError(f"L2D option ode_kwargs: {sorted(ode)} not supported (method, atol, rtol, options)")
-        trs = opts.get("flow_to_lm_timestep_rescaling")
-        return cls(
-            flow_dim=int(opts.get("flow_representation_dim") or main_hidden),
-            flow_embed_layers=int(layers),
-            flow_normalize=bool(opts.get("flow_representation_normalize", True)),
-            flow_rescaling=rescaling,
-            noise_scale=float(opts.get("noise_rescaling", 1.0)),
-            flow_in_layers=int(opts.get("flow_to_lm_translation_depth", 2)),
-            flow_in_hidden=opts.get("flow_to_lm_hidden_size"),
-            flow_in_time_rescaling=float(trs) if trs and trs > 0 else 0.0,
-            flow_in_fp32=bool(opts.get("flow_to_lm_rescale_in_float32", False)),
-            time_freq_size=int(opts.get("timestep_modulation_freq_embedding_size", 256)),
-            time_hidden=opts.get("timestep_modulation_hidden_size"),
-            time_layers=int(opts.get("timestep_modulation_num_layers", 2)),
-            full_dit_modulation=bool(opts.get("full_dit_modulation", False)),
-            freeze_modulation_at_flow_start=bool(opts.get("freeze_modulation_at_flow_start", False)),
-            preserve_behavior_at_flow_start=bool(opts.get("preserve_behavior_at_flow_start", True)),
-            adapter="lora" if opts.get("separate_flow_params_with_lora", False) else "full",
-            lora_rank=lora_rank,
-            lora_alpha=alpha,
-            num_classes=opts.get("guidance_modulation_num_classes") or None,
-            class_dropout=float(opts.get("guidance_modulation_training_dropout", 0.2)),
-            noise_schedule=need("noise_schedule", ("identity", "cosmap"), "identity"),
-            min_training_noise=float(opts.get("minimum_training_noise") or 0.0),
-            solver=method,
-            ode_atol=float(atol),
-            ode_rtol=float(rtol),
-            ode_options=ode_options,
-            final_timestep=float(opts.get("nstep_final_timestep", 1.0)),
-            x1_estimation=str(opts.get("nstep_x1_estimation", "average")).lower(),
-            temperature=_reference_temperature(opts.get("nstep_temperature_schedule")),
-            normalize_x1=bool(opts.get("nstep_normalize_x1_predictions", False)),
-            clamp_x1=bool(opts.get("nstep_clamp_predictions", False)),
-            guidance=opts.get("nstep_guidance_parameter"),
-        )
-
-
-# euler and midpoint are built in (the same arithmetic as torchdiffeq's); the others are torchdiffeq's
-# own (the optional extra `l2d`), under its names, as the reference passes them to odeint.
-BUILTIN_SOLVERS = ("euler", "midpoint")
-SOLVERS = BUILTIN_SOLVERS + ("heun2", "heun3", "rk4", "explicit_adams", "implicit_adams", "fixed_adams",
-                             "adaptive_heun", "fehlberg2", "bosh3", "dopri5", "dopri8")
-
-
-def _reference_temperature(value) -> float | str:
-    """nstep_temperature_schedule as the reference reads it: None -> 0.0, a number, or a schedule name."""
-    if value is None:
-        return 0.0
-    if isinstance(value, str):
-        return value.lower()
-    return float(value)
-
-
-def x1_temperature_schedule(spec: float | str):
-    """The x1 temperature as a function of the (float64 tensor) time t, as SakanaAI/L2D's
-    get_nstep_temperature: a constant, or "polynomial_<p>_<end>": (1 - t / end)^p, 0 from t = end on
-    (flow_llms/utils.polynomial_temperature; the paper's code tasks use polynomial_1_1.0)."""
-    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
-        value = float(spec)
-        return lambda t: value
-    if isinstance(spec, str) and spec.startswith("polynomial"):
-        parts = spec.split("_")
-        try:
-            _, p, end = parts
-            p, end = float(p), float(end)
-        except ValueError:
-            raise ConfigError(f"L2D x1 temperature schedule {spec!r}: expected polynomial_<p>_<end>") from None
-
-        def polynomial(t):
-            x = 1 - (1 / end) * t
-            return torch.where(t >= end, torch.zeros_like(t), torch.pow(x, p))
-
-        return polynomial
-    raise ConfigError(f"L2D x1 temperature (nstep_temperature_schedule) {spec!r} is not supported: "
-                      "a number or polynomial_<p>_<end>")
-
-
-def main_fingerprint(main: nn.Module) -> str:
-    """sha256 over the main path's parameter names, shapes and values rounded to bfloat16: the
-    diffusion path is trained against these weights, so a checkpoint records it and loading checks
-    it. Rounding to bfloat16 makes it the same whether the main path was loaded in fp32 or bf16."""
-    import hashlib
-
-    h = hashlib.sha256()
-    with torch.no_grad():
-        for name, t in sorted(main.state_dict().items()):
-            h.update(f"{name}:{tuple(t.shape)};".encode())
-            if t.is_floating_point():
-                t = t.to(torch.bfloat16)
-            h.update(memoryview(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()))
-    return h.hexdigest()
+from .l2d_checkpoint import load_l2d, load_main, save_l2d
+from .l2d_config import L2DConfig
+from .lora import LoRALinear
 
 
 def mlp(sizes: list[int]) -> nn.Sequential:
@@ -295,73 +64,7 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tens
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
-class LoRALinear(nn.Module):
-    """base(x) + (x @ A @ B) * alpha / rank around a frozen Linear. A is (in, r), B is (r, out), the
-    reference's layout, so its checkpoints load as they are."""
-
-    def __init__(self, base: nn.Linear, rank: int, alpha: float):
-        super().__init__()
-        self.base = base
-        self.scale = float(alpha) / rank
-        self.A = nn.Parameter(torch.randn(base.in_features, rank, device=base.weight.device) / rank)
-        self.B = nn.Parameter(torch.zeros(rank, base.out_features, device=base.weight.device))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.base(x) + (x @ self.A @ self.B) * self.scale
-
-
 LINEARS = ("q_proj", "attn_out", "ff_proj", "up_proj", "ff_out")
-
-
-_LINEAR = {"self_attn.flow_q_proj": "q_proj", "self_attn.flow_o_proj": "attn_out", "mlp.flow_gate_proj": "ff_proj",
-           "mlp.flow_up_proj": "up_proj", "mlp.flow_down_proj": "ff_out"}
-
-
-def reference_name(name: str) -> tuple[str, str | None]:
-    """A reference key -> ("flow", native name), ("base", reference base name) or ("wrapped", the
-    main weight a LoRA wrapper repeats). Unknown names -> ("unknown", None)."""
-    if name.startswith("model."):
-        rest = name[len("model."):]
-        m = re.match(r"layers\.(\d+)\.(self_attn\.flow_[qo]_proj|mlp\.flow_(?:gate|up|down)_proj)\.(.+)$", rest)
-        if m:
-            layer, module, leaf = m.groups()
-            ours = f"blocks.{layer}.{_LINEAR[module]}"
-            if leaf in ("A", "B"):
-                return "flow", f"{ours}.{leaf}"
-            if leaf.startswith("wrapped_layer."):
-                base_module = module.replace("flow_", "")
-                return "wrapped", f"model.layers.{layer}.{base_module}.{leaf[len('wrapped_layer.'):]}"
-            return "flow", f"{ours}.{leaf}"
-        m = re.match(r"layers\.(\d+)\.modulation_head\.mlp\.(\d+)\.(weight|bias)$", rest)
-        if m:
-            return "flow", f"block_mod.{m.group(1)}.{m.group(2)}.{m.group(3)}"
-        for ref, ours in (("modulation_head.mlp.", "out_mod."), ("timestep_embedder.mlp.", "time_embed."),
-                          ("flow_token_embedder.embedder.layers_module.", "flow_embed."),
-                          ("flow_to_lm_encoder.embedder.layers_module.", "flow_in."),
-                          ("flow_to_lm_encoder.layers_module.", "flow_in."),
-                          ("data_label_embedder.", "class_embed.")):
-            if rest.startswith(ref):
-                return "flow", ours + rest[len(ref):]
-    return "base", name
-
-
-def load_main(path_or_model, dtype=None, device=None, **config_overrides) -> CausalLM:
-    """L2D's main path: a loaded CausalLM, or a Llama/Qwen2 checkpoint directory (HF or native)."""
-    if isinstance(path_or_model, nn.Module):
-        main = path_or_model
-    else:
-        path = local_model_dir(path_or_model, "L2D main path")
-        raw = read_json(path / "config.json")
-        if raw.get("format") == NATIVE_FORMAT:
-            found = raw["config"].get("family") if isinstance(raw.get("config"), dict) else raw.get("model")
-        else:
-            found = raw.get("model_type")
-        if found not in {f.name for f in CausalLM.families} | {f.hf_model_type for f in CausalLM.families}:
-            raise ConfigError(f"{path}: L2D's main path is Llama or Qwen2, not {found}")
-        main = CausalLM.from_pretrained(path, dtype=dtype, device=device, **config_overrides)
-    if not isinstance(main, CausalLM):
-        raise ConfigError(f"L2D wraps a Llama or Qwen2 model, not a {type(main).__name__}")
-    return main
 
 
 class L2DModel(nn.Module):
@@ -644,65 +347,16 @@ class L2DModel(nn.Module):
         """The diffusion path's weights and options, plus a reference to the main path, which is not
         copied: its hub id when it came from the Hub (an id, or a snapshot in the hub cache), else its
         path relative to this directory, so that the two can move together (`main_reference`)."""
-        main_path = main_path or getattr(self, "main_source", None)
-        if main_path is None:
-            raise ValueError("save_pretrained needs main_path: where the main path's checkpoint lives")
-        path = Path(path)
-        state = [(k, v.detach()) for k, v in self.diffusion_state_dict().items()]
-        with atomic_update(path, stale=is_weight_file) as tmp:
-            write_weights(tmp, state, 5 * 2**30, metadata={"format": "pt"})
-            write_json(tmp / "config.json", native_header(type(self).__name__, main=main_reference(main_path, path),
-                                                                    main_config=self.main.config.to_dict(),
-                                                                    main_fingerprint=main_fingerprint(self.main),
-                                                                    l2d=self.config.to_dict(),
-                                                                    **({"decoding": decoding} if decoding else {})))
+        save_l2d(self, path, main_path, decoding)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, dtype=None, device=None, main_path: str | Path | None = None,
-                        **main_overrides) -> "L2DModel":
+    def from_pretrained(cls, path: str | Path, dtype=None, device=None, main_path: str | Path | None = None, *,
+                        config_json: dict | None = None, **main_overrides) -> "L2DModel":
         """An L2D directory written by `save_pretrained`; the main path is loaded from where it records
-        (or `main_path`), with `main_overrides` (e.g. attn_backend) applied to its config."""
-        path = Path(path)
-        raw = read_native_config(path)
-        if raw.get("model") != "L2DModel":
-            raise ConfigError(f"{path}: not an L2D checkpoint")
-        if main_path is not None:
-            main_dir = main_path
-        elif is_hub_id(raw["main"]) and not (path / raw["main"]).exists():
-            main_dir = raw["main"]
-        else:  # recorded relative to this directory (older checkpoints: as given, relative to where they ran)
-            main_dir = Path(raw["main"])
-            if not main_dir.is_absolute() and (path / main_dir).exists():
-                main_dir = path / main_dir
-        main = load_main(main_dir, dtype=dtype, device=device, **main_overrides)
-        want = config_from_dict(raw["main_config"], CausalLM.families)
-        if want.replace(attn_backend=main.config.attn_backend) != main.config:
-            raise ConfigError(f"{path}: its main path config differs from the one at {main_dir}")
-        recorded = raw.get("main_fingerprint")  # absent in checkpoints written before it was recorded
-        if recorded is not None and recorded != main_fingerprint(main):
-            raise ConfigError(f"{path}: the main path at {main_dir} has other weights than the one this L2D checkpoint "
-                              f"was trained on (fingerprint {main_fingerprint(main)[:12]}, expected {recorded[:12]})")
-        model = cls(main, L2DConfig.from_dict(raw["l2d"]))
-        copy_weights(model.diffusion_state_dict(), WeightFiles(path), f"{path} (L2D)")
-        model.main_source = str(main_dir)
-        model.decoding = raw.get("decoding") if isinstance(raw.get("decoding"), dict) else None
-        return model
-
-
-def main_reference(main_path: str | Path, checkpoint: str | Path) -> str:
-    """How an L2D checkpoint at `checkpoint` names its main path: a hub id as is (or the id of a hub-cache
-    snapshot), a local directory relative to the checkpoint (absolute only across filesystem roots)."""
-    text = str(main_path)
-    if is_hub_id(text):
-        return text
-    main = Path(main_path).resolve()
-    repo_id = snapshot_repo_id(main)
-    if repo_id is not None:
-        return repo_id
-    try:
-        return os.path.relpath(main, Path(checkpoint).resolve())
-    except ValueError:  # another drive (Windows)
-        return str(main)
+        (or `main_path`), with `main_overrides` (e.g. attn_backend) applied to its config.
+        `config_json`: the directory's config.json when the caller has read it (it is not read again)."""
+        return load_l2d(cls, path, dtype=dtype, device=device, main_path=main_path, config_json=config_json,
+                        **main_overrides)
 
 
 FAMILY = Family(name="l2d", model_class=L2DModel, config_class=L2DConfig)

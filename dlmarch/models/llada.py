@@ -7,12 +7,36 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..config import (TransformerConfig, _eos_out, _expect, _extra, _first, _flag, _need, _number,
-                      _positive_int)
+from ..config import (HFField, TransformerConfig, _eos_out, _expect, _extra, _first, _flag, _need, _positive_int,
+                      hf_known, hf_read, hf_write)
 from ..errors import ConfigError
 from ..family import Family
 from ..keymaps import KeyTable
 from .base import TransformerLM
+
+
+# LLaDA's config.json fields, in the order to_hf writes them; from_hf reads those without a `read`
+# (and the vocabulary, bos_token_id, the biases) itself.
+FIELDS = (
+    HFField("d_model", "hidden_size", "count"),
+    HFField("n_layers", "num_layers", "count"),
+    HFField("n_heads", "num_heads", "count"),
+    HFField("n_kv_heads", "num_kv_heads"),
+    HFField("mlp_hidden_size", "intermediate_size", "count"),
+    HFField("mlp_ratio", None,
+            out=lambda c: c.hf_extra.get("mlp_ratio", max(1, round(c.intermediate_size / c.hidden_size)))),
+    HFField("embedding_size", "vocab_size"),
+    HFField("vocab_size", None, out=lambda c: c.hf_extra.get("vocab_size", c.vocab_size)),
+    HFField("rope_theta", "rope_theta", "number", 10000.0),
+    HFField("rms_norm_eps", "rms_norm_eps", "number", 1e-5),
+    HFField("include_bias", "out_bias"),
+    HFField("include_qkv_bias", "qkv_bias", out=lambda c: c.qkv_bias and not c.out_bias),
+    HFField("weight_tying", "tie_word_embeddings", "flag", False),
+    HFField("max_sequence_length", "max_position_embeddings", "count", 4096),
+    HFField("eos_token_id", "eos_token_id", "token", None, out=_eos_out),
+    HFField("pad_token_id", "pad_token_id", "token", None),
+    HFField("mask_token_id", "mask_token_id", "value", 126336),
+)
 
 
 @dataclass
@@ -51,38 +75,24 @@ class LLaDAConfig(TransformerConfig):
             n_kv = 1 if hf.get("multi_query_attention") else n_heads
         include_bias = _flag(hf.get("include_bias", False), "include_bias")
         vocab_key = "embedding_size" if hf.get("embedding_size") is not None else "vocab_size"
-        vocab = _positive_int(_need(hf, vocab_key, f), vocab_key)
-        known = {
-            "d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden_size", "embedding_size",
-            "rope_theta", "rms_norm_eps", "include_bias", "include_qkv_bias", "weight_tying",
-            "max_sequence_length", "eos_token_id", "pad_token_id", "mask_token_id", "bos_token_id",
-        }
+        kw = hf_read(hf, FIELDS, f)
         return cls(
-            vocab_size=vocab,
-            hidden_size=_positive_int(_need(hf, "d_model", f), "d_model"),
-            num_layers=_positive_int(_need(hf, "n_layers", f), "n_layers"),
-            num_heads=n_heads,
+            vocab_size=_positive_int(_need(hf, vocab_key, f), vocab_key),
             num_kv_heads=_positive_int(n_kv, "n_kv_heads"),
-            intermediate_size=_positive_int(_need(hf, "mlp_hidden_size", f), "mlp_hidden_size"),
-            rope_theta=_number(hf.get("rope_theta", 10000.0), "rope_theta", positive=True),
-            rms_norm_eps=_number(hf.get("rms_norm_eps", 1e-5), "rms_norm_eps", positive=True),
             qkv_bias=include_bias or _flag(hf.get("include_qkv_bias", False), "include_qkv_bias"),
             out_bias=include_bias,
             mlp_bias=include_bias,
-            tie_word_embeddings=_flag(hf.get("weight_tying", False), "weight_tying"),
-            max_position_embeddings=_positive_int(hf.get("max_sequence_length", 4096), "max_sequence_length"),
             bos_token_id=_first(hf.get("bos_token_id")),
-            eos_token_id=_first(hf.get("eos_token_id")),
-            pad_token_id=_first(hf.get("pad_token_id")),
-            mask_token_id=hf.get("mask_token_id", 126336),
-            hf_extra=_extra(hf, known),
+            # mlp_ratio and vocab_size stay as imported (hf_extra); to_hf derives them where absent
+            hf_extra=_extra(hf, hf_known(FIELDS, "bos_token_id") - {"mlp_ratio", "vocab_size"}),
+            **kw,
         )
 
     def to_hf(self) -> dict:
         if self.qkv_bias != self.out_bias or self.out_bias != self.mlp_bias:
             if self.out_bias or self.mlp_bias:
                 raise ConfigError("LLaDA's config can express q/k/v bias alone or bias everywhere")
-        out = {
+        head = {
             "architectures": ["LLaDAModelLM"],
             "model_type": "llada",
             "block_type": "llama",
@@ -97,27 +107,7 @@ class LLaDAConfig(TransformerConfig):
                 "AutoModelForCausalLM": "modeling_llada.LLaDAModelLM",
             },
         }
-        out.update(self.hf_extra)
-        out.pop("eos_token_ids", None)
-        out.update(
-            d_model=self.hidden_size,
-            n_layers=self.num_layers,
-            n_heads=self.num_heads,
-            n_kv_heads=self.num_kv_heads,
-            mlp_hidden_size=self.intermediate_size,
-            mlp_ratio=out.get("mlp_ratio", max(1, round(self.intermediate_size / self.hidden_size))),
-            embedding_size=self.vocab_size,
-            vocab_size=out.get("vocab_size", self.vocab_size),
-            rope_theta=self.rope_theta,
-            rms_norm_eps=self.rms_norm_eps,
-            include_bias=self.out_bias,
-            include_qkv_bias=self.qkv_bias and not self.out_bias,
-            weight_tying=self.tie_word_embeddings,
-            max_sequence_length=self.max_position_embeddings,
-            eos_token_id=_eos_out(self),
-            pad_token_id=self.pad_token_id,
-            mask_token_id=self.mask_token_id,
-        )
+        out = hf_write(self, head, FIELDS)
         if self.bos_token_id is not None:
             out["bos_token_id"] = self.bos_token_id
         return out

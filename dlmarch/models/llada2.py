@@ -30,7 +30,8 @@ from typing import ClassVar
 
 import torch
 
-from ..config import _eos_out, _expect, _extra, _first, _flag, _hf_rope, _need, _number, _positive_int
+from ..config import (HF_SHAPE_FIELDS, HFField, _eos_out, _expect, _extra, _first, _hf_rope, _positive_int,
+                      hf_known, hf_read, hf_rope_scaling, hf_write)
 from ..errors import ConfigError
 from ..family import Family
 from ..keymaps import KeyTable
@@ -41,6 +42,40 @@ ARCHITECTURE = "LLaDA2MoeModelLM"
 # LLaDA2.0's tokenizer: <|mask|> and <|endoftext|> (generate's defaults in the reference).
 LLADA2_MASK_TOKEN_ID = 156895
 LLADA2_EOS_TOKEN_ID = 156892
+
+
+def _first_dense(cfg: "LLaDA2Config") -> int:
+    """first_k_dense_replace: how many layers come before the first MoE layer."""
+    freq = cfg.moe_layer_freq
+    return freq.index(1) if 1 in freq else len(freq)
+
+
+# LLaDA2.0's config.json fields, in the order to_hf writes them; from_hf reads those without a `read`
+# (and bos_token_id, mask_token_id, the rotary fields) itself.
+FIELDS = HF_SHAPE_FIELDS + (
+    HFField("head_dim", "head_dim"),
+    HFField("intermediate_size", "intermediate_size"),
+    HFField("moe_intermediate_size", "moe_intermediate_size", "count"),
+    HFField("num_experts", "num_experts", "count"),
+    HFField("num_shared_experts", "shared_expert_intermediate_size",
+            out=lambda c: c.shared_expert_intermediate_size // c.moe_intermediate_size or None),
+    HFField("num_experts_per_tok", "num_experts_per_tok", "count", 2),
+    HFField("n_group", "n_group", "count", 8),
+    HFField("topk_group", "topk_group", "count", 4),
+    HFField("routed_scaling_factor", "routed_scaling_factor", "number", 2.5),
+    HFField("first_k_dense_replace", "moe_layer_freq", out=_first_dense),
+    HFField("use_qkv_bias", "qkv_bias", "flag", False),
+    HFField("use_bias", "out_bias", "flag", True),
+    HFField("use_qk_norm", "qk_norm", "flag", True),
+    HFField("partial_rotary_factor", "partial_rotary_factor", "number", 0.5),
+    HFField("rope_theta", "rope_theta"),
+    HFField("rope_scaling", "rope_scaling", out=hf_rope_scaling),
+    HFField("rms_norm_eps", "rms_norm_eps", "number", 1e-5),
+    HFField("tie_word_embeddings", "tie_word_embeddings", "flag", False),
+    HFField("max_position_embeddings", "max_position_embeddings", "count", 16384),
+    HFField("eos_token_id", "eos_token_id", "token", None, out=_eos_out),
+    HFField("pad_token_id", "pad_token_id", "token", None),
+)
 
 
 @dataclass
@@ -63,105 +98,45 @@ class LLaDA2Config(MoEConfig):
         if hf.get("num_experts") is None:
             raise ConfigError(f"{f} config.json: num_experts is null (a dense LLaDA2 model is not supported)")
         theta, scaling = _hf_rope(hf)
-        heads = _positive_int(_need(hf, "num_attention_heads", f), "num_attention_heads")
-        hidden = _positive_int(_need(hf, "hidden_size", f), "hidden_size")
-        layers = _positive_int(_need(hf, "num_hidden_layers", f), "num_hidden_layers")
+        kw = hf_read(hf, FIELDS, f)
+        layers, moe_size = kw["num_layers"], kw["moe_intermediate_size"]
         first_dense = hf.get("first_k_dense_replace", 0)
         if isinstance(first_dense, bool) or not isinstance(first_dense, int) or not 0 <= first_dense <= layers:
             raise ConfigError(f"first_k_dense_replace must be an integer in [0, {layers}], found {first_dense!r}")
-        moe_size = _positive_int(_need(hf, "moe_intermediate_size", f), "moe_intermediate_size")
         dense = hf.get("intermediate_size")
         dense = _positive_int(dense, "intermediate_size") if first_dense else (dense or moe_size)
         shared = hf.get("num_shared_experts")
         shared = 0 if not shared else _positive_int(shared, "num_shared_experts")
-        qkv_bias = _flag(hf.get("use_qkv_bias", False), "use_qkv_bias")
-        vocab = _positive_int(_need(hf, "vocab_size", f), "vocab_size")
-        mask = hf.get("mask_token_id", LLADA2_MASK_TOKEN_ID if vocab > LLADA2_MASK_TOKEN_ID else None)
-        known = {
-            "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
-            "intermediate_size", "moe_intermediate_size", "num_experts", "num_shared_experts", "num_experts_per_tok",
-            "n_group", "topk_group", "routed_scaling_factor", "first_k_dense_replace", "use_qkv_bias", "use_bias",
-            "use_qk_norm", "partial_rotary_factor", "rope_theta", "rope_scaling", "rope_parameters", "rms_norm_eps",
-            "tie_word_embeddings", "max_position_embeddings", "bos_token_id", "eos_token_id", "pad_token_id",
-            "vocab_size", "mask_token_id",
-        }
-        kw = dict(
-            vocab_size=vocab,
-            hidden_size=hidden,
-            num_layers=layers,
-            num_heads=heads,
+        heads = kw["num_heads"]
+        return cls(
             num_kv_heads=_positive_int(hf.get("num_key_value_heads") or heads, "num_key_value_heads"),
-            head_dim=_positive_int(hf.get("head_dim") or hidden // heads, "head_dim"),
+            head_dim=_positive_int(hf.get("head_dim") or kw["hidden_size"] // heads, "head_dim"),
             intermediate_size=dense,
             rope_theta=theta,
             rope_scaling=scaling,
-            rms_norm_eps=_number(hf.get("rms_norm_eps", 1e-5), "rms_norm_eps", positive=True),
-            qkv_bias=qkv_bias,
-            out_bias=_flag(hf.get("use_bias", True), "use_bias"),
-            tie_word_embeddings=_flag(hf.get("tie_word_embeddings", False), "tie_word_embeddings"),
-            max_position_embeddings=_positive_int(hf.get("max_position_embeddings", 16384), "max_position_embeddings"),
             bos_token_id=_first(hf.get("bos_token_id")),
-            eos_token_id=_first(hf.get("eos_token_id")),
-            pad_token_id=_first(hf.get("pad_token_id")),
-            num_experts=_positive_int(hf["num_experts"], "num_experts"),
-            num_experts_per_tok=_positive_int(hf.get("num_experts_per_tok", 2), "num_experts_per_tok"),
-            moe_intermediate_size=moe_size,
             shared_expert_intermediate_size=moe_size * shared,
             moe_layer_freq=[0] * first_dense + [1] * (layers - first_dense),
             router="sigmoid_group",
             expert_bias=True,  # a buffer of every MoE layer, saved in the checkpoint
-            n_group=_positive_int(hf.get("n_group", 8), "n_group"),
-            topk_group=_positive_int(hf.get("topk_group", 4), "topk_group"),
-            routed_scaling_factor=_number(hf.get("routed_scaling_factor", 2.5), "routed_scaling_factor", positive=True),
-            qk_norm=_flag(hf.get("use_qk_norm", True), "use_qk_norm"),
-            partial_rotary_factor=_number(hf.get("partial_rotary_factor", 0.5), "partial_rotary_factor", positive=True),
-            mask_token_id=mask,
-            hf_extra=_extra(hf, known),
+            mask_token_id=hf.get("mask_token_id",
+                                 LLADA2_MASK_TOKEN_ID if kw["vocab_size"] > LLADA2_MASK_TOKEN_ID else None),
+            hf_extra=_extra(hf, hf_known(FIELDS, "rope_parameters", "bos_token_id", "mask_token_id")),
+            **kw,
         )
-        return cls(**kw)
 
     def to_hf(self) -> dict:
         freq = self.moe_layer_freq
-        first_dense = freq.index(1) if 1 in freq else len(freq)
+        first_dense = _first_dense(self)
         if any(v == 0 for v in freq[first_dense:]) or self.router != "sigmoid_group" or not self.expert_bias:
             raise ConfigError("LLaDA2's config.json expresses dense layers first, then MoE layers with the "
                               "sigmoid group router and an expert bias")
         if self.mlp_bias or self.shared_expert_intermediate_size % self.moe_intermediate_size:
             raise ConfigError("LLaDA2's MLPs have no bias and its shared experts are moe_intermediate_size wide each")
-        out = {"architectures": [ARCHITECTURE], "model_type": "llada2_moe", "hidden_act": "silu",
-               "auto_map": {"AutoConfig": "configuration_llada2_moe.LLaDA2MoeConfig",
-                            "AutoModel": "modeling_llada2_moe.LLaDA2MoeModel",
-                            "AutoModelForCausalLM": "modeling_llada2_moe.LLaDA2MoeModelLM"}}
-        out.update(self.hf_extra)
-        out.pop("eos_token_ids", None)
-        out.update(
-            vocab_size=self.vocab_size,
-            hidden_size=self.hidden_size,
-            num_hidden_layers=self.num_layers,
-            num_attention_heads=self.num_heads,
-            num_key_value_heads=self.num_kv_heads,
-            head_dim=self.head_dim,
-            intermediate_size=self.intermediate_size,
-            moe_intermediate_size=self.moe_intermediate_size,
-            num_experts=self.num_experts,
-            num_shared_experts=self.shared_expert_intermediate_size // self.moe_intermediate_size or None,
-            num_experts_per_tok=self.num_experts_per_tok,
-            n_group=self.n_group,
-            topk_group=self.topk_group,
-            routed_scaling_factor=self.routed_scaling_factor,
-            first_k_dense_replace=first_dense,
-            use_qkv_bias=self.qkv_bias,
-            use_bias=self.out_bias,
-            use_qk_norm=self.qk_norm,
-            partial_rotary_factor=self.partial_rotary_factor,
-            rope_theta=self.rope_theta,
-            rope_scaling=dict(self.rope_scaling) if self.rope_scaling else None,
-            rms_norm_eps=self.rms_norm_eps,
-            tie_word_embeddings=self.tie_word_embeddings,
-            max_position_embeddings=self.max_position_embeddings,
-            eos_token_id=_eos_out(self),
-            pad_token_id=self.pad_token_id,
-        )
+        out = hf_write(self, {"architectures": [ARCHITECTURE], "model_type": "llada2_moe", "hidden_act": "silu",
+                              "auto_map": {"AutoConfig": "configuration_llada2_moe.LLaDA2MoeConfig",
+                                           "AutoModel": "modeling_llada2_moe.LLaDA2MoeModel",
+                                           "AutoModelForCausalLM": "modeling_llada2_moe.LLaDA2MoeModelLM"}}, FIELDS)
         if self.bos_token_id is not None:
             out["bos_token_id"] = self.bos_token_id
         if self.mask_token_id is not None and self.mask_token_id != LLADA2_MASK_TOKEN_ID:

@@ -26,7 +26,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from ..config import _eos_out, _expect, _extra, _first, _flag, _hf_rope, _need, _number, _positive_int
+from ..config import (HF_SHAPE_FIELDS, HFField, _eos_out, _expect, _extra, _first, _flag, _hf_rope, _need,
+                      _positive_int, hf_known, hf_read, hf_rope_scaling, hf_write)
 from ..errors import ConfigError
 from ..family import Family
 from ..keymaps import KeyTable
@@ -35,6 +36,33 @@ from .moe import MoEConfig, MoETransformerLM
 ARCHITECTURE = "LLaDAMoEModelLM"
 # LLaDA-MoE's tokenizer: <|mask|> (the model card passes mask_id=156895 to generate).
 LLADAMOE_MASK_TOKEN_ID = 156895
+
+
+# LLaDA-MoE's config.json fields, in the order to_hf writes them; from_hf reads those without a `read`
+# (and bos_token_id, mask_token_id, the rotary fields) itself.
+FIELDS = HF_SHAPE_FIELDS + (
+    HFField("dense_intermediate_size", "intermediate_size"),
+    HFField("expert_intermediate_size", "moe_intermediate_size", "count"),
+    HFField("shared_expert_intermediate_size", "shared_expert_intermediate_size",
+            out=lambda c: c.shared_expert_intermediate_size or None),
+    HFField("num_experts", "num_experts", "count"),
+    HFField("num_experts_per_tok", "num_experts_per_tok", "count"),
+    HFField("moe_layer_freq", "moe_layer_freq", out=lambda c: list(c.moe_layer_freq)),
+    # an imported `true` stays true when the model has no bias buffer
+    HFField("moe_router_enable_expert_bias", "expert_bias",
+            out=lambda c: c.expert_bias or c.hf_extra.get("moe_router_enable_expert_bias")),
+    HFField("qk_layernorm", "qk_norm"),
+    HFField("partial_rotary_factor", "partial_rotary_factor", "number"),
+    HFField("clip_qkv", "clip_qkv"),
+    HFField("rope_theta", "rope_theta"),
+    HFField("rope_scaling", "rope_scaling", out=hf_rope_scaling),
+    HFField("rms_norm_eps", "rms_norm_eps", "number", 1e-5),
+    HFField("attention_bias", "qkv_bias"),
+    HFField("tie_word_embeddings", "tie_word_embeddings", "flag", False),
+    HFField("max_position_embeddings", "max_position_embeddings", "count", 4096),
+    HFField("eos_token_id", "eos_token_id", "token", None, out=_eos_out),
+    HFField("pad_token_id", "pad_token_id", "token", None),
+)
 
 
 def looks_like_lladamoe(hf: dict) -> bool:
@@ -60,60 +88,37 @@ class LLaDAMoEConfig(MoEConfig):
             raise ConfigError(f"{f} config.json: partial_rotary_factor is missing (the reference's default -1 means "
                               "no rotary embedding at all, which no published checkpoint uses)")
         theta, scaling = _hf_rope(hf)
-        heads = _positive_int(_need(hf, "num_attention_heads", f), "num_attention_heads")
-        hidden = _positive_int(_need(hf, "hidden_size", f), "hidden_size")
-        layers = _positive_int(_need(hf, "num_hidden_layers", f), "num_hidden_layers")
+        kw = hf_read(hf, FIELDS, f)
+        layers = kw["num_layers"]
         freq = _need(hf, "moe_layer_freq", f)
         if not isinstance(freq, list) or len(freq) != layers:
             raise ConfigError(f"{f} config.json: moe_layer_freq must list 0 or 1 for each of the {layers} layers, found {freq!r}")
         freq = [0 if v == 0 else 1 for v in freq]  # the reference: 0 -> dense, anything else -> MoE
         dense = hf.get("dense_intermediate_size")
-        moe_size = _positive_int(_need(hf, "expert_intermediate_size", f), "expert_intermediate_size")
         if 0 in freq:
             dense = _positive_int(dense, "dense_intermediate_size")
         elif not isinstance(dense, int) or isinstance(dense, bool) or dense < 1:
-            dense = moe_size  # unused: every layer is MoE
+            dense = kw["moe_intermediate_size"]  # unused: every layer is MoE
         shared = hf.get("shared_expert_intermediate_size")
         bias = _flag(hf.get("attention_bias", False), "attention_bias")
-        known = {
-            "hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "dense_intermediate_size",
-            "expert_intermediate_size", "shared_expert_intermediate_size", "rope_theta", "rope_scaling",
-            "rope_parameters", "rms_norm_eps", "attention_bias", "tie_word_embeddings", "max_position_embeddings",
-            "bos_token_id", "eos_token_id", "pad_token_id", "vocab_size", "num_experts", "num_experts_per_tok",
-            "moe_layer_freq", "moe_router_enable_expert_bias", "qk_layernorm", "partial_rotary_factor", "clip_qkv",
-            "mask_token_id",
-        }
-        vocab = _positive_int(_need(hf, "vocab_size", f), "vocab_size")
-        mask = hf.get("mask_token_id", LLADAMOE_MASK_TOKEN_ID if vocab > LLADAMOE_MASK_TOKEN_ID else None)
+        mask = hf.get("mask_token_id", LLADAMOE_MASK_TOKEN_ID if kw["vocab_size"] > LLADAMOE_MASK_TOKEN_ID else None)
         return cls(
-            vocab_size=vocab,
-            hidden_size=hidden,
-            num_layers=layers,
-            num_heads=heads,
-            num_kv_heads=_positive_int(hf.get("num_key_value_heads") or heads, "num_key_value_heads"),
+            num_kv_heads=_positive_int(hf.get("num_key_value_heads") or kw["num_heads"], "num_key_value_heads"),
             intermediate_size=dense,
             rope_theta=theta,
             rope_scaling=scaling,
-            rms_norm_eps=_number(hf.get("rms_norm_eps", 1e-5), "rms_norm_eps", positive=True),
             qkv_bias=bias,
             out_bias=bias,
-            tie_word_embeddings=_flag(hf.get("tie_word_embeddings", False), "tie_word_embeddings"),
-            max_position_embeddings=_positive_int(hf.get("max_position_embeddings", 4096), "max_position_embeddings"),
             bos_token_id=_first(hf.get("bos_token_id")),
-            eos_token_id=_first(hf.get("eos_token_id")),
-            pad_token_id=_first(hf.get("pad_token_id")),
-            num_experts=_positive_int(_need(hf, "num_experts", f), "num_experts"),
-            num_experts_per_tok=_positive_int(_need(hf, "num_experts_per_tok", f), "num_experts_per_tok"),
-            moe_intermediate_size=moe_size,
             shared_expert_intermediate_size=0 if shared is None else _positive_int(shared, "shared_expert_intermediate_size"),
             moe_layer_freq=freq,
             router="softmax",
             expert_bias=bool(hf.get("moe_router_enable_expert_bias")),
             qk_norm=bool(hf.get("qk_layernorm")),
-            partial_rotary_factor=_number(hf["partial_rotary_factor"], "partial_rotary_factor", positive=True),
             clip_qkv=hf.get("clip_qkv"),
             mask_token_id=mask,
-            hf_extra=_extra(hf, known),
+            hf_extra=_extra(hf, hf_known(FIELDS, "rope_parameters", "bos_token_id", "mask_token_id")),
+            **kw,
         )
 
     def to_hf(self) -> dict:
@@ -121,37 +126,10 @@ class LLaDAMoEConfig(MoEConfig):
             raise ConfigError("LLaDA-MoE's config.json expresses the softmax router, no MLP bias and one attention_bias")
         if self.head_dim != self.hidden_size // self.num_heads:
             raise ConfigError(f"LLaDA-MoE derives head_dim = hidden_size / heads; {self.head_dim} cannot be expressed")
-        out = {"architectures": [ARCHITECTURE], "model_type": "lladamoe", "hidden_act": "silu",
-               "auto_map": {"AutoConfig": "configuration_lladamoe.LLaDAMoEConfig",
-                            "AutoModel": "modeling_lladamoe.LLaDAMoEModelLM",
-                            "AutoModelForCausalLM": "modeling_lladamoe.LLaDAMoEModelLM"}}
-        out.update(self.hf_extra)
-        out.pop("eos_token_ids", None)
-        out.update(
-            vocab_size=self.vocab_size,
-            hidden_size=self.hidden_size,
-            num_hidden_layers=self.num_layers,
-            num_attention_heads=self.num_heads,
-            num_key_value_heads=self.num_kv_heads,
-            dense_intermediate_size=self.intermediate_size,
-            expert_intermediate_size=self.moe_intermediate_size,
-            shared_expert_intermediate_size=self.shared_expert_intermediate_size or None,
-            num_experts=self.num_experts,
-            num_experts_per_tok=self.num_experts_per_tok,
-            moe_layer_freq=list(self.moe_layer_freq),
-            moe_router_enable_expert_bias=self.expert_bias or out.get("moe_router_enable_expert_bias"),
-            qk_layernorm=self.qk_norm,
-            partial_rotary_factor=self.partial_rotary_factor,
-            clip_qkv=self.clip_qkv,
-            rope_theta=self.rope_theta,
-            rope_scaling=dict(self.rope_scaling) if self.rope_scaling else None,
-            rms_norm_eps=self.rms_norm_eps,
-            attention_bias=self.qkv_bias,
-            tie_word_embeddings=self.tie_word_embeddings,
-            max_position_embeddings=self.max_position_embeddings,
-            eos_token_id=_eos_out(self),
-            pad_token_id=self.pad_token_id,
-        )
+        out = hf_write(self, {"architectures": [ARCHITECTURE], "model_type": "lladamoe", "hidden_act": "silu",
+                              "auto_map": {"AutoConfig": "configuration_lladamoe.LLaDAMoEConfig",
+                                           "AutoModel": "modeling_lladamoe.LLaDAMoEModelLM",
+                                           "AutoModelForCausalLM": "modeling_lladamoe.LLaDAMoEModelLM"}}, FIELDS)
         if self.bos_token_id is not None:
             out["bos_token_id"] = self.bos_token_id
         if self.mask_token_id is not None and self.mask_token_id != LLADAMOE_MASK_TOKEN_ID:

@@ -37,7 +37,7 @@ from torch import Tensor
 
 from ..layers import rope_tables
 from ..masks import AttentionMask, Tokens
-from ..models.l2d import BUILTIN_SOLVERS, SOLVERS, x1_temperature_schedule
+from ..models.l2d_schedule import BUILTIN_SOLVERS, SOLVERS, x1_temperature_schedule
 
 
 class _Path:

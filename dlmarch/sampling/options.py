@@ -134,7 +134,7 @@ class DecodingOptions:
                 raise OptionError(f"steps ({self.steps}) must be a multiple of the number of blocks "
                                   f"gen_length / block_length = {blocks}")
         if self.solver is not None:
-            from ..models.l2d import SOLVERS
+            from ..models.l2d_schedule import SOLVERS
 
             if self.solver not in SOLVERS and self.solver != "heun":
                 raise OptionError(f"solver must be one of {', '.join(SOLVERS)}, found {self.solver!r}")

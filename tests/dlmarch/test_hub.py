@@ -11,7 +11,7 @@ import torch
 
 from dlmarch.errors import ConfigError
 from dlmarch.hub import is_hub_id, snapshot_repo_id
-from dlmarch.models.l2d import main_reference
+from dlmarch.models.l2d_checkpoint import main_reference
 from dlmarch.registry import load_pretrained
 from tests.helpers import LLADA_TINY
 

@@ -12,7 +12,6 @@ import torch
 import dlmarch.sampling.l2d as l2d_sampling
 from dlmarch import L2DConfig, L2DModel, generate_l2d
 from dlmarch import safetensors_io as st
-from dlmarch.errors import ConfigError
 from tests.helpers import FIXTURES, L2D_TINY
 
 GUIDED = FIXTURES / "l2d-tiny-guided"
@@ -63,26 +62,6 @@ def test_reference_sampler_call(guided, call, monkeypatch):
     assert stats["diffusion_evaluations"] == sum(per_token[: stats["tokens"]])
     want = st.load_file(GUIDED / "sampling.safetensors")[f"{call['name']}.final_logits"]
     torch.testing.assert_close(torch.stack(seen), want, atol=2e-5, rtol=0)  # measured: under 6e-6
-
-
-def test_reference_solver_names():
-    base = dict(FLOW_KWARGS)
-    for method, ours in (("heun", "heun2"), ("rk4", "rk4"), ("adaptive_heun", "adaptive_heun"), ("dopri5", "dopri5")):
-        cfg = L2DConfig.from_reference({**base, "ode_kwargs": {"atol": 1e-4, "rtol": 1e-3, "method": method,
-                                                               "options": {"first_step": 0.05}}}, 64)
-        assert (cfg.solver, cfg.ode_atol, cfg.ode_rtol, cfg.ode_options) == (ours, 1e-4, 1e-3, {"first_step": 0.05})
-    # The benchmark's own names (benchmark.py --ode_solver ...), as its build_ode_solver reads them.
-    bench = {"ode_solver": "bosh3", "ode_solver_atol": 1e-3, "ode_solver_rtol": 1e-4}
-    cfg = L2DConfig.from_reference({**base, **bench}, 64)
-    assert (cfg.solver, cfg.ode_atol, cfg.ode_rtol, cfg.ode_options) == ("bosh3", 1e-3, 1e-4, {"first_step": 0.05})
-    with pytest.raises(ConfigError, match="ode_solver='dopri5' is not supported"):
-        L2DConfig.from_reference({**base, "ode_solver": "dopri5"}, 64)
-    with pytest.raises(ConfigError, match="method='leapfrog' is not supported"):
-        L2DConfig.from_reference({**base, "ode_kwargs": {"method": "leapfrog"}}, 64)
-    with pytest.raises(ConfigError, match="'cosine_2' is not supported"):
-        L2DConfig.from_reference({**base, "nstep_temperature_schedule": "cosine_2"}, 64)
-    assert L2DConfig.from_reference({**base, "nstep_temperature_schedule": "Polynomial_1_1.0"}, 64).temperature == \
-        "polynomial_1_1.0"
 
 
 def test_adaptive_solver_through_torchdiffeq():

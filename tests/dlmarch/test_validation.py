@@ -447,7 +447,8 @@ def test_a_model_that_cannot_fit_in_memory_is_refused_before_allocating(changes)
                                              (dict(flow_dim=2**40), "the L2D diffusion path of flow_dim 1099511627776")])
 def test_l2d_sizes_are_checked_before_building(options, message):
     from dlmarch.models.causal import CausalLM, LlamaConfig
-    from dlmarch.models.l2d import L2DConfig, L2DModel
+    from dlmarch.models.l2d import L2DModel
+    from dlmarch.models.l2d_config import L2DConfig
 
     main = CausalLM(LlamaConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2,
                                 intermediate_size=48, max_position_embeddings=64))
