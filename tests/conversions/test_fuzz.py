@@ -405,7 +405,7 @@ def test_malformed_score_files(tmp_path, capsys, task, raw, what):
 @pytest.mark.parametrize("task,raw,what", SCORE_CASES, ids=range(len(SCORE_CASES)))
 def test_malformed_score_files_say_what(tmp_path, task, raw, what):
     from dlmarch.errors import DlmarchError
-    from trainers.evaluate import read_generations
+    from trainers.eval_rescore import read_generations
     from trainers.tasks import get_task
 
     f = tmp_path / "gen.json"
@@ -416,7 +416,7 @@ def test_malformed_score_files_say_what(tmp_path, task, raw, what):
 
 
 def test_good_score_files_still_score(tmp_path):
-    from trainers.evaluate import rescore
+    from trainers.eval_rescore import rescore
     from trainers.tasks import get_task
 
     for task in GOOD_D1:

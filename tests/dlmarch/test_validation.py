@@ -669,7 +669,8 @@ def test_experiments_output_problems_are_one_line(tmp_path, capsys, case):
 ])
 def test_evaluate_resume_files_are_named(tmp_path, capsys, templated, name, raw, message):
     from dlmarch.errors import DlmarchError
-    from trainers.evaluate import _read_done, main
+    from trainers.eval_records import read_done
+    from trainers.evaluate import main
 
     (tmp_path / name).write_bytes(raw)
     if name.endswith(".run.json"):  # --resume reads the record of a run under way (its partial file is there)
@@ -680,5 +681,5 @@ def test_evaluate_resume_files_are_named(tmp_path, capsys, templated, name, raw,
         assert rc == 2 and len(err) == 1 and f"{tmp_path / name}: {message}" in err[0], err
     else:  # the partial's records are read once the record matches (trainers/test_evaluate_output.py)
         with pytest.raises(DlmarchError, match=re.escape(f"{tmp_path / name}: line 1")) as e:
-            _read_done(tmp_path / "eval.jsonl", False)
+            read_done(tmp_path / "eval.jsonl", False)
         assert "UnicodeDecodeError" in str(e.value) or message in str(e.value)

@@ -19,21 +19,32 @@ REASONING_PREFIX = "<reasoning>"  # d1: appended after the chat template's gener
 def read_jsonl(path: str | Path, task: str, formats: tuple[tuple[str, ...], ...], check=None) -> list[dict]:
     """Rows of a task's JSONL file; each row must have the keys of one of `formats`, and `check(row)`
     (the task's `check_row`) find nothing wrong with their values."""
-    rows = []
-    for n, row, error in jsonl_rows(path):
-        if error:
-            raise DlmarchError(error)
+
+    def problem(row) -> str | None:
         if not isinstance(row, dict) or not any(all(k in row for k in keys) for keys in formats):
             found = sorted(row) if isinstance(row, dict) else type(row).__name__
             wanted = " or ".join(str(list(k)) for k in formats)
-            raise DlmarchError(f"{path}: line {n}: a {task} row needs {wanted}, found {found}")
-        problem = check(row) if check is not None else None
-        if problem:
-            raise DlmarchError(f"{path}: line {n}: {problem}")
-        rows.append(row)
-    if not rows:
-        raise DlmarchError(f"{path}: no rows")
-    return rows
+            return f"a {task} row needs {wanted}, found {found}"
+        return check(row) if check is not None else None
+
+    return checked_jsonl(path, problem, "rows")
+
+
+def checked_jsonl(path: str | Path, problem, what: str) -> list[dict]:
+    """Every record of a JSONL file, the first bad one an error of one line naming the file and line:
+    a line that does not parse, or a record for which `problem(record)` returns a message (None:
+    nothing wrong). A file without records is refused too ("no `what`")."""
+    out = []
+    for n, record, error in jsonl_rows(path):
+        if error:
+            raise DlmarchError(error)
+        message = problem(record)
+        if message:
+            raise DlmarchError(f"{path}: line {n}: {message}")
+        out.append(record)
+    if not out:
+        raise DlmarchError(f"{path}: no {what}")
+    return out
 
 
 def read_csv(path: str | Path, task: str, columns: tuple[str, ...]) -> list[dict]:
