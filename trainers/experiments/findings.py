@@ -5,7 +5,7 @@ not appear, the paper's setting is named beside it."""
 from __future__ import annotations
 
 from .l2d import ODE_EVALS
-from .report import PAPER_SETTING, compare, pct, span
+from .wording import PAPER_SETTING, compare, pct, span
 
 
 def methods_findings(r: dict) -> list[str]:
