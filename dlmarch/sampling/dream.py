@@ -325,7 +325,7 @@ class _BlockDecoder:
         proposal = torch.full_like(window, self.mask_id)
         proposal[masked] = x0
         transfer = threshold_transfer(full, masked & in_block, self.threshold)
-        window[transfer] = proposal[transfer]
+        window.copy_(torch.where(transfer, proposal, window))  # a boolean-indexed write would wait on the device
 
     def decode(self, x: Tensor, s: int, e: int) -> None:
         """Decode the block [s, e) of the canvas x (B, L) in place."""
