@@ -50,9 +50,13 @@ token for token.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .llada import block_cache, threshold_transfer
 
 ALGORITHMS = ("origin", "maskgit_plus", "topk_margin", "entropy")
 
@@ -133,6 +137,32 @@ def check_arguments(model, input_ids, attention_mask, max_new_tokens, steps, tem
     return int(mask_id)
 
 
+def _reveal_count(masked: Tensor, t: Tensor, s: Tensor, last: bool) -> int:
+    """Positions each row reveals at the step from time t to s: int(M / B * (1 - s / t)), int(M / B) at
+    the last step, M masked positions (masked: (B, W) bool) in the batch."""
+    per_row = masked.sum() / masked.shape[0]  # float32 tensor, as the reference computes it
+    return int(per_row) if last else int(per_row * (1 - s / t))
+
+
+def _reveal_top_n(canvas: Tensor, masked: Tensor, confidence: Tensor, x0: Tensor, n: int, alg_temp: float | None,
+                  mask_id: int, rows: Tensor, generator, dtype: torch.dtype) -> None:
+    """Write the proposals x0 (M,) of n positions per row into canvas (B, W), in place: the n highest
+    confidences (M,) of its masked (B, W) positions, or with alg_temp > 0 n positions drawn without
+    replacement from softmax(confidence / alg_temp). Only masked slots are written (module docstring).
+    rows: arange(B)[:, None]; dtype: the logits' (the confidences' scale)."""
+    full = torch.full(canvas.shape, -torch.inf, dtype=dtype, device=canvas.device)
+    full[masked] = confidence
+    if alg_temp is None or alg_temp == 0:
+        chosen = torch.topk(full, n).indices
+    else:
+        chosen = torch.multinomial(F.softmax(full / alg_temp, dim=-1), n, generator=generator)
+    proposal = torch.full_like(canvas, mask_id)
+    proposal[masked] = x0
+    write = masked[rows, chosen]
+    r = rows.expand_as(chosen)[write]
+    canvas[r, chosen[write]] = proposal[r, chosen[write]]
+
+
 @torch.no_grad()
 def generate_dream(
     model,
@@ -195,21 +225,10 @@ def generate_dream(
             x[masked] = x0
             continue
         confidence, x0 = sample_tokens(mask_logits, temperature, top_p, top_k, alg, generator)
-        per_row = masked.sum() / B  # float32 tensor, as the reference computes it
-        n = int(per_row) if last else int(per_row * (1 - s / t))
+        n = _reveal_count(masked, t, s, last)
         if n <= 0:
             continue
-        full_confidence = torch.full(x.shape, -torch.inf, dtype=logits.dtype, device=device)
-        full_confidence[masked] = confidence
-        if alg_temp is None or alg_temp == 0:
-            chosen = torch.topk(full_confidence, n).indices
-        else:
-            weights = F.softmax(full_confidence / alg_temp, dim=-1)
-            chosen = torch.multinomial(weights, n, generator=generator)
-        proposal = torch.full_like(x, mask_id)
-        proposal[masked] = x0
-        write = masked[rows, chosen]  # only masked slots (see the module docstring)
-        x[rows.expand_as(chosen)[write], chosen[write]] = proposal[rows.expand_as(chosen)[write], chosen[write]]
+        _reveal_top_n(x, masked, confidence, x0, n, alg_temp, mask_id, rows, generator, logits.dtype)
     return x
 
 
@@ -229,9 +248,8 @@ def _shift(logits: Tensor) -> Tensor:
     return torch.cat([logits[:, :1], logits[:, :-1]], dim=1)
 
 
-def _generate_blocks(model, x: Tensor, am: Tensor | None, P: int, gen_length: int, steps: int, block_length: int,
-                     kv_cache, threshold, temperature, top_p, top_k, alg_temp, eps, mask_id, generator) -> Tensor:
-    """Fast-dLLM's block decoding of Dream (module docstring). x (B, P + gen_length) is decoded in place."""
+def _check_blocks(gen_length: int, steps: int, block_length: int, kv_cache, threshold) -> int:
+    """ValueError naming the block-decoding argument that cannot work. Returns the steps per block."""
     if kv_cache not in KV_CACHES:
         raise ValueError(f"kv_cache must be one of {KV_CACHES}, found {kv_cache!r}")
     if threshold is not None and not 0 < threshold <= 1:
@@ -241,75 +259,104 @@ def _generate_blocks(model, x: Tensor, am: Tensor | None, P: int, gen_length: in
     num_blocks = gen_length // block_length
     if steps % num_blocks:
         raise ValueError(f"steps ({steps}) must be divisible by the number of blocks ({num_blocks})")
-    steps_per_block = steps // num_blocks
+    return steps // num_blocks
+
+
+@dataclass
+class _BlockDecoder:
+    """Fast-dLLM's block decoding of Dream (module docstring): one call's settings, and its steps."""
+
+    model: object
+    am: Tensor | None  # (B, L), 1 = token
+    pos: Tensor  # (B, L) RoPE positions
+    kv_cache: str | None
+    threshold: float | None
+    block_length: int
+    steps_per_block: int
+    timesteps: Tensor  # linspace(1, eps, steps_per_block + 1)
+    alg_temp: float | None
+    mask_id: int
+    sampling: tuple  # (temperature, top_p, top_k) of sample_tokens
+    generator: torch.Generator | None
+    rows: Tensor  # arange(B)[:, None]
+
+    def sample(self, logits: Tensor, alg: str) -> tuple[Tensor, Tensor]:
+        return sample_tokens(logits, *self.sampling, alg, self.generator)
+
+    def start(self, x: Tensor, s: int, e: int) -> list | None:
+        """The block's first forward, over the whole canvas: commits the block's first position (its
+        argmax or draw) and returns the keys/values its later steps attend to (None without a cache)."""
+        B, L = x.shape
+        out = self.model(x, attention_mask=self.am, position_ids=self.pos, return_kv=self.kv_cache is not None)
+        logits = _shift(out.logits)
+        _, x0 = self.sample(logits.reshape(-1, logits.shape[-1]), "maskgit_plus")
+        x[:, s] = x0.view(B, L)[:, s]
+        return None if self.kv_cache is None else block_cache(out.kv, s, e, self.kv_cache == "dual")
+
+    def window_logits(self, x: Tensor, s: int, e: int, past) -> Tensor:
+        """A later step's logits (B, stop - s, V) of the window [s, stop) (stop = e under the dual cache,
+        else the canvas's end), shifted within the window as Fast-dLLM."""
+        am, pos = self.am, self.pos
+        if self.kv_cache == "prefix":
+            logits = self.model(x[:, s:], attention_mask=am, past_kv=past, position_ids=pos[:, s:]).logits
+        elif self.kv_cache == "dual":
+            dual_am = None if am is None else torch.cat([am[:, :s], am[:, e:], am[:, s:e]], 1)
+            logits = self.model(x[:, s:e], attention_mask=dual_am, past_kv=past, position_ids=pos[:, s:e]).logits
+        else:
+            logits = self.model(x, attention_mask=am, position_ids=pos).logits[:, s:]
+        return _shift(logits)
+
+    def scheduled_step(self, window: Tensor, logits: Tensor, masked: Tensor, i: int) -> None:
+        """Step i of the block without a threshold: "entropy" confidences, the block's schedule."""
+        t, t_next = self.timesteps[i], self.timesteps[i + 1]
+        confidence, x0 = self.sample(logits[masked], "entropy")
+        n = _reveal_count(masked, t, t_next, last=i >= self.steps_per_block - 1)
+        if n > 0:
+            _reveal_top_n(window, masked, confidence, x0, n, self.alg_temp, self.mask_id, self.rows, self.generator,
+                          logits.dtype)
+
+    def threshold_step(self, window: Tensor, logits: Tensor, masked: Tensor, in_block: Tensor) -> None:
+        """A step under the threshold. Fast-dLLM draws tokens for every masked position of the window,
+        then commits the block's (`threshold_transfer`)."""
+        confidence, x0 = self.sample(logits[masked], "maskgit_plus")
+        full = torch.full(window.shape, -torch.inf, dtype=logits.dtype, device=window.device)
+        full[masked] = confidence
+        full[:, ~in_block] = -torch.inf
+        proposal = torch.full_like(window, self.mask_id)
+        proposal[masked] = x0
+        transfer = threshold_transfer(full, masked & in_block, self.threshold)
+        window.copy_(torch.where(transfer, proposal, window))  # a boolean-indexed write would wait on the device
+
+    def decode(self, x: Tensor, s: int, e: int) -> None:
+        """Decode the block [s, e) of the canvas x (B, L) in place."""
+        past = self.start(x, s, e)
+        stop = e if self.kv_cache == "dual" else x.shape[1]  # the window the later steps score: [s, stop)
+        i = 1
+        while bool((x[:, s:e] == self.mask_id).any()):
+            if self.threshold is None and i == self.steps_per_block:
+                break
+            logits = self.window_logits(x, s, e, past)
+            window = x[:, s:stop]  # a view: writes go to the canvas
+            mask_index = window == self.mask_id
+            in_block = torch.arange(stop - s, device=x.device) < self.block_length
+            if self.threshold is None:
+                self.scheduled_step(window, logits, mask_index & in_block, i)
+                i += 1
+            else:
+                self.threshold_step(window, logits, mask_index, in_block)
+
+
+def _generate_blocks(model, x: Tensor, am: Tensor | None, P: int, gen_length: int, steps: int, block_length: int,
+                     kv_cache, threshold, temperature, top_p, top_k, alg_temp, eps, mask_id, generator) -> Tensor:
+    """Fast-dLLM's block decoding of Dream (module docstring). x (B, P + gen_length) is decoded in place."""
+    steps_per_block = _check_blocks(gen_length, steps, block_length, kv_cache, threshold)
     B, L = x.shape
     device = x.device
-    pos = dream_positions(am, B, L, device)
-    timesteps = torch.linspace(1, eps, steps_per_block + 1, device=device)
-    rows = torch.arange(B, device=device)[:, None]
-    for b in range(num_blocks):
-        s, e = P + b * block_length, P + (b + 1) * block_length
-        out = model(x, attention_mask=am, position_ids=pos, return_kv=kv_cache is not None)
-        logits = _shift(out.logits)
-        V = logits.shape[-1]
-        _, x0 = sample_tokens(logits.reshape(-1, V), temperature, top_p, top_k, "maskgit_plus", generator)
-        x[:, s] = x0.view(B, L)[:, s]
-        if kv_cache == "prefix":
-            past = [(k[:, :, :s], v[:, :, :s]) for k, v in out.kv]
-        elif kv_cache == "dual":
-            past = [(torch.cat([k[:, :, :s], k[:, :, e:]], 2), torch.cat([v[:, :, :s], v[:, :, e:]], 2)) for k, v in out.kv]
-        stop = e if kv_cache == "dual" else L  # the window the later steps score: [s, stop)
-        i = 1
-        while bool((x[:, s:e] == mask_id).any()):
-            if threshold is None and i == steps_per_block:
-                break
-            if kv_cache == "prefix":
-                logits = model(x[:, s:], attention_mask=am, past_kv=past, position_ids=pos[:, s:]).logits
-            elif kv_cache == "dual":
-                dual_am = None if am is None else torch.cat([am[:, :s], am[:, e:], am[:, s:e]], 1)
-                logits = model(x[:, s:e], attention_mask=dual_am, past_kv=past, position_ids=pos[:, s:e]).logits
-            else:
-                logits = model(x, attention_mask=am, position_ids=pos).logits[:, s:]
-            logits = _shift(logits)  # (B, stop - s, V): within the window, as Fast-dLLM
-            window = x[:, s:stop]  # a view: writes go to the canvas
-            mask_index = window == mask_id
-            in_block = torch.arange(stop - s, device=device) < block_length
-            if threshold is None:
-                mask_index &= in_block
-                t, t_next = timesteps[i], timesteps[i + 1]
-                confidence, x0 = sample_tokens(logits[mask_index], temperature, top_p, top_k, "entropy", generator)
-                per_row = mask_index.sum() / B
-                n = int(per_row * (1 - t_next / t)) if i < steps_per_block - 1 else int(per_row)
-                i += 1
-                if n <= 0:
-                    continue
-                full = torch.full(window.shape, -torch.inf, dtype=logits.dtype, device=device)
-                full[mask_index] = confidence
-                if alg_temp is None or alg_temp == 0:
-                    chosen = torch.topk(full, n).indices
-                else:
-                    chosen = torch.multinomial(F.softmax(full / alg_temp, dim=-1), n, generator=generator)
-                proposal = torch.full_like(window, mask_id)
-                proposal[mask_index] = x0
-                write = mask_index[rows, chosen]  # only masked slots (as the reference mode, module docstring)
-                r = rows.expand_as(chosen)[write]
-                window[r, chosen[write]] = proposal[r, chosen[write]]
-            else:
-                # Fast-dLLM draws tokens for every masked position of the window, then keeps the block's.
-                confidence, x0 = sample_tokens(logits[mask_index], temperature, top_p, top_k, "maskgit_plus", generator)
-                full = torch.full(window.shape, -torch.inf, dtype=logits.dtype, device=device)
-                full[mask_index] = confidence
-                full[:, ~in_block] = -torch.inf
-                proposal = torch.full_like(window, mask_id)
-                proposal[mask_index] = x0
-                for j in range(B):
-                    n = int((mask_index[j] & in_block).sum())
-                    if n == 0:
-                        continue
-                    conf, idx = torch.topk(full[j], n)
-                    keep = conf >= threshold
-                    keep[0] = True  # at least the most confident position
-                    window[j, idx[keep]] = proposal[j, idx[keep]]
+    decoder = _BlockDecoder(model, am, dream_positions(am, B, L, device), kv_cache, threshold, block_length,
+                            steps_per_block, torch.linspace(1, eps, steps_per_block + 1, device=device), alg_temp,
+                            mask_id, (temperature, top_p, top_k), generator, torch.arange(B, device=device)[:, None])
+    for b in range(gen_length // block_length):
+        decoder.decode(x, P + b * block_length, P + (b + 1) * block_length)
     return x
 
 

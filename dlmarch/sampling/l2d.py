@@ -29,7 +29,8 @@ run as one batched evaluation.
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -144,6 +145,174 @@ def _class_labels(class_label, B: int, device) -> Tensor | None:
     return labels.expand(B).clone() if labels.dim() == 0 else labels.view(B)
 
 
+@dataclass
+class _Ode:
+    """The ODE options of one generate_l2d call: the arguments, else the model's L2DConfig."""
+
+    steps: int  # grid points
+    solver: str
+    atol: float
+    rtol: float
+    options: dict | None
+    x1_temp_at: Callable  # time -> x1 temperature
+    x1_estimation: str
+    final_timestep: float
+
+
+def _resolve_ode(cfg, ode_steps, solver, atol, rtol, ode_options, x1_temperature, x1_estimation, final_timestep) -> _Ode:
+    """The ODE options: each argument left at None from the config (solver "heun" is torchdiffeq's heun2)."""
+    solver = solver or cfg.solver
+    solver = "heun2" if solver == "heun" else solver
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown L2D solver {solver!r} (supported: {', '.join(SOLVERS)})")
+    return _Ode(ode_steps or cfg.ode_steps, solver, cfg.ode_atol if atol is None else atol,
+                cfg.ode_rtol if rtol is None else rtol, cfg.ode_options if ode_options is None else ode_options,
+                x1_temperature_schedule(cfg.temperature if x1_temperature is None else x1_temperature),
+                x1_estimation or cfg.x1_estimation, cfg.final_timestep if final_timestep is None else final_timestep)
+
+
+def _check(prompt: Tensor, max_new_tokens: int, ode_steps: int) -> None:
+    """ValueError naming the argument that cannot work."""
+    if prompt.dim() != 2 or prompt.shape[1] == 0:
+        raise ValueError(f"prompt must be (batch, length) with at least one token, found {tuple(prompt.shape)}")
+    if max_new_tokens <= 0:
+        raise ValueError(f"max_new_tokens must be positive, found {max_new_tokens}")
+    if ode_steps < 2:
+        raise ValueError(f"ode_steps must be at least 2 (grid points), found {ode_steps}")
+
+
+def _guidance(cfg, class_label, guidance: float | None, B: int, device) -> tuple[Tensor | None, float | None]:
+    """(class labels (B,) or None, the guidance weight w, None when unguided). The reference guides
+    whenever a class is given, w = 1 included; w defaults to the config's, else 1.0."""
+    labels = _class_labels(class_label, B, device)
+    if labels is not None and not cfg.num_classes:
+        raise ValueError("class_label / guidance need a model trained with num_classes")
+    if labels is None and guidance is not None:
+        raise ValueError("guidance needs a class_label")
+    if labels is not None and guidance is None:
+        guidance = cfg.guidance if cfg.guidance is not None else 1.0
+    return labels, guidance
+
+
+@dataclass
+class _Plan:
+    """One generate_l2d call, resolved: what each token reads."""
+
+    model: object
+    ode: _Ode
+    grid: Tensor  # the ODE's time grid, float32 as the reference's
+    delta: Tensor | float  # the x1 temperature is read at t + delta (the reference's timesteps_delta)
+    boundary: bool  # the solver evaluates at t = 1, where the velocity is 0
+    table: Tensor  # the vocabulary's flow table (V, F), float32
+    labels: Tensor | None  # (B,) class labels
+    guidance: float | None  # w; None: unguided
+    guide_final_logits: bool
+    generator: torch.Generator | None
+    device: torch.device
+    cond_cache: dict = field(default_factory=dict)  # modulations per ODE time
+    token_cache: dict = field(default_factory=dict)  # the token's conditional pass under guidance: its own labels
+
+    def __post_init__(self):
+        nc = self.model.config.num_classes  # the null class
+        self.branch_labels = None if self.guidance is None else torch.cat([self.labels, torch.full_like(self.labels, nc)])
+
+
+def _plan(model, ode: _Ode, labels, guidance, guide_final_logits: bool, generator, device) -> _Plan:
+    """The work done once per call: the flow table and the ODE's time grid."""
+    table = model.flow_table().float()
+    grid = torch.linspace(0.0, ode.final_timestep, ode.steps, device=device)  # float32, as the reference's
+    delta = {"euler": grid[-1] - grid[-2], "midpoint": (grid[-1] - grid[-2]) / 2}.get(ode.solver, 0.0)
+    if ode.solver in ("heun2", "heun3", "rk4"):
+        delta = grid[-1] - grid[-2]
+    return _Plan(model, ode, grid, delta, ode.solver not in BUILTIN_SOLVERS, table, labels, guidance,
+                 guide_final_logits, generator, device)
+
+
+@dataclass
+class _Main:
+    """The main path after the tokens so far: per-layer keys/values, the last hidden state (B, 1, D), the
+    last position (B, 1) and the attention mask (B, T) (None without padding)."""
+
+    kv: list
+    h_last: Tensor
+    step_pos: Tensor
+    am: Tensor | None
+
+
+def _prefill(main, prompt: Tensor, attention_mask: Tensor | None, device) -> _Main:
+    """The main path on the prompt (B, P), once, with its KV cache."""
+    am = None if attention_mask is None else attention_mask.to(device).long()
+    # Positions count from each row's first token (0 on its left padding), as the reference's.
+    pos = None if am is None else (am.cumsum(-1) - 1).clamp(min=0)
+    out = main(prompt, am, position_ids=pos, return_kv=True, output_hidden=True, compute_logits=False)
+    step_pos = (torch.arange(prompt.shape[1], device=device).expand(prompt.shape[0], -1) if pos is None else pos)[:, -1:]
+    return _Main(out.kv, out.hidden[:, -1:], step_pos, am)
+
+
+def _feed(main, state: _Main, nxt: Tensor) -> None:
+    """The main path on the tokens nxt (B,): their keys/values join the cache."""
+    if state.am is not None:
+        state.am = torch.cat([state.am, torch.ones(nxt.shape[0], 1, dtype=state.am.dtype, device=state.am.device)], 1)
+    state.step_pos = state.step_pos + 1
+    out = main(nxt[:, None], state.am, position_ids=state.step_pos, past_kv=state.kv, return_kv=True,
+               output_hidden=True, compute_logits=False)
+    state.kv, state.h_last = out.kv, out.hidden
+
+
+def _velocity(plan: _Plan, path: _Path, B: int):
+    """dx/dt = (x1_hat - x) / (1 - t) at (t, x (B, F) float64); under guidance w v_cond + (1 - w) v_null."""
+    cfg, table, generator, guidance = plan.model.config, plan.table, plan.generator, plan.guidance
+    boundary, delta, x1_temp_at, how = plan.boundary, plan.delta, plan.ode.x1_temp_at, plan.ode.x1_estimation
+    guided = guidance is not None
+
+    def velocity(t: Tensor, x: Tensor) -> Tensor:
+        if boundary and t >= 1:
+            return torch.zeros_like(x)
+        x1_temp = x1_temp_at(t + delta)
+        logits = path.logits(torch.cat([x, x]) if guided else x, t)
+        # Conditional branch first: with a positive x1 temperature each branch draws in turn.
+        x1 = torch.cat([estimate_x1(part, table, how, x1_temp, generator, cfg.normalize_x1, cfg.clamp_x1,
+                                    cfg.flow_scale) for part in logits.split(B)])
+        v = (x1 - (torch.cat([x, x]) if guided else x)) / (1 - t)
+        if guided:
+            vc, vu = v.split(B)
+            v = guidance * vc + (1 - guidance) * vu
+        return v
+
+    return velocity
+
+
+def _token_logits(plan: _Plan, state: _Main) -> tuple[Tensor, int]:
+    """The next token's logits (B, V): the ODE from fresh noise, then one more pass at the final time.
+    Also returns the diffusion path's evaluations (batched passes)."""
+    model, cfg, ode, guidance = plan.model, plan.model.config, plan.ode, plan.guidance
+    h_last, kv, step_pos = state.h_last, state.kv, state.step_pos
+    B = h_last.shape[0]
+    q_index = torch.full((B, 1), kv[0][0].shape[2] - 1, device=plan.device)
+    valid = None if state.am is None else state.am.bool()
+    if guidance is not None:  # rows [conditional; null class], one batched pass
+        path = _Path(model, _twice(h_last), [(_twice(k), _twice(v)) for k, v in kv], _twice(q_index),
+                     _twice(step_pos), _twice(valid), plan.branch_labels, plan.cond_cache)
+    else:
+        path = _Path(model, h_last, kv, q_index, step_pos, valid, None, plan.cond_cache)
+    velocity = _velocity(plan, path, B)
+    x = (torch.randn(B, 1, cfg.flow_dim, device=plan.device, generator=plan.generator) * cfg.noise_scale)[:, 0].double()
+    if ode.solver in BUILTIN_SOLVERS:
+        x = _integrate_builtin(velocity, x, plan.grid, ode.solver)
+    else:
+        x = _integrate_torchdiffeq(velocity, x, plan.grid, ode.solver, ode.atol, ode.rtol, ode.options)
+    # The token's logits: one more pass at the final time, conditional only (the reference's).
+    if guidance is not None and plan.guide_final_logits:
+        fc, fu = path.logits(torch.cat([x, x]), plan.grid[-1]).split(B)
+        final = guidance * fc + (1 - guidance) * fu
+    elif guidance is not None:
+        final = _Path(model, h_last, kv, q_index, step_pos, valid, plan.labels, plan.token_cache).logits(x, plan.grid[-1])
+        path.evaluations += 1
+    else:
+        final = path.logits(x, plan.grid[-1])
+    return final, path.evaluations
+
+
 @torch.no_grad()
 def generate_l2d(model, prompt: Tensor, attention_mask: Tensor | None = None, max_new_tokens: int = 64, *,
                  ode_steps: int | None = None, solver: str | None = None, temperature: float = 0.0,
@@ -168,100 +337,24 @@ def generate_l2d(model, prompt: Tensor, attention_mask: Tensor | None = None, ma
     'diffusion_evaluations' (batched passes of the diffusion path) and 'tokens'.
     """
     cfg = model.config
-    ode_steps = ode_steps or cfg.ode_steps
-    solver = solver or cfg.solver
-    solver = "heun2" if solver == "heun" else solver
-    if solver not in SOLVERS:
-        raise ValueError(f"unknown L2D solver {solver!r} (supported: {', '.join(SOLVERS)})")
-    atol = cfg.ode_atol if atol is None else atol
-    rtol = cfg.ode_rtol if rtol is None else rtol
-    ode_options = cfg.ode_options if ode_options is None else ode_options
-    x1_temp_at = x1_temperature_schedule(cfg.temperature if x1_temperature is None else x1_temperature)
-    x1_estimation = x1_estimation or cfg.x1_estimation
-    final_timestep = cfg.final_timestep if final_timestep is None else final_timestep
-    if prompt.dim() != 2 or prompt.shape[1] == 0:
-        raise ValueError(f"prompt must be (batch, length) with at least one token, found {tuple(prompt.shape)}")
-    if max_new_tokens <= 0:
-        raise ValueError(f"max_new_tokens must be positive, found {max_new_tokens}")
-    if ode_steps < 2:
-        raise ValueError(f"ode_steps must be at least 2 (grid points), found {ode_steps}")
+    ode = _resolve_ode(cfg, ode_steps, solver, atol, rtol, ode_options, x1_temperature, x1_estimation, final_timestep)
+    _check(prompt, max_new_tokens, ode.steps)
     device = model.device
     prompt = prompt.to(device)
     B = prompt.shape[0]
-    labels = _class_labels(class_label, B, device)
-    if labels is not None and not cfg.num_classes:
-        raise ValueError("class_label / guidance need a model trained with num_classes")
-    if labels is None and guidance is not None:
-        raise ValueError("guidance needs a class_label")
-    guided = labels is not None  # the reference guides whenever a class is given, w = 1 included
-    if guided and guidance is None:
-        guidance = cfg.guidance if cfg.guidance is not None else 1.0
-    branch_labels = torch.cat([labels, torch.full_like(labels, cfg.num_classes)]) if guided else None
-
-    table = model.flow_table().float()
-    grid = torch.linspace(0.0, final_timestep, ode_steps, device=device)  # float32, as the reference's
-    # The time at which the x1 temperature is read: t + delta (the reference's timesteps_delta).
-    delta = {"euler": grid[-1] - grid[-2], "midpoint": (grid[-1] - grid[-2]) / 2}.get(solver, 0.0)
-    if solver in ("heun2", "heun3", "rk4"):
-        delta = grid[-1] - grid[-2]
-    boundary = solver not in BUILTIN_SOLVERS  # these evaluate at t = 1: the velocity there is 0
-
-    main = model.main
-    calls = evaluations = 0
-    am = None if attention_mask is None else attention_mask.to(device).long()
-    # Positions count from each row's first token (0 on its left padding), as the reference's.
-    pos = None if am is None else (am.cumsum(-1) - 1).clamp(min=0)
-    out = main(prompt, am, position_ids=pos, return_kv=True, output_hidden=True, compute_logits=False)
-    calls += 1
-    kv, h_last = out.kv, out.hidden[:, -1:]
-    step_pos = (torch.arange(prompt.shape[1], device=device).expand(B, -1) if pos is None else pos)[:, -1:]
+    labels, guidance = _guidance(cfg, class_label, guidance, B, device)
+    plan = _plan(model, ode, labels, guidance, guide_final_logits, generator, device)
+    state, calls, evaluations = _prefill(model.main, prompt, attention_mask, device), 1, 0
     tokens = [prompt]
     done = torch.zeros(B, dtype=torch.bool, device=device)
-    cond_cache: dict = {}
-    token_cache: dict = {}  # the token's conditional pass under guidance: its own labels
     steps = range(max_new_tokens)
     if progress:
         from tqdm.auto import tqdm
 
         steps = tqdm(steps, desc="tokens", leave=False)
     for i in steps:
-        q_index = torch.full((B, 1), kv[0][0].shape[2] - 1, device=device)
-        valid = None if am is None else am.bool()
-        if guided:  # rows [conditional; null class], one batched pass
-            path = _Path(model, _twice(h_last), [(_twice(k), _twice(v)) for k, v in kv], _twice(q_index),
-                         _twice(step_pos), _twice(valid), branch_labels, cond_cache)
-        else:
-            path = _Path(model, h_last, kv, q_index, step_pos, valid, None, cond_cache)
-
-        def velocity(t: Tensor, x: Tensor) -> Tensor:
-            if boundary and t >= 1:
-                return torch.zeros_like(x)
-            x1_temp = x1_temp_at(t + delta)
-            logits = path.logits(torch.cat([x, x]) if guided else x, t)
-            # Conditional branch first: with a positive x1 temperature each branch draws in turn.
-            x1 = torch.cat([estimate_x1(part, table, x1_estimation, x1_temp, generator, cfg.normalize_x1,
-                                        cfg.clamp_x1, cfg.flow_scale) for part in logits.split(B)])
-            v = (x1 - (torch.cat([x, x]) if guided else x)) / (1 - t)
-            if guided:
-                vc, vu = v.split(B)
-                v = guidance * vc + (1 - guidance) * vu
-            return v
-
-        x = (torch.randn(B, 1, cfg.flow_dim, device=device, generator=generator) * cfg.noise_scale)[:, 0].double()
-        if solver in BUILTIN_SOLVERS:
-            x = _integrate_builtin(velocity, x, grid, solver)
-        else:
-            x = _integrate_torchdiffeq(velocity, x, grid, solver, atol, rtol, ode_options)
-        # The token's logits: one more pass at the final time, conditional only (the reference's).
-        if guided and guide_final_logits:
-            fc, fu = path.logits(torch.cat([x, x]), grid[-1]).split(B)
-            final = guidance * fc + (1 - guidance) * fu
-        elif guided:
-            final = _Path(model, h_last, kv, q_index, step_pos, valid, labels, token_cache).logits(x, grid[-1])
-            path.evaluations += 1
-        else:
-            final = path.logits(x, grid[-1])
-        evaluations += path.evaluations
+        final, n_evaluations = _token_logits(plan, state)
+        evaluations += n_evaluations
         nxt = _decode_token(final, temperature, top_p, do_sample, generator)
         shown = nxt
         if eos_token_id is not None:
@@ -270,13 +363,8 @@ def generate_l2d(model, prompt: Tensor, attention_mask: Tensor | None = None, ma
         tokens.append(shown[:, None])
         if i + 1 == max_new_tokens or bool(done.all()):
             break
-        if am is not None:
-            am = torch.cat([am, torch.ones(B, 1, dtype=am.dtype, device=device)], 1)
-        step_pos = step_pos + 1
-        out = main(nxt[:, None], am, position_ids=step_pos, past_kv=kv, return_kv=True, output_hidden=True,
-                   compute_logits=False)
+        _feed(model.main, state, nxt)
         calls += 1
-        kv, h_last = out.kv, out.hidden
     if stats is not None:
         stats.update(main_calls=calls, diffusion_evaluations=evaluations, tokens=len(tokens) - 1)
     return torch.cat(tokens, 1)

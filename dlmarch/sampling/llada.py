@@ -55,6 +55,8 @@ to the EOS id. Everything up to and including each row's first EOS/EoT is what t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -196,17 +198,12 @@ def _reference_draws(B: int, L: int, V: int, temperature: float, remasking: str,
         torch.rand((B, L), device=device, generator=generator)
 
 
-def _choose(logits: Tensor, x_block: Tensor, mask_block: Tensor, k: Tensor | None, threshold: float | None,
-            temperature: float, remasking: str, generator, eos_eot: list[int] | None,
-            full_shape: tuple | None, block_start: int) -> Tensor:
-    """Commit tokens into x_block (B, bl) in place. Returns the number committed per row.
+def _proposal(logits: Tensor, temperature: float, remasking: str, generator, eos_eot: list[int] | None,
+              full_shape: tuple | None, block_start: int) -> tuple[Tensor, Tensor]:
+    """Each position's candidate token x0 and its confidence, both (B, bl), from the logits (B, bl, V).
 
-    full_shape: in reference mode, the (B, L, V) shape the reference draws its random numbers with,
-    so that the same generator state gives the same tokens; the block's slice of the draw is used.
-    Confidences: reference mode takes the softmax in the logits' dtype, as ML-GSAI/LLaDA generate.py
-    does; every other mode (cache, threshold, block-causal) in float64, as Fast-dLLM's
-    get_transfer_index does (`F.softmax(logits.to(torch.float64))`): on a bf16 model the bf16 softmax
-    rounds confidences across a threshold and ties the top-k.
+    x0 is the argmax of the Gumbel-perturbed logits; the confidence is softmax(logits)[x0]
+    ('low_confidence') or a uniform draw ('random'). full_shape: see `_choose`.
     """
     B, bl, V = logits.shape
     gumbel = None
@@ -229,25 +226,181 @@ def _choose(logits: Tensor, x_block: Tensor, mask_block: Tensor, k: Tensor | Non
             x0_p = torch.rand(full_shape[:2], device=logits.device, generator=generator)[:, block_start: block_start + bl]
         else:
             x0_p = torch.rand((B, bl), device=logits.device, generator=generator)
+    return x0, x0_p
+
+
+def _top_k_transfer(confidence: Tensor, k: Tensor) -> Tensor:
+    """The k[j] most confident positions of each row j: (B, bl) bool, from confidence (B, bl) and k (B,)."""
+    transfer = torch.zeros_like(confidence, dtype=torch.bool)
+    for j in range(confidence.shape[0]):
+        kj = int(k[j])
+        if kj == 0:
+            continue
+        _, idx = torch.topk(confidence[j], k=kj)
+        transfer[j, idx] = True
+    return transfer
+
+
+def threshold_transfer(confidence: Tensor, candidates: Tensor, threshold: float) -> Tensor:
+    """Confidence-threshold parallel decoding (NVlabs/Fast-dLLM `get_transfer_index` with a threshold):
+    in each row, every candidate whose confidence is at least `threshold`, and at least the most
+    confident one. confidence (B, L), -inf off the candidates; candidates (B, L) bool. Returns the
+    positions to commit, (B, L) bool. LLaDA's and Dream's block decoding both select with it.
+    """
+    transfer = torch.zeros_like(candidates)
+    for j in range(candidates.shape[0]):
+        n = int(candidates[j].sum())
+        if n == 0:
+            continue
+        conf, idx = torch.topk(confidence[j], k=n)
+        keep = conf >= threshold
+        keep[0] = True  # at least the most confident position
+        transfer[j, idx[keep]] = True
+    return transfer
+
+
+def _choose(logits: Tensor, x_block: Tensor, mask_block: Tensor, k: Tensor | None, threshold: float | None,
+            temperature: float, remasking: str, generator, eos_eot: list[int] | None,
+            full_shape: tuple | None, block_start: int) -> Tensor:
+    """Commit tokens into x_block (B, bl) in place. Returns the number committed per row.
+
+    full_shape: in reference mode, the (B, L, V) shape the reference draws its random numbers with,
+    so that the same generator state gives the same tokens; the block's slice of the draw is used.
+    Confidences: reference mode takes the softmax in the logits' dtype, as ML-GSAI/LLaDA generate.py
+    does; every other mode (cache, threshold, block-causal) in float64, as Fast-dLLM's
+    get_transfer_index does (`F.softmax(logits.to(torch.float64))`): on a bf16 model the bf16 softmax
+    rounds confidences across a threshold and ties the top-k.
+    """
+    x0, x0_p = _proposal(logits, temperature, remasking, generator, eos_eot, full_shape, block_start)
     confidence = torch.where(mask_block, x0_p, torch.tensor(-torch.inf, dtype=x0_p.dtype, device=x0_p.device))
-    transfer = torch.zeros_like(mask_block)
-    for j in range(B):
-        if threshold is None:
-            kj = int(k[j])
-            if kj == 0:
-                continue
-            _, idx = torch.topk(confidence[j], k=kj)
-            transfer[j, idx] = True
-        else:
-            n_masked = int(mask_block[j].sum())
-            if n_masked == 0:
-                continue
-            _, idx = torch.topk(confidence[j], k=n_masked)
-            keep = confidence[j, idx] >= threshold
-            keep[0] = True  # at least the most confident position
-            transfer[j, idx[keep]] = True
+    if threshold is None:
+        transfer = _top_k_transfer(confidence, k)
+    else:
+        transfer = threshold_transfer(confidence, mask_block, threshold)
     x_block[transfer] = x0[transfer]
     return transfer.sum(dim=1)
+
+
+def block_cache(kv: list, s: int, e: int, dual: bool) -> list:
+    """The keys/values (per layer (B, H, T, D)) that the later steps of the block [s, e) attend to:
+    those of the positions before it (prefix cache), or of every position outside it (dual cache)."""
+    if dual:
+        return [(torch.cat([k[:, :, :s], k[:, :, e:]], 2), torch.cat([v[:, :, :s], v[:, :, e:]], 2)) for k, v in kv]
+    return [(k[:, :, :s], v[:, :, :s]) for k, v in kv]
+
+
+def _resolve(model, prompt: Tensor, attention_mask, steps: int, gen_length: int, block_length: int, remasking: str,
+             mask_id: int | None, threshold, temperature: float, cfg_scale: float, kv_cache, block_causal: bool,
+             needs_eos: bool) -> tuple[int, int, list[int]]:
+    """generate()'s arguments checked against the model: (mask id, number of blocks, EOS and EoT ids).
+    needs_eos: an option that reads the EOS id is on."""
+    cfg = model.config
+    if not hasattr(cfg, "mask_token_id") and mask_id is None:
+        raise TypeError(f"generate() decodes masked-diffusion models; for {type(model).__name__} use dlmarch.generate_l2d "
+                        "(L2D) or a causal sampler")
+    if getattr(model, "shifted_logits", False):  # (Dream) its logits at i predict token i+1; this sampler reads them in place
+        raise ValueError(f"generate() is LLaDA's sampler; a {type(model).__name__} (shifted head) is sampled with "
+                         f"dlmarch.{model.sampler or 'generate_dream'}")
+    if getattr(model, "sampler", "generate") not in ("generate", None):  # (LLaDA2) a sampler of its own
+        raise ValueError(f"generate() is LLaDA's sampler; a {type(model).__name__} is sampled with dlmarch.{model.sampler}")
+    mask_id = cfg.mask_token_id if mask_id is None else mask_id
+    num_blocks = check_arguments(prompt, attention_mask, steps, gen_length, block_length, remasking, mask_id,
+                                 threshold, temperature, cfg_scale, kv_cache)
+    if block_causal and kv_cache == "dual":
+        raise ValueError("kv_cache='dual' caches the positions after the block, which block_causal cuts off; "
+                         "use kv_cache=True")
+    eos_ids = [i for i in (cfg.eos_token_id, getattr(cfg, "eot_token_id", None)) if i is not None]
+    if needs_eos and not eos_ids:
+        raise ValueError("logits_eos_inf / confidence_eos_eot_inf / stop_at_eos need eos_token_id in the model config")
+    return mask_id, num_blocks, eos_ids
+
+
+def _canvas(prompt: Tensor, attention_mask: Tensor | None, gen_length: int, mask_id: int, device) -> tuple[Tensor, Tensor | None]:
+    """The prompt (B, P) followed by gen_length mask ids, (B, P + gen_length) on device, and the
+    attention mask extended over them with ones."""
+    prompt = prompt.to(device)
+    B, P = prompt.shape
+    x = torch.full((B, P + gen_length), mask_id, dtype=torch.long, device=device)
+    x[:, :P] = prompt
+    if attention_mask is not None:
+        attention_mask = torch.cat([attention_mask.to(device), torch.ones(B, gen_length, dtype=attention_mask.dtype, device=device)], 1)
+    return x, attention_mask
+
+
+@dataclass
+class _Plan:
+    """The settings of one generate() call, resolved: what each block and step reads."""
+
+    score: _Scorer
+    prompt_len: int
+    block_length: int
+    steps_per_block: int
+    mask_id: int
+    threshold: float | None
+    temperature: float
+    remasking: str
+    generator: torch.Generator | None
+    eos_eot: list[int] | None  # the ids whose confidence is -inf (confidence_eos_eot_inf), else None
+    kv_cache: bool | str
+    block_causal: bool
+    vocab_size: int
+
+    def __post_init__(self):
+        self.dual = self.kv_cache == "dual"
+        self.reference_mode = not (self.kv_cache or self.threshold is not None or self.block_causal)
+
+
+def _reference_window(x: Tensor, P: int, s: int, mask_id: int) -> int:
+    """Where a reference-mode step's window starts: s, or the first generated position before it
+    that still holds the mask id.
+
+    A committed token can be the mask id itself (argmax of the noisy logits); the reference then
+    treats it as masked, and as a candidate in every later block (it only rules out positions after
+    the current block). Such leftovers widen the window to [w, e).
+    """
+    left = (x[:, P:s] == mask_id).any(0).nonzero()
+    return P + int(left[0]) if left.numel() else s
+
+
+def _step_logits(plan: _Plan, x: Tensor, s: int, e: int, w: int, i: int, past, prefix_kv) -> tuple[Tensor, list | None]:
+    """Step i of the block [s, e): the logits of the window [w, e) (w = s outside reference mode), run
+    the way the mode asks, and the block's cache (filled at its first step under kv_cache)."""
+    score = plan.score
+    if plan.block_causal and plan.kv_cache:
+        return score(x, s, e, past_kv=prefix_kv, kv_len=e)[0], past
+    if plan.block_causal:
+        return score(x, s, e, kv_len=e, block_causal=(plan.prompt_len, plan.block_length))[0], past
+    if plan.kv_cache and i > 0:
+        return score(x, s, e, past_kv=past, dual=plan.dual)[0], past
+    if plan.kv_cache:
+        logits, kv = score(x, s, e, return_kv=True)
+        return logits, block_cache(kv, s, e, plan.dual)
+    return score(x, w, e)[0], past
+
+
+def _decode_block(x: Tensor, s: int, e: int, prefix_kv, plan: _Plan) -> None:
+    """Decode the block [s, e) of the canvas x (B, L) in place, step by step."""
+    threshold, mask_id = plan.threshold, plan.mask_id
+    k_schedule = get_num_transfer_tokens(x[:, s:e] == mask_id, plan.steps_per_block) if threshold is None else None
+    max_steps = plan.steps_per_block if threshold is None else plan.block_length
+    B, L = x.shape
+    past = None
+    for i in range(max_steps):
+        w = _reference_window(x, plan.prompt_len, s, mask_id) if plan.reference_mode else s
+        window = x[:, w:e]  # a view: committing into it writes the canvas
+        mask_block = window == mask_id
+        if not bool(mask_block.any()):
+            if not plan.reference_mode:
+                break
+            # The reference still runs its step here (k = 0, nothing committed) and draws: the
+            # model call can be skipped, the draws cannot.
+            _reference_draws(B, L, plan.vocab_size, plan.temperature, plan.remasking, plan.generator, x.device)
+            continue
+        logits, past = _step_logits(plan, x, s, e, w, i, past, prefix_kv)
+        full_shape = (B, L, plan.vocab_size) if plan.reference_mode else None
+        k = None if k_schedule is None else k_schedule[:, i]
+        _choose(logits, window, mask_block, k, threshold, plan.temperature, plan.remasking, plan.generator,
+                plan.eos_eot, full_shape, w)
 
 
 @torch.no_grad()
@@ -282,37 +435,14 @@ def generate(
     random draw (Gumbel noise, 'random' remasking); None uses torch's global generator, as the
     reference does. `stats`, if given, receives the number of model calls ('nfe').
     """
-    cfg = model.config
-    if not hasattr(cfg, "mask_token_id") and mask_id is None:
-        raise TypeError(f"generate() decodes masked-diffusion models; for {type(model).__name__} use dlmarch.generate_l2d "
-                        "(L2D) or a causal sampler")
-    if getattr(model, "shifted_logits", False):  # (Dream) its logits at i predict token i+1; this sampler reads them in place
-        raise ValueError(f"generate() is LLaDA's sampler; a {type(model).__name__} (shifted head) is sampled with "
-                         f"dlmarch.{model.sampler or 'generate_dream'}")
-    if getattr(model, "sampler", "generate") not in ("generate", None):  # (LLaDA2) a sampler of its own
-        raise ValueError(f"generate() is LLaDA's sampler; a {type(model).__name__} is sampled with dlmarch.{model.sampler}")
-    mask_id = cfg.mask_token_id if mask_id is None else mask_id
-    num_blocks = check_arguments(prompt, attention_mask, steps, gen_length, block_length, remasking, mask_id,
-                                 threshold, temperature, cfg_scale, kv_cache)
-    if block_causal and kv_cache == "dual":
-        raise ValueError("kv_cache='dual' caches the positions after the block, which block_causal cuts off; "
-                         "use kv_cache=True")
-    dual = kv_cache == "dual"
-    eos_ids = [i for i in (cfg.eos_token_id, getattr(cfg, "eot_token_id", None)) if i is not None]
-    if (logits_eos_inf or confidence_eos_eot_inf or stop_at_eos) and not eos_ids:
-        raise ValueError("logits_eos_inf / confidence_eos_eot_inf / stop_at_eos need eos_token_id in the model config")
-    device = model.device
-    prompt = prompt.to(device)
-    B, P = prompt.shape
-    x = torch.full((B, P + gen_length), mask_id, dtype=torch.long, device=device)
-    x[:, :P] = prompt
-    if attention_mask is not None:
-        attention_mask = torch.cat([attention_mask.to(device), torch.ones(B, gen_length, dtype=attention_mask.dtype, device=device)], 1)
+    mask_id, num_blocks, eos_ids = _resolve(model, prompt, attention_mask, steps, gen_length, block_length, remasking,
+                                            mask_id, threshold, temperature, cfg_scale, kv_cache, block_causal,
+                                            logits_eos_inf or confidence_eos_eot_inf or stop_at_eos)
+    x, attention_mask = _canvas(prompt, attention_mask, gen_length, mask_id, model.device)
+    P = prompt.shape[1]
     score = _Scorer(model, x != mask_id, attention_mask, cfg_scale, mask_id, eos_ids, logits_eos_inf)
-    eos_eot = eos_ids if confidence_eos_eot_inf else None
-    steps_per_block = steps // num_blocks
-    reference_mode = not (kv_cache or threshold is not None or block_causal)
-    V = cfg.vocab_size
+    plan = _Plan(score, P, block_length, steps // num_blocks, mask_id, threshold, temperature, remasking, generator,
+                 eos_ids if confidence_eos_eot_inf else None, kv_cache, block_causal, model.config.vocab_size)
     blocks = range(num_blocks)
     if progress:
         from tqdm.auto import tqdm
@@ -322,48 +452,11 @@ def generate(
     prefix_kv = None
     if block_causal and kv_cache:  # the prompt is clean block 0: its keys/values once, attending to itself
         _, prefix_kv = score(x, P - 1, P, return_kv=True, kv_len=P)
-
     for b in blocks:
         s, e = P + b * block_length, P + (b + 1) * block_length
-        k_schedule = get_num_transfer_tokens(x[:, s:e] == mask_id, steps_per_block) if threshold is None else None
-        max_steps = steps_per_block if threshold is None else block_length
-        past = None
-        for i in range(max_steps):
-            w = s
-            if reference_mode:
-                # A committed token can be the mask id itself (argmax of the noisy logits); the reference
-                # then treats it as masked, and as a candidate in every later block (it only rules out
-                # positions after the current block). Such leftovers widen the window to [w, e).
-                left = (x[:, P:s] == mask_id).any(0).nonzero()
-                w = P + int(left[0]) if left.numel() else s
-            window = x[:, w:e]  # a view: committing into it writes the canvas
-            mask_block = window == mask_id
-            if not bool(mask_block.any()):
-                if not reference_mode:
-                    break
-                # The reference still runs its step here (k = 0, nothing committed) and draws: the
-                # model call can be skipped, the draws cannot.
-                _reference_draws(B, x.shape[1], V, temperature, remasking, generator, device)
-                continue
-            if block_causal and kv_cache:
-                logits, _ = score(x, s, e, past_kv=prefix_kv, kv_len=e)
-            elif block_causal:
-                logits, _ = score(x, s, e, kv_len=e, block_causal=(P, block_length))
-            elif kv_cache and i > 0:
-                logits, _ = score(x, s, e, past_kv=past, dual=dual)
-            elif kv_cache:
-                logits, kv = score(x, s, e, return_kv=True)
-                if dual:  # prefix and suffix, the block left out
-                    past = [(torch.cat([k[:, :, :s], k[:, :, e:]], 2), torch.cat([v[:, :, :s], v[:, :, e:]], 2)) for k, v in kv]
-                else:
-                    past = [(k[:, :, :s], v[:, :, :s]) for k, v in kv]
-            else:
-                logits, _ = score(x, w, e)
-            full_shape = (B, x.shape[1], V) if reference_mode else None
-            k = None if k_schedule is None else k_schedule[:, i]
-            _choose(logits, window, mask_block, k, threshold, temperature, remasking, generator, eos_eot, full_shape, w)
-        if stop_at_eos and b + 1 < num_blocks and bool(torch.isin(x[:, P:e], torch.tensor(eos_ids, device=device)).any(1).all()):
-            x[:, e:] = cfg.eos_token_id
+        _decode_block(x, s, e, prefix_kv, plan)
+        if stop_at_eos and b + 1 < num_blocks and bool(torch.isin(x[:, P:e], torch.tensor(eos_ids, device=x.device)).any(1).all()):
+            x[:, e:] = model.config.eos_token_id
             break
         if block_causal and kv_cache and b + 1 < num_blocks:  # the finished block joins the clean cache
             _, prefix_kv = score(x, s, e, past_kv=prefix_kv, return_kv=True, kv_len=e)
@@ -372,4 +465,4 @@ def generate(
     return x
 
 
-__all__ = ["generate", "get_num_transfer_tokens", "add_gumbel_noise"]
+__all__ = ["generate", "get_num_transfer_tokens", "add_gumbel_noise", "threshold_transfer", "block_cache"]

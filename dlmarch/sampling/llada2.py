@@ -30,11 +30,14 @@ Options the reference does not have (documented differences):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from ..models.llada2 import block_diffusion_mask
+from .llada import get_num_transfer_tokens
 
 
 def top_k_logits(logits: Tensor, k: int | None) -> Tensor:
@@ -73,14 +76,6 @@ def sample_tokens(logits: Tensor, temperature: float, top_k: int | None, top_p: 
     return token.view(shape), probs.gather(-1, token).view(shape)
 
 
-def transfer_schedule(block_length: int, steps: int) -> list[int]:
-    """Tokens to commit at each step of a block: block_length // steps, + 1 for the first remainder."""
-    if steps == 0:
-        return []
-    base, rem = divmod(block_length, steps)
-    return [base + (i < rem) for i in range(steps)]
-
-
 def _check(model, input_ids, block_length, steps, gen_length, minimal_topk, threshold, eos_id, mask_id, temperature):
     if getattr(model, "sampler", None) != "generate_llada2":
         raise ValueError(f"generate_llada2 samples LLaDA2 models; a {type(model).__name__} is sampled with "
@@ -102,6 +97,104 @@ def _check(model, input_ids, block_length, steps, gen_length, minimal_topk, thre
         raise ValueError(f"input_ids contains the mask id {mask_id} (row {r}, position {p})")
     if not 0 <= threshold <= 1:
         raise ValueError(f"threshold must be in [0, 1], found {threshold}")
+
+
+def _canvas(input_ids: Tensor, gen_length: int, block_length: int, mask_id: int, device) -> Tensor:
+    """The prompt (B, P) followed by mask ids, rounded up to whole blocks counted from position 0."""
+    B, P = input_ids.shape
+    num_blocks = (P + gen_length + block_length - 1) // block_length
+    x = torch.full((B, num_blocks * block_length), mask_id, dtype=torch.long, device=device)
+    x[:, :P] = input_ids.to(device)
+    return x
+
+
+def _transfer(confidence: Tensor, active: Tensor, n: int, threshold: float) -> Tensor:
+    """The reference's commit rule of a step, row by row: every position whose confidence (B, bl) is
+    above threshold when there are at least n of them, else the n most confident of the active (B, bl)
+    positions (all of them when fewer). Returns (B, bl) bool."""
+    transfer = torch.zeros_like(active)
+    for j in range(active.shape[0]):
+        high = confidence[j] > threshold
+        if int(high.sum()) >= n:
+            transfer[j] = high
+        else:
+            idx = torch.topk(confidence[j], k=min(n, int(active[j].sum())))[1]
+            transfer[j, idx] = True
+    return transfer
+
+
+@dataclass
+class _Plan:
+    """The settings of one generate_llada2 call, resolved: what each block and step reads."""
+
+    model: object
+    prompt_len: int
+    block_length: int
+    schedule: list[int]  # tokens to commit at each step of a block
+    threshold: float
+    sampling: tuple  # (temperature, top_k, top_p) of sample_tokens
+    generator: torch.Generator | None
+    eos_id: int
+    mask_id: int
+    eos_early_stop: bool
+    kv_cache: bool
+
+
+def _eos_early_stop(plan: _Plan, x: Tensor, x0: Tensor, transfer: Tensor, e: int, done: Tensor, early: list) -> None:
+    """eos_early_stop: a row whose step committed an eos with nothing masked before it is done; its
+    end (exclusive, in the canvas) goes to early[j]."""
+    hit = ((x0 == plan.eos_id) & transfer).any(1)
+    for j in hit.nonzero().flatten().tolist():
+        eos = (x[j, :e] == plan.eos_id).nonzero()
+        if eos.numel() and bool((x[j, plan.prompt_len:int(eos[0])] != plan.mask_id).all()):
+            early[j], done[j] = int(eos[0]) + 1, True
+
+
+def _decode_block(plan: _Plan, x: Tensor, s: int, e: int, cache, done: Tensor, early: list) -> int:
+    """Denoise the block [s, e) of the canvas x (B, L) in place, for the rows not done. Returns the
+    number of model calls. cache: the finished blocks' keys/values under kv_cache, else None."""
+    B, device = x.shape[0], x.device
+    window = block_diffusion_mask(e, plan.block_length, B, device)  # the canvas up to the block's end
+    calls = 0
+    for n in plan.schedule:
+        active = (x[:, s:e] == plan.mask_id) & ~done[:, None]
+        if not bool(active.any()):
+            break
+        if plan.kv_cache:
+            logits = plan.model(x[:, s:e], mask=window.with_queries(s), past_kv=cache).logits
+        else:
+            logits = plan.model(x[:, :e], mask=window, logits_at=slice(s, e)).logits
+        calls += 1
+        x0, p = sample_tokens(logits.float(), *plan.sampling, plan.generator)
+        confidence = torch.where(active, p, torch.tensor(-torch.inf, device=device))
+        transfer = _transfer(confidence, active, n, plan.threshold)
+        block = x[:, s:e]
+        block[transfer] = x0[transfer]
+        if plan.eos_early_stop:
+            _eos_early_stop(plan, x, x0, transfer, e, done, early)
+            if bool(done.all()):  # the reference returns here
+                break
+    return calls
+
+
+def _generated(x: Tensor, P: int, gen_length: int, early: list, eos_id: int) -> Tensor:
+    """The generated tokens of the canvas x (B, L): each row cut after its first eos (or where
+    eos_early_stop ended it); a batch of one as is (1, n), a larger one (B, gen_length) filled with eos_id."""
+    B = x.shape[0]
+    rows = []
+    for j in range(B):
+        if early[j] is not None:
+            rows.append(x[j, P:early[j]])
+            continue
+        gen = x[j, P:P + gen_length]
+        eos = (gen == eos_id).nonzero()
+        rows.append(gen[: int(eos[0]) + 1] if eos.numel() else gen)
+    if B == 1:
+        return rows[0][None]
+    out = torch.full((B, gen_length), eos_id, dtype=torch.long, device=x.device)
+    for j, r in enumerate(rows):
+        out[j, : r.numel()] = r
+    return out
 
 
 @torch.no_grad()
@@ -138,75 +231,30 @@ def generate_llada2(
     device = model.device
     steps = min(steps, gen_length // minimal_topk)
     B, P = input_ids.shape
-    num_blocks = (P + gen_length + block_length - 1) // block_length
-    total = num_blocks * block_length
-    x = torch.full((B, total), mask_id, dtype=torch.long, device=device)
-    x[:, :P] = input_ids.to(device)
-    schedule = transfer_schedule(block_length, steps)
+    x = _canvas(input_ids, gen_length, block_length, mask_id, device)
+    # block_length split over the steps, the remainder to the first ones (LLaDA's schedule)
+    schedule = get_num_transfer_tokens(torch.ones(1, block_length, dtype=torch.bool), steps)[0].tolist() if steps else []
+    plan = _Plan(model, P, block_length, schedule, threshold, (temperature, top_k, top_p), generator, eos_id, mask_id,
+                 eos_early_stop, kv_cache)
     done = torch.zeros(B, dtype=torch.bool, device=device)
     early = [None] * B  # rows returned by eos_early_stop: their end (exclusive) in the canvas
     calls, cache, cached = 0, None, 0
-
-    for b in range(P // block_length, num_blocks):
+    for b in range(P // block_length, x.shape[1] // block_length):
         s, e = b * block_length, (b + 1) * block_length
         if kv_cache and cached < s:  # the finished blocks' keys/values, once
             out = model(x[:, cached:s], mask=block_diffusion_mask(s, block_length, B, device).with_queries(cached),
                         past_kv=cache, return_kv=True, compute_logits=False)
             cache, cached = out.kv, s
             calls += 1
-        window = block_diffusion_mask(e, block_length, B, device)  # the canvas up to the block's end
-        for step in range(steps):
-            active = (x[:, s:e] == mask_id) & ~done[:, None]
-            if not bool(active.any()):
-                break
-            if kv_cache:
-                logits = model(x[:, s:e], mask=window.with_queries(s), past_kv=cache).logits
-            else:
-                logits = model(x[:, :e], mask=window, logits_at=slice(s, e)).logits
-            calls += 1
-            x0, p = sample_tokens(logits.float(), temperature, top_k, top_p, generator)
-            confidence = torch.where(active, p, torch.tensor(-torch.inf, device=device))
-            transfer = torch.zeros_like(active)
-            n = schedule[step]
-            for j in range(B):
-                high = confidence[j] > threshold
-                if int(high.sum()) >= n:
-                    transfer[j] = high
-                else:
-                    idx = torch.topk(confidence[j], k=min(n, int(active[j].sum())))[1]
-                    transfer[j, idx] = True
-            block = x[:, s:e]
-            block[transfer] = x0[transfer]
-            if eos_early_stop:
-                hit = ((x0 == eos_id) & transfer).any(1)
-                for j in hit.nonzero().flatten().tolist():
-                    eos = (x[j, :e] == eos_id).nonzero()
-                    if eos.numel() and bool((x[j, P:int(eos[0])] != mask_id).all()):
-                        early[j], done[j] = int(eos[0]) + 1, True
-                if bool(done.all()):  # the reference returns here
-                    break
+        calls += _decode_block(plan, x, s, e, cache, done, early)
         if bool(done.all()):
             break
         done |= (x[:, P:e] == eos_id).any(1)
         if bool(done.all()):
             break
-
     if stats is not None:
         stats["nfe"] = calls
-    rows = []
-    for j in range(B):
-        if early[j] is not None:
-            rows.append(x[j, P:early[j]])
-            continue
-        gen = x[j, P:P + gen_length]
-        eos = (gen == eos_id).nonzero()
-        rows.append(gen[: int(eos[0]) + 1] if eos.numel() else gen)
-    if B == 1:
-        return rows[0][None]
-    out = torch.full((B, gen_length), eos_id, dtype=torch.long, device=device)
-    for j, r in enumerate(rows):
-        out[j, : r.numel()] = r
-    return out
+    return _generated(x, P, gen_length, early, eos_id)
 
 
-__all__ = ["generate_llada2", "sample_tokens", "top_k_logits", "top_p_logits", "transfer_schedule"]
+__all__ = ["generate_llada2", "sample_tokens", "top_k_logits", "top_p_logits"]
