@@ -22,7 +22,7 @@ Sections, each a block of rows in one table (status ok / FAIL / skipped, with th
    bf16 matmul peak and, for known GPUs, the datasheet's dense bf16 peak.
 4. generate (CUDA): LLaDA's sampler (dlmarch.generate) in bf16 on that model with each KV cache
    (none, Fast-dLLM prefix, dual): generated tokens/s.
-5. fsdp2 (CUDA): FSDP2 (`fully_shard` per block, then the model, as trainers/loop.py `distribute`
+5. fsdp2 (CUDA): FSDP2 (`fully_shard` per block, then the model, as trainers/distributed.py `distribute`
    does) in a single-process NCCL world: loss, gradients and the weights after one AdamW step
    against the same model unsharded, and the full state dict the trainer gathers at the end.
 
@@ -324,7 +324,7 @@ def fsdp_rows(device: str) -> list[dict]:
         torch.manual_seed(0)
         plain = LLaDAModel(cfg).init_weights().to(device).train()
         sharded = copy.deepcopy(plain)
-        for block in sharded.blocks:  # trainers/loop.py distribute()
+        for block in sharded.blocks:  # trainers/distributed.py distribute()
             fully_shard(block)
         fully_shard(sharded)
         ids, doc, pos = packed_batch(2, 512, cfg.vocab_size, device)

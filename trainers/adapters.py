@@ -79,7 +79,7 @@ def hf_source(model_arg: str | Path) -> str:
 
 
 def export_run_adapter(out: Path, merged_config, args) -> dict:
-    """`finish()`'s one call: with --export-hf, a LoRA run's `adapter/` also as `adapter-hf/`."""
+    """`finish()`'s one call (trainers/export.py): with --export-hf, a LoRA run's `adapter/` also as `adapter-hf/`."""
     if not (getattr(args, "export_hf", False) and getattr(args, "lora_rank", 0)):
         return {}
     family = getattr(merged_config, "family", None)

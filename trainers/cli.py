@@ -13,7 +13,8 @@ from typing import Callable
 
 from dlmarch.errors import DlmarchError, os_error_line
 
-from .loop import TrainingError, train
+from .checkpoints import TrainingError
+from .loop import train
 from .options import common_parser, parse
 
 

@@ -2,7 +2,8 @@
 
 - metrics.jsonl: one JSON row every --log-every steps (and the last): step, epoch, loss, lr,
   grad_norm, tokens, tokens/s, elapsed seconds and the objective's metrics; validation rows
-  ({"step", "eval_loss", ...}) at every --eval-every steps (trainers/validation.py).
+  ({"step", "eval_loss", ...}) at every --eval-every steps (trainers/validation.py). A resumed run
+  first cuts it back to the steps of the checkpoint it resumes from (`truncate_metrics`).
 - --report-to: "tensorboard" (OUTPUT/tensorboard, torch.utils.tensorboard; the default when it is
   installed), "wandb" (Weights & Biases; WANDB_PROJECT, WANDB_MODE=offline and the other WANDB_*
   variables apply; the run's options are its config) or "none". A tracker asked for by name that is
@@ -17,6 +18,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -187,4 +189,28 @@ def plot_losses(metrics_path: Path, png: Path, title: str) -> None:
     plt.close(fig)
 
 
-__all__ = ["TRACKERS", "Progress", "Tracker", "check_tracker", "plot_losses"]
+def truncate_metrics(path: Path, last_step: int) -> None:
+    """Keep the complete lines of steps <= last_step (a killed run may have written more, or half a line)."""
+    if not path.exists():
+        return
+    keep = []
+    lines = [x for x in path.read_bytes().split(b"\n") if x.strip()]
+    for n, raw in enumerate(lines, 1):
+        try:
+            row = json.loads(raw.decode("utf-8"))
+        except (ValueError, RecursionError) as e:  # JSON or UTF-8: a kill's half line is the last one
+            if n == len(lines):
+                break
+            what = "invalid UTF-8" if isinstance(e, UnicodeDecodeError) else "invalid JSON"
+            raise DlmarchError(f"{path}: line {n}: {what}; the run's metrics are damaged (remove the line to resume)") from None
+        if not isinstance(row, dict) or isinstance(row.get("step"), bool) or not isinstance(row.get("step"), int):
+            raise DlmarchError(f"{path}: line {n}: expected a metrics object with an integer step, found "
+                               f"{raw.decode('utf-8')[:60]!r}")
+        if row["step"] <= last_step:
+            keep.append(raw.decode("utf-8"))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(x + "\n" for x in keep))
+    os.replace(tmp, path)
+
+
+__all__ = ["TRACKERS", "Progress", "Tracker", "check_tracker", "plot_losses", "truncate_metrics"]

@@ -4,6 +4,12 @@ A run directory holds only what a run writes (RUN_ARTEFACTS); --overwrite replac
 --resume continues a run with the options it started with. One process owns it for the whole run
 (OutputLock, from the output guard dlmarch/outputs.py), and nothing in it is written through a
 symbolic link.
+
+What a run directory holds: run.json (the options, written once they are validated), .lock (the
+pid of the run that owns it), metrics.jsonl, loss.png, checkpoints/step-N (weights or adapter,
+optimizer, scheduler, RNG states, position, and manifest.json: every file's size and sha256), and at
+the end model/ (native, with the tokenizer), adapter/ (peft format, LoRA runs) and model-hf/
+(--export-hf).
 """
 
 from __future__ import annotations

@@ -509,7 +509,7 @@ def test_a_lone_surrogate_in_jsonl_names_its_line(tmp_path):
 def test_run_json_of_the_wrong_type_on_resume(tmp_path, run_json):
     from argparse import Namespace
 
-    from trainers.loop import record_run
+    from trainers.rundir import record_run
 
     (tmp_path / "run.json").write_bytes(run_json)
     with pytest.raises(DlmarchError, match=f"{tmp_path / 'run.json'}: ") as e:
@@ -524,7 +524,7 @@ def test_run_json_of_the_wrong_type_on_resume(tmp_path, run_json):
     ([b'{"step": 1, "loss": 1}', b"{not json", b'{"step": 3}'], "line 2: invalid JSON"),
 ])
 def test_damaged_metrics_on_resume_are_named(tmp_path, lines, message):
-    from trainers.loop import truncate_metrics
+    from trainers.progress import truncate_metrics
 
     p = tmp_path / "metrics.jsonl"
     p.write_bytes(b"\n".join(lines) + b"\n")
@@ -533,7 +533,7 @@ def test_damaged_metrics_on_resume_are_named(tmp_path, lines, message):
 
 
 def test_a_torn_last_metrics_line_is_dropped(tmp_path):
-    from trainers.loop import truncate_metrics
+    from trainers.progress import truncate_metrics
 
     p = tmp_path / "metrics.jsonl"
     p.write_bytes(b'{"step": 1, "loss": 1}\n{"step": 2, "loss": 1}\n{"step": 3, "lo\xc3')

@@ -102,7 +102,7 @@ def test_paper_config_states_its_source(name):
 def test_lora_targets_name_llada_modules(path):
     """LoRA targets are LLaDA's module names (a Llama name such as o_proj would match nothing)."""
     from tests.helpers import tiny_llada
-    from trainers.loop import check_lora_targets
+    from trainers.lora import check_lora_targets
 
     targets = (yaml.safe_load(path.read_text()) or {}).get("lora-targets")
     if targets is None:

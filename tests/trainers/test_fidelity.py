@@ -303,7 +303,7 @@ def test_lr_schedule_is_transformers_schedule_with_warmup(schedule):
     """The warmup starts at 0 (step / warmup), as transformers' get_*_schedule_with_warmup; ours started at
     1 / warmup, one step ahead."""
     import transformers
-    from trainers.loop import lr_lambda
+    from trainers.optimizer import lr_lambda
 
     total, warmup = 50, 7
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(()))], lr=1.0)

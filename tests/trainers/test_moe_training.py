@@ -78,7 +78,7 @@ def test_one_sft_step_lowers_the_loss(family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_lora_on_attention_and_experts_exports_reference_names(family, tmp_path):
     from trainers.adapters import export_hf_adapter
-    from trainers.loop import wrap_lora
+    from trainers.lora import wrap_lora
 
     model, mask, eos = load(family)
     attn = ["q_proj", "v_proj"] if family == "lladamoe" else ["qkv_proj"]
