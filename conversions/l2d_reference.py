@@ -14,8 +14,9 @@ from pathlib import Path
 
 import torch
 
-from dlmarch.checkpoint import copy_aux_files, load_pickled_state_dict
-from dlmarch.outputs import atomic_directory
+from dlmarch.atomic import atomic_directory
+from dlmarch.checkpoint import load_pickled_state_dict
+from dlmarch.outputs import copy_aux_files
 from dlmarch.config import read_json
 from dlmarch.errors import CheckpointError, ConfigError
 from dlmarch.hub import local_model_dir

@@ -34,7 +34,9 @@ import torch
 
 from dlmarch.config import jsonl_rows, read_json, read_text
 from dlmarch.errors import DlmarchError
-from dlmarch.outputs import OutputLock, atomic_file, check_file_output, lock_path_of, write_json
+from dlmarch.atomic import atomic_file, write_json
+from dlmarch.locks import OutputLock, lock_path_of
+from dlmarch.outputs import check_file_output
 from dlmarch.prompts import cut_at_eos, encode_prompts, left_pad
 from dlmarch.sampling import DecodingOptions, sampler_for
 from dlmarch.sampling.cli import pad_id_of, positive_int, sampler_warnings
@@ -482,7 +484,7 @@ def _check_output(out: Path, inputs: dict, args, key: str) -> None:
 
 def _made_from(model: str | Path, rows: list[dict]) -> dict:
     """What generations are made from, beside the options: the model's files and the rows."""
-    from dlmarch.checkpoint import directory_fingerprint
+    from dlmarch.manifests import directory_fingerprint
 
     digest = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()
     return {"model_fingerprint": directory_fingerprint(model), "data_sha256": digest}

@@ -40,7 +40,7 @@ import torch
 
 from dlmarch.config import read_json
 from dlmarch.errors import DlmarchError, os_error_line
-from dlmarch.outputs import atomic_file
+from dlmarch.atomic import atomic_file
 
 from .demo import TAGS, new_llada, new_llama, prepare_output, prompt_length, run_eval, train_stage, write_data
 

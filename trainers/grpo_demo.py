@@ -26,7 +26,8 @@ import time
 from pathlib import Path
 
 from dlmarch.errors import DlmarchError
-from dlmarch.outputs import atomic_file, check_file_output
+from dlmarch.atomic import atomic_file
+from dlmarch.outputs import check_file_output
 
 from .demo import QUICK, build, max_length, prepare_output, train_stage
 

@@ -37,7 +37,7 @@ from torch import nn
 
 from dlmarch.dtypes import parse_dtype
 from dlmarch.errors import DlmarchError
-from dlmarch.outputs import DiskFullError, atomic_directory, clean_stale_temps, disk_full, write_json
+from dlmarch.atomic import DiskFullError, atomic_directory, clean_stale_temps, disk_full, write_json
 from dlmarch.hub import local_model_dir
 from dlmarch.registry import load_pretrained
 
