@@ -118,6 +118,7 @@ def _allowed_roots(src: Path) -> list[Path]:
 
 
 def inside_source(src: Path, p: Path) -> bool:
+    """Whether `p`, links followed, lies in checkpoint directory `src` (or its Hub cache's blobs)."""
     target = p.resolve()
     return any(target == r or r in target.parents for r in _allowed_roots(src))
 
@@ -139,6 +140,7 @@ def aux_files(src: str | Path) -> list[Path]:
 
 
 def copy_aux_files(src: str | Path, dst: str | Path) -> list[str]:
+    """Copy the auxiliary files of `src` (see `aux_files`) into `dst`; returns their names."""
     names = []
     for p in aux_files(src):
         shutil.copy2(p, Path(dst) / p.name)
