@@ -14,11 +14,12 @@ from pathlib import Path
 import torch
 
 from dlmarch import safetensors_io as st
-from dlmarch.checkpoint import (NATIVE_FORMAT, WeightFiles, aux_files, build_on_meta, check_tied_head, copy_aux_files,
-                                is_weight_file, native_header, write_shards)
-from dlmarch.outputs import atomic_directory, check_disjoint, foreign_entries, write_json
+from dlmarch.atomic import atomic_directory, write_json
+from dlmarch.checkpoint import (NATIVE_FORMAT, WeightFiles, build_on_meta, check_tied_head, is_weight_file, native_header,
+                                write_shards)
+from dlmarch.outputs import aux_files, check_disjoint, copy_aux_files, foreign_entries
 from dlmarch import dtypes
-from dlmarch.config import TransformerConfig, read_json
+from dlmarch.config import read_json
 from dlmarch.dtypes import HF_DTYPE_NAMES
 from dlmarch.errors import ConfigError, DlmarchError
 from dlmarch.family import config_from_hf, config_from_native, family_of_hf, read_native_config

@@ -14,10 +14,11 @@ from pathlib import Path
 
 import torch
 
-from dlmarch.checkpoint import copy_aux_files, load_pickled_state_dict
-from dlmarch.outputs import atomic_directory
+from dlmarch.atomic import atomic_directory
+from dlmarch.checkpoint import load_pickled_state_dict
+from dlmarch.outputs import copy_aux_files
 from dlmarch.config import read_json
-from dlmarch.errors import CheckpointError, ConfigError
+from dlmarch.errors import CheckpointError
 from dlmarch.hub import local_model_dir
 from dlmarch.keymaps import plan
 from dlmarch.models.l2d import L2DModel

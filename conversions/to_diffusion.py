@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 
 from dlmarch.checkpoint import build_on_meta, write_native
-from dlmarch.outputs import atomic_directory
+from dlmarch.atomic import atomic_directory
 from dlmarch.config import TransformerConfig
 from dlmarch.models.llada import LLaDAConfig
 from dlmarch.registry import load_pretrained

@@ -3,37 +3,30 @@
 Native directory: `config.json` ({"format": "dlmarch", "model": class name, "config": {...}}) and
 `model.safetensors` (or `model-0000N-of-0000M.safetensors` + `model.safetensors.index.json`) with our
 parameter names. Loading builds the model on the meta device and assigns each tensor as it is read,
-so a checkpoint never exists twice in memory. Every write goes through the output guard
-(dlmarch/outputs.py): a temporary directory renamed at the end (or whose files are moved into an
-existing directory, never deleting the files they do not replace), so a failure leaves nothing behind.
+so a checkpoint never exists twice in memory. Every write is atomic (dlmarch/atomic.py): a temporary
+directory whose files are moved into the destination at the end, never deleting the files they do not
+replace, so a failure leaves nothing behind. The auxiliary files that travel with a checkpoint are
+chosen by dlmarch/outputs.py (`aux_files`); manifests and fingerprints are dlmarch/manifests.py.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import os
 import re
-import shutil
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from . import safetensors_io as st
+from .atomic import atomic_update, write_json
 from .config import read_json
-from .errors import CheckpointError, ConfigError, DlmarchError
+from .errors import CheckpointError
 from .keymaps import expected_shapes, plan
-# The output guard owns temporary directories, atomic writes and overlap checks; these names stay
-# importable from here.
-from .outputs import (atomic_directory, atomic_update, check_disjoint, clean_stale_temps,  # noqa: F401
-                      foreign_entries, make_temp_dir, pid_alive, write_json)
-from .outputs import TEMP_MARKER
+from .outputs import copy_aux_files
 
 NATIVE_FORMAT = "dlmarch"
 INDEX_NAME = "model.safetensors.index.json"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 
 
 # --- locating weights --------------------------------------------------------------------------------
@@ -163,112 +156,12 @@ def load_pickled_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return sd
 
 
-# --- manifests and auxiliary files ---------------------------------------------------------------------
+# --- weight file names --------------------------------------------------------------------------------
 
 
 def is_weight_file(name: str) -> bool:
     """A weight file name of our (and HF's) safetensors layout: single, shard or index."""
     return name in ("model.safetensors", INDEX_NAME) or re.fullmatch(r"model-\d{5}-of-\d{5}\.safetensors", name) is not None
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-MANIFEST = "manifest.json"
-
-
-def directory_fingerprint(directory: str | Path, sample: int = 1 << 20) -> str:
-    """sha256 over a model directory's config.json and, for each weight file, its name, size and
-    first and last `sample` bytes: which model a result was made from, in milliseconds for any size
-    (another model, or retrained weights, differ there; a copy of the same files does not)."""
-    d = Path(directory)
-    h = hashlib.sha256()
-    for p in sorted(d.iterdir()) if d.is_dir() else []:
-        if not p.is_file() or not (p.name == "config.json" or p.name.endswith(WEIGHT_SUFFIXES) or p.name.endswith(".index.json")):
-            continue
-        size = p.stat().st_size
-        h.update(f"{p.name}:{size};".encode())
-        with open(p, "rb") as f:
-            h.update(f.read(sample))
-            if size > sample:
-                f.seek(max(sample, size - sample))
-                h.update(f.read(sample))
-    return h.hexdigest()
-
-
-def write_manifest(directory: Path) -> None:
-    """manifest.json: size and sha256 of every other file in `directory`, so that a reader can tell
-    a complete, unedited directory from a truncated or altered one."""
-    files = {p.name: {"bytes": p.stat().st_size, "sha256": file_digest(p)}
-             for p in sorted(directory.iterdir()) if p.is_file() and p.name not in (MANIFEST, TEMP_MARKER)}
-    write_json(directory / MANIFEST, {"files": files})
-
-
-def verify_manifest(directory: Path) -> str | None:
-    """None when every file of the manifest is there with its size and hash; else why not."""
-    try:
-        files = json.loads((directory / MANIFEST).read_text())["files"]
-    except FileNotFoundError:
-        return "no manifest.json"
-    except (ValueError, KeyError, TypeError, OSError):
-        return "unreadable manifest.json"
-    if not isinstance(files, dict):
-        return "unreadable manifest.json"
-    for name, want in files.items():
-        if not isinstance(want, dict) or not isinstance(want.get("bytes"), int) or not isinstance(want.get("sha256"), str):
-            return f"manifest.json: the entry of {name} is {type(want).__name__}, not {{bytes, sha256}}"
-        f = directory / name
-        if Path(name).name != name or not f.is_file() or f.is_symlink():
-            return f"{name} is missing"
-        if f.stat().st_size != want.get("bytes"):
-            return f"{name} has {f.stat().st_size} bytes, the manifest says {want.get('bytes')}"
-        if file_digest(f) != want.get("sha256"):
-            return f"{name} differs from its hash in the manifest"
-    return None
-
-
-def _allowed_roots(src: Path) -> list[Path]:
-    """Where the files of checkpoint directory `src` may live: inside it, and for a Hugging Face
-    cache snapshot (`models--X/snapshots/REV`, whose files link to `models--X/blobs`) that blobs folder."""
-    src = src.resolve()
-    roots = [src]
-    if src.parent.name == "snapshots" and (src.parent.parent / "blobs").is_dir():
-        roots.append((src.parent.parent / "blobs").resolve())
-    return roots
-
-
-def inside_source(src: Path, p: Path) -> bool:
-    target = p.resolve()
-    return any(target == r or r in target.parents for r in _allowed_roots(src))
-
-
-def aux_files(src: str | Path) -> list[Path]:
-    """Files of a checkpoint directory that are neither config nor weights: tokenizer files,
-    generation config, chat template, modeling code. They travel with conversions unchanged. A
-    symbolic link to a file outside the directory is refused: copying it would publish that file."""
-    src = Path(src)
-    out = []
-    for p in sorted(src.iterdir()):
-        if p.name.startswith(".") or p.name == "config.json" or p.name.endswith(WEIGHT_SUFFIXES) or p.name.endswith(".index.json"):
-            continue
-        if p.is_symlink() and not inside_source(src, p):
-            raise CheckpointError(f"{p}: a symbolic link to {os.readlink(p)}, outside {src}; not copied")
-        if p.is_file():
-            out.append(p)
-    return out
-
-
-def copy_aux_files(src: str | Path, dst: str | Path) -> list[str]:
-    names = []
-    for p in aux_files(src):
-        shutil.copy2(p, Path(dst) / p.name)
-        names.append(p.name)
-    return names
 
 
 # --- reading -----------------------------------------------------------------------------------------------
@@ -405,11 +298,6 @@ __all__ = [
     "save_native",
     "write_native",
     "native_header",
-    "atomic_directory",
-    "atomic_update",
-    "check_disjoint",
-    "clean_stale_temps",
-    "copy_aux_files",
     "load_pickled_state_dict",
     "write_shards",
     "write_weights",

@@ -15,7 +15,7 @@ import json
 from pathlib import Path
 
 from dlmarch import safetensors_io as st
-from dlmarch.outputs import atomic_directory, write_json
+from dlmarch.atomic import atomic_directory, write_json
 from dlmarch.errors import CheckpointError
 from dlmarch.registry import KEY_TABLES
 

@@ -3,7 +3,7 @@
 OUTPUT/checkpoints/step-NNNNNNNN holds the trainable weights (weights.safetensors), optimizer.pt,
 scheduler.pt, rng.pt, the objective's state (objective.safetensors, when it has one), state.json
 (its step) and manifest.json (every file's size and sha256). Each is written to a temporary
-directory renamed at the end (dlmarch/outputs.py), so a kill or a full disk leaves the previous
+directory renamed at the end (dlmarch/atomic.py), so a kill or a full disk leaves the previous
 checkpoints intact. A resume takes the newest checkpoint that verifies *and* loads; each newer one is
 named with the reason it was skipped.
 """
@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 
 from dlmarch import safetensors_io as st
-from dlmarch.checkpoint import verify_manifest, write_manifest
+from dlmarch.atomic import DiskFullError, atomic_directory
 from dlmarch.errors import DlmarchError
-from dlmarch.outputs import DiskFullError, atomic_directory
+from dlmarch.manifests import verify_manifest, write_manifest
 
 
 class TrainingError(DlmarchError):

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from dlmarch.config import read_json
 from dlmarch.errors import DlmarchError
-from dlmarch.outputs import atomic_file, check_file_output, write_json
+from dlmarch.atomic import atomic_file, write_json
+from dlmarch.outputs import check_file_output
 from dlmarch.sampling import DecodingOptions
 
 # What generations are made from: --resume continues only a run that agrees on every one.
@@ -136,7 +137,7 @@ def check_output(out: Path, inputs: dict, args, key: str) -> None:
 
 def made_from(model: str | Path, rows: list[dict]) -> dict:
     """What generations are made from, beside the options: the model's files and the rows."""
-    from dlmarch.checkpoint import directory_fingerprint
+    from dlmarch.manifests import directory_fingerprint
 
     digest = hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()
     return {"model_fingerprint": directory_fingerprint(model), "data_sha256": digest}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from dlmarch.config import read_text
 from dlmarch.errors import DlmarchError
-from dlmarch.outputs import atomic_file, write_json
+from dlmarch.atomic import atomic_file, write_json
 
 from .eval_records import check_output, summary_path
 from .eval_scoring import score_record, summarize, table

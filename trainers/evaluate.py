@@ -31,7 +31,8 @@ from pathlib import Path
 import torch
 
 from dlmarch.errors import DlmarchError
-from dlmarch.outputs import OutputLock, lock_path_of, write_json
+from dlmarch.atomic import write_json
+from dlmarch.locks import OutputLock, lock_path_of
 from dlmarch.prompts import cut_at_eos, encode_prompts, left_pad
 from dlmarch.sampling import DecodingOptions, sampler_for
 from dlmarch.sampling.cli import pad_id_of, positive_int, sampler_warnings

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from dlmarch.outputs import DiskFullError, atomic_directory, disk_full, write_json
+from dlmarch.atomic import DiskFullError, atomic_directory, disk_full, write_json
 from dlmarch.registry import load_pretrained
 
 from .checkpoints import last_good

@@ -25,7 +25,8 @@ import sys
 import time
 from pathlib import Path
 
-from dlmarch.outputs import atomic_file, check_file_output
+from dlmarch.atomic import atomic_file
+from dlmarch.outputs import check_file_output
 
 from .demo import QUICK, build, max_length
 from .toy import claim_output, grpo_stage, pipeline_main, pipeline_parser, stage

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from dlmarch.errors import DlmarchError
-from dlmarch.outputs import clean_stale_temps, write_json
+from dlmarch.atomic import clean_stale_temps, write_json
 
 from .checkpoints import TrainingError, checkpoints, newest_intact_checkpoint, restore_newest, save_checkpoint
 from .data import BatchSchedule, check_layout

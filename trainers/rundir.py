@@ -2,7 +2,7 @@
 
 A run directory holds only what a run writes (RUN_ARTEFACTS); --overwrite replaces nothing else,
 --resume continues a run with the options it started with. One process owns it for the whole run
-(OutputLock, from the output guard dlmarch/outputs.py), and nothing in it is written through a
+(OutputLock, dlmarch/locks.py), and nothing in it is written through a
 symbolic link.
 
 What a run directory holds: run.json (the options, written once they are validated), .lock (the
@@ -20,10 +20,11 @@ import shutil
 import time
 from pathlib import Path
 
-from dlmarch.checkpoint import aux_files
+from dlmarch.atomic import TEMP_MARKER, write_json
 from dlmarch.config import read_json
 from dlmarch.errors import DlmarchError
-from dlmarch.outputs import LOCK_NAME, TEMP_MARKER, OutputLock, check_disjoint, foreign_entries, write_json
+from dlmarch.locks import LOCK_NAME, OutputLock
+from dlmarch.outputs import aux_files, check_disjoint, foreign_entries
 
 # What a run writes into its output directory; --overwrite replaces a directory holding only these.
 RUN_ARTEFACTS = {"run.json", "metrics.jsonl", "metrics.tmp", "loss.png", "summary.json", "checkpoints", "model",

@@ -16,7 +16,7 @@ from ..config import read_json
 from ..errors import ConfigError
 from ..family import config_from_dict, read_native_config
 from ..hub import is_hub_id, local_model_dir, snapshot_repo_id
-from ..outputs import atomic_update, write_json
+from ..atomic import atomic_update, write_json
 from .causal import CausalLM
 from .l2d_config import L2DConfig
 

@@ -19,7 +19,8 @@ import torch
 
 from ..dtypes import DTYPES
 from ..errors import DlmarchError
-from ..outputs import atomic_file, check_file_output
+from ..atomic import atomic_file
+from ..outputs import check_file_output
 from ..prompts import decode, encode_prompts, left_pad, read_prompts
 from ..tokenizers import end_of_turn_id, load_tokenizer
 from .dispatch import sampler_for

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from dlmarch.sampling.llada import block_causal_mask
 from tests.helpers import tiny_llada
 from trainers.data import Example, pack_rows, packed_batch, pad_batch
-from trainers.objectives.blockwise import (P_MIN, active_blocks, all_blocks, all_blocks_losses, blockwise,
+from trainers.objectives.blockwise import (active_blocks, all_blocks, all_blocks_losses, blockwise,
                                            blockwise_masks, example_draws, two_copy_layout)
 from trainers.objectives.lift import BOTTOM, RANDOM, TOP, components, keep_counts, lift, lift_keep, sample_rho
 

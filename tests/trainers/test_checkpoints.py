@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-from dlmarch.checkpoint import write_manifest
+from dlmarch.manifests import write_manifest
 from tests.helpers import make_task
 from trainers.checkpoints import checkpoints, verify_checkpoint
 

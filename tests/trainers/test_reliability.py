@@ -251,7 +251,7 @@ def test_a_second_run_on_the_same_output_is_refused_and_a_stale_lock_taken_over(
 
 KILLED_WRITER = """
 import sys, time
-from dlmarch.checkpoint import atomic_directory
+from dlmarch.atomic import atomic_directory
 with atomic_directory(sys.argv[1]) as tmp:
     (tmp / "config.json").write_text("{}")
     print("ready", flush=True)
@@ -292,7 +292,7 @@ def test_leftovers_in_a_run_directory_are_removed_by_the_next_run(task, tmp_path
 
 
 def test_resume_skips_damaged_checkpoints_and_names_them(task, tmp_path, capsys):
-    from dlmarch.checkpoint import write_manifest
+    from dlmarch.manifests import write_manifest
 
     model, data = task
     run = tmp_path / "run"

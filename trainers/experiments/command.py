@@ -12,7 +12,7 @@ from pathlib import Path
 
 from dlmarch.config import read_json
 from dlmarch.errors import DlmarchError
-from dlmarch.outputs import atomic_file
+from dlmarch.atomic import atomic_file
 
 from ..toy import claim_output, pipeline_main
 from . import blocks, cost, gap, l2d, methods, rl

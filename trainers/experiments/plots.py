@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dlmarch.outputs import atomic_file
+from dlmarch.atomic import atomic_file
 
 from .l2d import ODE_EVALS
 
