@@ -206,6 +206,19 @@ def test_model_at_a_budget_is_that_checkpoints_weights(tmp_path):
     assert model_at(run, start, 4) == run / "model"
 
 
+def test_clue_copy_counts_given_digits_reproduced_in_place(tmp_path):
+    """By hand: 3 given digits; the first answer keeps 2 of them in place, the second is one digit
+    repeated (14 of 16 cells) and keeps 1, the third has no answer (nothing copied, not collapsed)."""
+    from trainers.experiments.gap import clue_copy
+
+    puzzle = "1000" "0200" "0030" "0000"
+    rows = [{"answer": "1432" "3214" "2143" "4321"}, {"answer": "2222" "2222" "2222" "2211"}, {"answer": None}]
+    path = tmp_path / "gens.jsonl"
+    path.write_text("".join(json.dumps({**r, "reference": {"puzzle": puzzle}}) + "\n" for r in rows))
+    got = clue_copy(path)
+    assert got == {"copied": (2 + 1 + 0) / 9, "collapsed": 1 / 3}
+
+
 @pytest.mark.slow
 def test_quick_run_writes_every_result(tmp_path):
     """The one end-to-end run: every experiment at tiny budgets; the schema, finite scores, plots and
@@ -246,6 +259,8 @@ def test_quick_run_writes_every_result(tmp_path):
     score(r["l2d_steps"]["main_only"]), score(r["l2d_steps"]["ar_finetune"])
     g = r["gap"]
     assert len(g["causal"]) == len(g["mdm"]) == 3 and [score(x) for x in [*g["causal"], *g["mdm_decoding"].values()]]
+    assert len(g["copy"]["causal"]) == len(g["copy"]["mdm"]) == 3 and len(g["copy"]["pretrained_sft"]) == len(QUICK.seeds)
+    assert [score(c["copied"]) + score(c["collapsed"]) for c in [*g["copy"]["causal"], *g["copy"]["pretrained_sft"]]]
     for start in ("sft", "gift"):
         x = r["rl"]["starts"][start]
         assert len(x["reward"]) == len(QUICK.seeds) and all(len(c) == QUICK.rl_steps for c in x["reward"])

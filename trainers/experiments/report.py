@@ -57,6 +57,16 @@ def gap_section(r: dict) -> list[str]:
     for name, x in g["mdm_decoding"].items():
         other = g.get("pretrained_sft", {}).get(name)
         lines.append(f"| {name} | {pct(x)} | {pct(other) if other is not None else '-'} |")
+    if "copy" in g:
+        lines += ["", "Copying the clues: the share of the puzzle's given digits each model reproduces in place in its "
+                  "answer, and the share of answers in which one digit fills 10 or more of the 16 cells.", "",
+                  "| model | given digits copied | collapsed answers | cell accuracy |", "|---|---|---|---|"]
+        for kind, label in (("causal", "causal"), ("mdm", "masked diffusion")):
+            for b, c, acc in zip(g["budgets"], g["copy"][kind], g[kind]):
+                lines.append(f"| {label}, {b} steps | {pct(c['copied'])} | {pct(c['collapsed'])} | {pct(acc)} |")
+        for x in g["copy"].get("pretrained_sft", []):
+            lines.append(f"| pretrained + SFT, seed {x['seed']} | {pct(x['copied'])} | {pct(x['collapsed'])} | "
+                         f"{pct(x['score'])} |")
     return lines + ["", "![gap](gap.png)", ""]
 
 
