@@ -27,10 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-from .demo import build, max_length
-from .toy import Plan, claim_output, evaluate_model, new_llama, pipeline_main, pipeline_parser, stage
-
-GEN_LENGTH = 32  # the answer and its tags fit one d1 block
+from .toy import GEN_LENGTH, Plan, claim_output, evaluate_model, new_llama, pipeline_main, pipeline_parser, stage, \
+    sudoku_length, sudoku_rows
 # base_*: teaching the causal model (next-token SFT); method_*: the masked-diffusion fine-tune of the converted model
 FULL = Plan(hidden=64, layers=2, train_rows=4000, test_rows=128, base_steps=600, method_steps=1000, batch=32,
             base_lr=3e-3, method_lr=1e-3)
@@ -71,8 +69,8 @@ def run(argv=None) -> int:
     t0 = time.time()
     say = lambda msg: print(f"ar-to-diffusion: {msg}", file=sys.stderr)  # noqa: E731
     say(f"building tokenizer, causal model and data in {out}")
-    task, test = build(out, plan, args.seed, new_model=new_llama)
-    length = max_length(task, out / "init")
+    task, test = sudoku_rows(out, plan, args.seed, new_model=new_llama)
+    length = sudoku_length(task, out / "init")
     train = out / "data" / "train.jsonl"
     common = [] if not args.quick else ["--no-progress"]
     say(f"teaching the causal model ({plan.base_steps} steps of next-token SFT)")

@@ -22,41 +22,14 @@ import sys
 import time
 from pathlib import Path
 
-from .toy import TAGS, Plan, claim_output, evaluate_model, new_llada, pipeline_main, pipeline_parser, prompt_length, stage, \
-    write_data
+from .toy import GEN_LENGTH, Plan, claim_output, evaluate_model, pipeline_main, pipeline_parser, stage, sudoku_length, sudoku_rows
 
 METHODS = ("sft", "gift", "blockwise", "lift")
 FULL = Plan(hidden=128, layers=4, train_rows=4000, test_rows=256, base_steps=1500, method_steps=600, batch=32,
             base_lr=2e-3, method_lr=3e-4)
 QUICK = Plan(hidden=64, layers=2, train_rows=1000, test_rows=64, base_steps=600, method_steps=100, batch=16,
              base_lr=3e-3, method_lr=5e-4)
-GEN_LENGTH, BLOCK_LENGTH = 32, 32  # d1 protocol block; the answer and its tags fit one block
-
-
-def build(out: Path, plan: Plan, seed: int, new_model=None):
-    """Tokenizer, untrained model (`new_model(path, tok, hidden, layers, seed)`, default a LLaDA) at
-    out/init, train/test JSONL at out/data. Returns (task, test rows)."""
-    from trainers.tasks import get_task
-    from trainers.tokenizer import build_char_tokenizer
-
-    task = get_task("sudoku", with_system_prompt=False)  # the instruction costs ~400 characters per row
-    test = task.generate(plan.test_rows, seed + 999)
-    held_out = {r["puzzle"] for r in test}
-    train = [r for r in task.generate(plan.train_rows + plan.test_rows, seed + 1) if r["puzzle"] not in held_out]
-    write_data(out / "data", task, train[: plan.train_rows], test, task.response)
-    if not (out / "init" / "config.json").exists():
-        tok = build_char_tokenizer("0123456789 :Sudokpzle", words=TAGS, pad_to=8)
-        (new_model or new_llada)(out / "init", tok, plan.hidden, plan.layers, seed)
-    return task, test
-
-
-def max_length(task, init: Path) -> int:
-    """The prompt (all Sudoku prompts have one length) + "<reasoning>" + the sampler's canvas: training
-    rows padded (with trained EOS) to exactly the sequence the sampler decodes. "<reasoning>" is the
-    response's first token in training and the prompt's last at evaluation (d1's protocol appends it),
-    so the canvas covers the response's tokens after it; a row one token shorter would teach the model
-    to end its answer one position before the canvas does."""
-    return prompt_length(task, init, [{"puzzle": "0" * 16}]) + 1 + GEN_LENGTH
+BLOCK_LENGTH = GEN_LENGTH  # d1 protocol block; the answer and its tags fit one block
 
 
 def plot(out: Path, rows: list[dict], methods: list[str]) -> None:
@@ -116,8 +89,8 @@ def run(argv=None) -> int:
     claim_output(out, args.resume, args.overwrite, "trainers.demo", WRITES)
     t0 = time.time()
     print(f"demo ({'quick' if args.quick else 'full'}): building tokenizer, model and data in {out}", file=sys.stderr)
-    task, test = build(out, plan, args.seed)
-    length = max_length(task, out / "init")
+    task, test = sudoku_rows(out, plan, args.seed)
+    length = sudoku_length(task, out / "init")
     train = out / "data" / "train.jsonl"
     print(f"demo: teaching the format ({plan.base_steps} steps of sft from scratch)", file=sys.stderr)
     base = stage("sft", out / "init", out / "base", train, plan.base_steps, plan.base_lr, plan.batch, length,

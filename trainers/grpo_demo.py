@@ -28,8 +28,11 @@ from pathlib import Path
 from dlmarch.atomic import atomic_file
 from dlmarch.outputs import check_file_output
 
-from .demo import QUICK, build, max_length
-from .toy import claim_output, grpo_stage, pipeline_main, pipeline_parser, stage
+from .toy import Plan, claim_output, grpo_stage, pipeline_main, pipeline_parser, stage, sudoku_length, sudoku_rows
+
+# the SFT start: the Sudoku demo's --quick setting (trainers.demo), whose base learns the answer format in a minute
+QUICK = Plan(hidden=64, layers=2, train_rows=1000, test_rows=64, base_steps=600, method_steps=100, batch=16,
+             base_lr=3e-3, method_lr=5e-4)
 
 
 def plot(metrics: Path, figure: Path, title: str) -> None:
@@ -80,8 +83,8 @@ def run(argv=None) -> int:
         check_file_output(args.figure, {"--output": out}, "--figure", args.overwrite, _our_figure)
     claim_output(out, args.resume, args.overwrite, "trainers.grpo_demo", WRITES)
     t0 = time.time()
-    task, _ = build(out, QUICK, args.seed)
-    length = max_length(task, out / "init")
+    task, _ = sudoku_rows(out, QUICK, args.seed)
+    length = sudoku_length(task, out / "init")
     print(f"grpo demo: cold start ({args.base_steps} steps of sft)", file=sys.stderr)
     stage("sft", out / "init", out / "base", out / "data" / "train.jsonl", args.base_steps, QUICK.base_lr, QUICK.batch,
           length, args.seed, args.resume)

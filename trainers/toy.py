@@ -4,7 +4,8 @@ stages in process, evaluate, and write into an output directory they claim. This
 steps, once; each pipeline is its plan and the order of its stages.
 
 - `Plan`: the one hyper-parameter setting a pipeline shares between its methods.
-- `new_llada` / `new_llama`, `write_data`, `prompt_length`: what a pipeline starts from.
+- `new_llada` / `new_llama`, `write_data`, `prompt_length`: what a pipeline starts from;
+  `sudoku_rows` / `sudoku_length`: the demos' Sudoku setting on them.
 - `stage` / `grpo_stage`: `python -m trainers.<method>` in process; a finished stage is read back, an
   interrupted one resumed from its last checkpoint.
 - `evaluate_model`: d1's protocol through the model's own sampler (every family), cached on disk.
@@ -27,6 +28,7 @@ from dlmarch.errors import DlmarchError, os_error_line
 from dlmarch.outputs import Claim
 
 TAGS = ("<reasoning>", "</reasoning>", "<answer>", "</answer>")  # one token each in the character tokenizers
+GEN_LENGTH = 32  # the demos' canvas: a 4x4 Sudoku answer and its tags fit one d1 block
 MARKER = ".dlmarch-demo"  # written into every demo and experiment output: --overwrite removes only what they made
 
 
@@ -102,6 +104,32 @@ def prompt_length(task, model_dir: Path, rows: list[dict]) -> int:
 
     prompts = encode_prompts(load_tokenizer(model_dir), [task.messages(r) for r in rows], True)
     return max(len(p) for p in prompts)
+
+
+def sudoku_rows(out: Path, plan: Plan, seed: int, new_model=None):
+    """The demos' Sudoku setting (4x4 puzzles with unique solutions, train and test disjoint): tokenizer, untrained model (`new_model(path, tok, hidden, layers, seed)`, default a LLaDA) at
+    out/init, train/test JSONL at out/data. Returns (task, test rows)."""
+    from trainers.tasks import get_task
+    from trainers.tokenizer import build_char_tokenizer
+
+    task = get_task("sudoku", with_system_prompt=False)  # the instruction costs ~400 characters per row
+    test = task.generate(plan.test_rows, seed + 999)
+    held_out = {r["puzzle"] for r in test}
+    train = [r for r in task.generate(plan.train_rows + plan.test_rows, seed + 1) if r["puzzle"] not in held_out]
+    write_data(out / "data", task, train[: plan.train_rows], test, task.response)
+    if not (out / "init" / "config.json").exists():
+        tok = build_char_tokenizer("0123456789 :Sudokpzle", words=TAGS, pad_to=8)
+        (new_model or new_llada)(out / "init", tok, plan.hidden, plan.layers, seed)
+    return task, test
+
+
+def sudoku_length(task, init: Path) -> int:
+    """The prompt (all Sudoku prompts have one length) + "<reasoning>" + the sampler's canvas: training
+    rows padded (with trained EOS) to exactly the sequence the sampler decodes. "<reasoning>" is the
+    response's first token in training and the prompt's last at evaluation (d1's protocol appends it),
+    so the canvas covers the response's tokens after it; a row one token shorter would teach the model
+    to end its answer one position before the canvas does."""
+    return prompt_length(task, init, [{"puzzle": "0" * 16}]) + 1 + GEN_LENGTH
 
 
 def finished(out: Path) -> dict | None:

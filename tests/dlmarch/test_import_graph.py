@@ -73,3 +73,17 @@ def test_the_library_never_imports_its_tools():
     bad = [(m, n) for m, deps in graph().items() if m.startswith("dlmarch") for n in deps
            if n.split(".")[0] in ("trainers", "conversions")]
     assert not bad, bad
+
+
+def test_toy_pipelines_share_trainers_toy_not_each_other():
+    """The demos and the experiments are entry points: what they share lives in `trainers.toy`, so
+    none imports another (a change to one demo never moves another's numbers)."""
+    pipelines = ("trainers.demo", "trainers.grpo_demo", "trainers.ar_to_diffusion_demo", "trainers.experiments")
+
+    def pipeline(m):
+        return next((p for p in pipelines if m == p or m.startswith(p + ".")), None)
+
+    g = graph()
+    assert "trainers.toy" in g["trainers.demo"] and "trainers.toy" in g["trainers.grpo_demo"]
+    bad = [(m, n) for m, deps in g.items() if pipeline(m) for n in deps if pipeline(n) not in (None, pipeline(m))]
+    assert not bad, bad
