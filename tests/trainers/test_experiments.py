@@ -6,6 +6,7 @@ import json
 import math
 import random
 import statistics
+from pathlib import Path
 
 import pytest
 import torch
@@ -276,3 +277,17 @@ def test_quick_run_writes_every_result(tmp_path):
     assert main(["--quick", "--output", str(out)]) == 0  # the same command again: nothing is retrained
     assert {p: p.stat().st_mtime for p in out.rglob("summary.json")} == stamps
     assert json.loads((out / "results.json").read_text())["methods"] == r["methods"]
+
+
+def test_the_published_report_is_computed_from_the_published_results():
+    """docs/experiments: report.md is exactly what the report code makes of results.json (no number
+    typed by hand), on at least one task every fine-tune moves its base by 10 points or more at the
+    largest budget, and the design's detectable difference is stated."""
+    from trainers.experiments.report import report
+
+    docs = Path(__file__).resolve().parents[2] / "docs" / "experiments"
+    r = json.loads((docs / "results.json").read_text())
+    assert (docs / "report.md").read_text() == report(r)
+    moved = [t for t, ms in r["methods"].items() if all(m["mean"] - r["base"][t] >= 0.10 for m in ms.values())]
+    assert moved and all(math.isfinite(r["detectable"][t]["difference"]) for t in moved)
+    assert "are told apart (t-test at 5%, power 80%)" in (docs / "report.md").read_text()

@@ -27,8 +27,8 @@ METHODS = {"sft": ("sft", []), "gift": ("gift", []), "blockwise": ("blockwise", 
            "lift3": ("lift", ["--lift-variant", "lift3"]), "lift2": ("lift", ["--lift-variant", "lift2"])}
 CHARS = "0123456789abcdefghijklmnopqrstuvwxyz" + "SNT :,.=+-*/()[]\n"  # every character of the rows (no <|unk|>)
 
-# About an hour on 2 quiet CPU cores (measured: about 0.2 s per Sudoku fine-tuning step, 5-10 s per 128
-# evaluated items). Fine-tunes use a constant lr after a 5% warmup, so the checkpoint at each budget
+# Measured: 5746 s (96 min) for every experiment from an empty directory on the 2-core CPU machine, one
+# thread, beside other work (docs/experiments.md). Fine-tunes use a constant lr after a 5% warmup, so the checkpoint at each budget
 # is the learning curve's point at that budget.
 FULL = Plan(hidden=128, layers=4, train_rows=4000, test_rows=128, base_steps=600, method_steps=400, batch=32,
             base_lr=2e-3, method_lr=1e-3, seeds=(0, 1, 2), pt_rows=20000, pt_steps=800, pt_lr=2e-3, pt_length=128,
