@@ -14,7 +14,6 @@ import pytest
 
 from dlmarch.atomic import TEMP_MARKER, atomic_directory, atomic_file, clean_stale_temps, rename_noreplace
 from dlmarch.errors import DlmarchError
-from tests.dlmarch.test_outputs import pristine  # noqa: F401  (the probes' inputs, a fixture)
 from tests.helpers import hf_llama
 
 

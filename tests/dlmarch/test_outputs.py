@@ -16,7 +16,7 @@ import pytest
 
 from dlmarch.errors import DlmarchError
 from dlmarch.outputs import Claim
-from tests.helpers import hf_llama, make_task, tiny_model_dir
+from tests.helpers import tiny_model_dir
 
 
 def tree(root: Path) -> dict[str, str]:
@@ -33,24 +33,6 @@ def tree(root: Path) -> dict[str, str]:
             else:
                 out[rel] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
-
-
-@pytest.fixture(scope="module")
-def pristine(tmp_path_factory):
-    """Inputs of every writer, and files of the user's beside them."""
-    r = tmp_path_factory.mktemp("probes")
-    make_task(r, n=16)  # r/model (a native LLaDA with its tokenizer), r/reverse.jsonl
-    hf_llama(r / "llama")
-    (r / "prompts.jsonl").write_text(json.dumps({"prompt": "abc"}) + "\n")
-    (r / "countdown.jsonl").write_text("".join(json.dumps({"input": f"{i},{i + 1},3", "output": str(2 * i + 4)}) + "\n"
-                                               for i in range(3)))
-    (r / "gens.jsonl").write_text(json.dumps({"index": 0, "sample": 0, "generation": "<answer>4</answer>",
-                                              "reference": {"numbers": [0, 1, 3], "target": 4}}) + "\n")
-    (r / "notes.txt").write_text("the user's notes")
-    (r / "userdir").mkdir()
-    (r / "userdir" / "notes.txt").write_text("mine")
-    (r / "userdir" / "config.json").write_text("{}")
-    return r
 
 
 @pytest.fixture

@@ -38,8 +38,6 @@ def test_countdown_from_d1s_file_takes_d1s_order(tmp_path):
 def test_attend_padding_decodes_as_d1s_eval_without_an_attention_mask(tmp_path):
     """d1's eval.py calls generate(model, input_ids) on left-padded prompts with no attention mask, so a
     short prompt attends to its padding. --attend-padding does the same; the default hides the padding."""
-    import torch
-
     from dlmarch import generate
     from dlmarch.prompts import encode_prompts, left_pad
     from tests.helpers import tiny_model_dir

@@ -179,8 +179,6 @@ def test_math500_scorer_is_d1s(generation, gold, ok):
 
 def test_d1_generation_files_get_d1s_verdicts():
     """Items of d1's own baseline generation files, with the verdicts d1's parser gave them."""
-    from pathlib import Path
-
     for name in ("gsm8k", "math500", "countdown", "sudoku"):
         data = json.loads((FIXTURES / "d1-generations" / f"{name}.json").read_text())
         task = get_task(name)
