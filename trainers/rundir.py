@@ -24,7 +24,7 @@ from dlmarch.atomic import TEMP_MARKER, write_json
 from dlmarch.config import read_json
 from dlmarch.errors import DlmarchError
 from dlmarch.locks import LOCK_NAME, OutputLock
-from dlmarch.outputs import aux_files, check_disjoint, foreign_entries
+from dlmarch.outputs import aux_files, check_disjoint, foreign_entries, refuse_symlinks
 
 # What a run writes into its output directory; --overwrite replaces a directory holding only these.
 RUN_ARTEFACTS = {"run.json", "metrics.jsonl", "metrics.tmp", "loss.png", "summary.json", "checkpoints", "model",
@@ -64,14 +64,10 @@ def check_output(out: Path, args) -> None:
     if out.exists() and not out.is_dir():
         raise DlmarchError(f"--output {out} exists and is not a directory")
     if out.is_dir():
-        for p in sorted(out.iterdir()):
-            if p.name in RUN_ARTEFACTS and p.is_symlink():
-                raise DlmarchError(f"{p} is a symbolic link; a run never writes through one (remove the link)")
+        refuse_symlinks(out, sorted(p.name for p in out.iterdir() if p.name in RUN_ARTEFACTS), "a run")
         ck = out / "checkpoints"
         if ck.is_dir() and not ck.is_symlink():
-            for p in sorted(ck.iterdir()):
-                if p.name.startswith("step-") and p.is_symlink():
-                    raise DlmarchError(f"{p} is a symbolic link; a run never writes through one (remove the link)")
+            refuse_symlinks(ck, sorted(p.name for p in ck.iterdir() if p.name.startswith("step-")), "a run")
     entries = [p for p in out.iterdir() if p.name != LOCK_NAME and not _is_temp(p)] if out.exists() else []
     run_json = out / "run.json"
     if not entries:
