@@ -152,6 +152,9 @@ def check_run(out: Path, run: dict, args, rank: int) -> None:
         if not args.overwrite:
             raise DlmarchError(f"{out}: an interrupted run's partial files are there; pass --resume to continue it, "
                                f"--overwrite to replace it, or another --output")
+        if not marker.is_file():  # a run writes OUT.run.json before its first partial file
+            raise DlmarchError(f"{out}: {partials(out)[0].name} and no {marker.name} beside it: no record that a "
+                               f"dlmarch run made them, so --overwrite does not remove them; move them away")
         if rank == 0:
             for p in partials(out):
                 p.unlink()

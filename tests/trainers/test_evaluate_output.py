@@ -85,3 +85,20 @@ def test_a_line_torn_inside_a_utf8_character_is_dropped_and_regenerated(setup, m
     assert "dropped a torn last line" in capsys.readouterr().err
     strip = lambda text: [{k: v for k, v in json.loads(x).items()} for x in text.splitlines()]  # noqa: E731
     assert strip(out.read_text()) == strip(full.read_text())
+
+
+def test_overwrite_removes_partial_files_only_with_the_record_a_run_made(setup, monkeypatch, capsys):
+    """A killed run's partial files go with --overwrite (its OUT.run.json says a run made them); files
+    of that name with no such record are the user's: refused in one line, left as they were."""
+    tmp, _, data, _, _ = setup
+    out = tmp / "killed.jsonl"
+    part = interrupted(tmp, tmp / "m", data, out, monkeypatch)
+    assert (tmp / "killed.jsonl.run.json").is_file()
+    assert ev.main(args_for(tmp / "m", data, out, "--overwrite")) == 0 and not part.exists()
+    theirs = tmp / "theirs.jsonl.partial-0.jsonl"
+    theirs.write_text("not ours\n")
+    capsys.readouterr()
+    assert ev.main(args_for(tmp / "m", data, tmp / "theirs.jsonl", "--overwrite")) == 2
+    err = capsys.readouterr().err
+    assert "no theirs.jsonl.run.json" in err and len(err.strip().splitlines()) == 1
+    assert theirs.read_text() == "not ours\n" and not (tmp / "theirs.jsonl").exists()
