@@ -111,6 +111,26 @@ def test_t_interval_is_scipys():
         assert math.isclose(lo, want[0], abs_tol=1e-3) and math.isclose(hi, want[1], abs_tol=1e-3)
 
 
+def test_difference_interval_is_scipys_two_sample_t_test():
+    """The comparisons' test: the interval of the difference is scipy's ttest_ind (equal variances)
+    confidence interval, and it excludes 0 exactly when scipy's p-value is below 5%."""
+    stats = pytest.importorskip("scipy.stats")
+    from trainers.experiments.stats import difference_interval
+
+    rng = random.Random(1)
+    rejected = kept = 0
+    for n, m, shift in [(3, 3, 0.0), (3, 3, 0.4), (6, 6, 0.15), (6, 4, 0.3), (2, 5, 0.5), (10, 10, 0.1)] * 5:
+        a = [rng.gauss(shift, 0.2) for _ in range(n)]
+        b = [rng.gauss(0.0, 0.2) for _ in range(m)]
+        diff, (lo, hi) = difference_interval(a, b)
+        res = stats.ttest_ind(a, b)
+        want = res.confidence_interval(0.95)
+        assert math.isclose(lo, want.low, abs_tol=2e-3) and math.isclose(hi, want.high, abs_tol=2e-3)
+        assert (lo > 0 or hi < 0) == (res.pvalue < 0.05)
+        rejected, kept = rejected + (res.pvalue < 0.05), kept + (res.pvalue >= 0.05)
+    assert rejected and kept  # both outcomes were exercised
+
+
 def test_traces_lead_to_the_answer():
     from trainers.experiments.setting import countdown_trace, sudoku_trace, task_setup
     from trainers.tasks.d1 import countdown_correct, countdown_value

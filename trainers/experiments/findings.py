@@ -56,6 +56,9 @@ def block_findings(r: dict) -> list[str]:
         j = 0  # the smallest decoding block: where SFT's whole-response training differs most from its decoding
         small = {"mean": acc[0][j], "ci95": b["ci95"][0][j]} if "ci95" in b else {"mean": acc[0][j], "ci95": [acc[0][j]] * 2}
         sft = {"mean": b["sft"][j], "ci95": b["sft_ci95"][j]}
+        if "per_seed" in b and "sft_per_seed" in b:  # [train][seed][decode], [seed][decode]
+            small["scores"] = [run[j] for run in b["per_seed"][0]]
+            sft["scores"] = [run[j] for run in b["sft_per_seed"]]
         out.append(f"block size: decoded in blocks of {decode[j]}, SFT scores {pct(sft['mean'])} {span(sft['ci95'])}, "
                    f"Blockwise SFT trained with blocks of {b['train'][0]} {pct(small['mean'])} {span(small['ci95'])}: "
                    f"{compare(small, sft, 'blockwise', 'sft')}; SFT loses {pct(b['sft'][-1] - b['sft'][j])} points "
@@ -125,8 +128,10 @@ def l2d_findings(r: dict) -> list[str]:
             f"{pct(l2d[best_solver][best_n])}, the AR fine-tune of equal budget {pct(l2d['ar_finetune'])}")
     ci = l2d.get("ci95", {})
     if best_solver in ci and "ar_finetune" in ci:
-        a = {"mean": l2d[best_solver][best_n], "ci95": ci[best_solver][best_n]}
-        b = {"mean": l2d["ar_finetune"], "ci95": ci["ar_finetune"]}
+        seeds = l2d.get("per_seed", {})
+        a = {"mean": l2d[best_solver][best_n], "ci95": ci[best_solver][best_n],
+             "scores": seeds.get(best_solver, {}).get(best_n, [])}
+        b = {"mean": l2d["ar_finetune"], "ci95": ci["ar_finetune"], "scores": seeds.get("ar_finetune", [])}
         line += f" ({compare(a, b, 'L2D', 'the AR fine-tune')})"
     if trend != "rises":
         line += f". {PAPER_SETTING['l2d']}"
@@ -137,8 +142,8 @@ def rl_findings(r: dict) -> list[str]:
     starts = r["rl"]["starts"]
     if not {"sft", "gift"} <= set(starts):
         return []
-    a = {"mean": starts["gift"]["mean_final_reward"], "ci95": starts["gift"]["ci95_final_reward"]}
-    b = {"mean": starts["sft"]["mean_final_reward"], "ci95": starts["sft"]["ci95_final_reward"]}
+    a, b = ({"mean": starts[k]["mean_final_reward"], "ci95": starts[k]["ci95_final_reward"],
+             "scores": starts[k].get("final_reward", [])} for k in ("gift", "sft"))
     verdict = compare(a, b, "the GIFT start", "the SFT start")
     rises = {k: x["mean_final_reward"] - sum(c[0] for c in x["reward"]) / len(x["reward"]) for k, x in starts.items()}
     line = (f"rl: over the last fifth of diffu-GRPO, the GIFT start's mean reward is {a['mean']:.3f}, the SFT start's "

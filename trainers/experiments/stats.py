@@ -30,6 +30,18 @@ def t_interval(scores: list[float]) -> tuple[float, list[float]]:
     return m, [m - half, m + half]
 
 
+def difference_interval(a: list[float], b: list[float]) -> tuple[float, list[float]]:
+    """(mean(a) - mean(b), its 95% interval) from Student's two-sample t with pooled variance, df =
+    len(a) + len(b) - 2: the test `detectable_difference` is designed for. The interval excludes 0
+    exactly when that two-sided t-test rejects equal means at 5%."""
+    diff = statistics.fmean(a) - statistics.fmean(b)
+    df = len(a) + len(b) - 2
+    if len(a) < 2 or len(b) < 2:
+        return diff, [diff, diff]
+    half = t975(df) * pooled_sd([a, b]) * math.sqrt(1 / len(a) + 1 / len(b))
+    return diff, [diff - half, diff + half]
+
+
 def pooled_sd(groups: list[list[float]]) -> float:
     """The pooled standard deviation of several groups of runs (each >= 2 runs)."""
     groups = [g for g in groups if len(g) >= 2]
