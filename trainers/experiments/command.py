@@ -71,7 +71,7 @@ def run(argv=None) -> int:
         write_text(results_path, json.dumps(results, indent=2) + "\n")
         print(f"experiments: {name} done ({time.time() - t0:.0f}s)", file=sys.stderr)
     plots(out, results)
-    write_text(out / "report.md", report(results))
+    write_text(out / "report.md", report(json.loads(json.dumps(results))))  # as read back from results.json
     print(f"experiments finished in {time.time() - t0:.0f}s: {out / 'report.md'}, {results_path}")
     return 0
 

@@ -10,6 +10,12 @@ from .setting import BLOCK_LENGTH, GEN_LENGTH
 from .wording import pct, span
 
 
+def cell(v) -> str:
+    """A plan value as the report prints it, the same whether read from results.json (lists) or from the
+    plan the command ran (tuples)."""
+    return ", ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+
 def methods_section(r: dict) -> list[str]:
     lines = ["## Methods: learning curves from one pretrained base", ""]
     for task, curves in r.get("curves", {}).items():
@@ -120,7 +126,7 @@ def report(r: dict) -> str:
              f"Command: `{cfg.get('command', 'python -m trainers.experiments')}`; "
              f"{'quick' if cfg.get('quick') else 'full'} budget, {cfg.get('seconds', 0):.0f} s in all.", "",
              "## Shared hyper-parameters (every method alike)", "",
-             "| " + " | ".join(plan) + " |", "|" + "---|" * len(plan), "| " + " | ".join(str(v) for v in plan.values()) + " |",
+             "| " + " | ".join(plan) + " |", "|" + "---|" * len(plan), "| " + " | ".join(cell(v) for v in plan.values()) + " |",
              "", SETTING.format(gen=GEN_LENGTH, steps=GEN_LENGTH // 2, block=BLOCK_LENGTH).replace("\n", " "), ""]
     for key, section in SECTIONS.items():
         if key in r:

@@ -27,11 +27,11 @@ METHODS = {"sft": ("sft", []), "gift": ("gift", []), "blockwise": ("blockwise", 
            "lift3": ("lift", ["--lift-variant", "lift3"]), "lift2": ("lift", ["--lift-variant", "lift2"])}
 CHARS = "0123456789abcdefghijklmnopqrstuvwxyz" + "SNT :,.=+-*/()[]\n"  # every character of the rows (no <|unk|>)
 
-# Measured: 5746 s (96 min) for every experiment from an empty directory on the 2-core CPU machine, one
-# thread, beside other work (docs/experiments.md). Fine-tunes use a constant lr after a 5% warmup, so the checkpoint at each budget
+# Measured on the 2-core CPU machine (docs/experiments.md): seeds 0-2 of every experiment from an empty
+# directory 5746 s (one thread, beside other work); seeds 3-5 added afterwards 2771 s (two threads). Fine-tunes use a constant lr after a 5% warmup, so the checkpoint at each budget
 # is the learning curve's point at that budget.
 FULL = Plan(hidden=128, layers=4, train_rows=4000, test_rows=128, base_steps=600, method_steps=400, batch=32,
-            base_lr=2e-3, method_lr=1e-3, seeds=(0, 1, 2), pt_rows=20000, pt_steps=800, pt_lr=2e-3, pt_length=128,
+            base_lr=2e-3, method_lr=1e-3, seeds=(0, 1, 2, 3, 4, 5), pt_rows=20000, pt_steps=800, pt_lr=2e-3, pt_length=128,
             budgets=(100, 200, 400), l2d_flow_dim=32, l2d_lora_rank=16, rl_steps=30, rl_lr=2e-4,
             extra={"tasks": ["sudoku"], "l2d_main_steps": 150})
 QUICK = Plan(hidden=32, layers=1, train_rows=200, test_rows=8, base_steps=8, method_steps=4, batch=8, base_lr=3e-3,
