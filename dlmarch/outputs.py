@@ -169,6 +169,14 @@ class Claim:
             return tuple(pats)
         return self.patterns  # a marker of an older version: the tool's own list
 
+    def recorded_tool(self) -> str | None:
+        try:
+            data = json.loads(self.marker.read_text())
+        except (OSError, ValueError):
+            return None
+        tool = data.get("tool") if isinstance(data, dict) else None
+        return tool if isinstance(tool, str) else None
+
     def ours(self, p: Path) -> bool:
         return p.name == self.marker.name or any(fnmatch.fnmatchcase(p.name, pat) for pat in self.recorded_patterns())
 
@@ -187,6 +195,10 @@ class Claim:
         if out.exists() and any(out.iterdir()):
             ours = self.marker.is_file() and not self.marker.is_symlink()
             name = self.marker.name
+            other = self.recorded_tool() if ours else None
+            if other is not None and other != self.tool:  # its patterns are another tool's: never merged or removed here
+                raise DlmarchError(f"{out} holds the output of {other}; {self.tool} neither continues nor replaces it: "
+                                   f"choose another --output")
             if overwrite and ours:
                 for p in sorted(out.iterdir()):
                     if p.name != name and self.ours(p):

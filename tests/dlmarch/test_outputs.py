@@ -161,6 +161,29 @@ def test_demo_overwrite_replaces_only_what_the_demo_wrote(tmp_path):
     assert json.loads((out / MARKER).read_text())["tool"] == "trainers.demo"
 
 
+def test_a_tool_never_continues_or_replaces_another_tools_output(tmp_path, capsys):
+    """One marker name serves every toy pipeline; its record names the tool. Another tool's --resume or
+    --overwrite there is refused in one line before anything changes, so its patterns (the experiments'
+    *.png) are never merged into the demo's claim and a user's file there is never removed."""
+    from trainers.demo import WRITES
+    from trainers.experiments.command import main as experiments
+    from trainers.toy import MARKER, claim_output
+
+    out = tmp_path / "demo"
+    claim_output(out, False, False, "trainers.demo", WRITES)
+    (out / "results.json").write_text(json.dumps({"plan": {}, "rows": []}))
+    (out / "mine.png").write_text("the user's figure")
+    before = tree(out)
+    for flag in ("--resume", "--overwrite"):
+        with pytest.raises(DlmarchError, match="holds the output of trainers.demo"):
+            claim_output(out, flag == "--resume", flag == "--overwrite", "trainers.experiments", ("*.png",))
+        assert tree(out) == before
+    assert experiments(["--quick", "--only", "cost", "--output", str(out)]) == 2
+    assert "holds the output of trainers.demo" in capsys.readouterr().err and tree(out) == before
+    claim_output(out, False, True, "trainers.demo", WRITES)  # the demo's own --overwrite
+    assert sorted(p.name for p in out.iterdir()) == [MARKER, "mine.png"]
+
+
 def test_generate_overwrite_replaces_only_its_own_file(tmp_path):
     from dlmarch.sampling.cli import main
 

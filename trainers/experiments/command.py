@@ -38,7 +38,8 @@ def read_results(path: Path, quick: bool) -> dict:
     except DlmarchError as e:
         raise DlmarchError(f"{e}; move it away to start over") from None
     if results and config.get("quick") != quick:
-        raise DlmarchError(f"{path} holds a {'quick' if config['quick'] else 'full'} run; use another --output")
+        held = {True: "a quick run", False: "a full run"}.get(config.get("quick"), "results this command did not write")
+        raise DlmarchError(f"{path} holds {held}; use another --output")
     return results
 
 
