@@ -22,10 +22,11 @@ run resumes with --resume (finished stages and evaluations are kept).
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
+
+from dlmarch.atomic import atomic_file, write_json
 
 from .toy import GEN_LENGTH, Plan, claim_output, evaluate_model, new_llama, pipeline_main, pipeline_parser, stage, \
     sudoku_length, sudoku_rows
@@ -99,9 +100,9 @@ def run(argv=None) -> int:
                      "train_steps": steps, "train_seconds": summary["seconds"] if summary else None})
     table = markdown(rows)
     seconds = time.time() - t0
-    (out / "results.md").write_text(table + f"\n\n{len(test)} held-out puzzles; {seconds:.0f} s in all.\n")
-    (out / "results.json").write_text(json.dumps({"plan": plan.__dict__, "seed": args.seed, "rows": rows,
-                                                  "seconds": seconds}, indent=2) + "\n")
+    with atomic_file(out / "results.md") as f:
+        f.write(table + f"\n\n{len(test)} held-out puzzles; {seconds:.0f} s in all.\n")
+    write_json(out / "results.json", {"plan": plan.record(), "seed": args.seed, "rows": rows, "seconds": seconds})
     print(table)
     print(f"{seconds:.0f} s; results: {out / 'results.md'}")
     return 0

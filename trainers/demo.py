@@ -22,13 +22,14 @@ import sys
 import time
 from pathlib import Path
 
-from .toy import GEN_LENGTH, Plan, claim_output, evaluate_model, pipeline_main, pipeline_parser, stage, sudoku_length, sudoku_rows
+from dlmarch.atomic import atomic_file, write_json
+
+from .toy import GEN_LENGTH, SUDOKU_QUICK, Plan, claim_output, evaluate_model, pipeline_main, pipeline_parser, stage, sudoku_length, sudoku_rows
 
 METHODS = ("sft", "gift", "blockwise", "lift")
 FULL = Plan(hidden=128, layers=4, train_rows=4000, test_rows=256, base_steps=1500, method_steps=600, batch=32,
             base_lr=2e-3, method_lr=3e-4)
-QUICK = Plan(hidden=64, layers=2, train_rows=1000, test_rows=64, base_steps=600, method_steps=100, batch=16,
-             base_lr=3e-3, method_lr=5e-4)
+QUICK = SUDOKU_QUICK
 BLOCK_LENGTH = GEN_LENGTH  # d1 protocol block; the answer and its tags fit one block
 
 
@@ -111,9 +112,9 @@ def run(argv=None) -> int:
                      "train_tokens_per_s": summary["tokens_per_s"] if summary else None,
                      "train_seconds": summary["seconds"] if summary else None})
     table = markdown(rows)
-    (out / "results.md").write_text(table + "\n")
-    (out / "results.json").write_text(json.dumps({"plan": plan.__dict__, "seed": args.seed, "rows": rows,
-                                                  "seconds": time.time() - t0}, indent=2) + "\n")
+    with atomic_file(out / "results.md") as f:
+        f.write(table + "\n")
+    write_json(out / "results.json", {"plan": plan.record(), "seed": args.seed, "rows": rows, "seconds": time.time() - t0})
     plot(out, rows, list(args.methods))
     print(table)
     print(f"\ndemo finished in {time.time() - t0:.0f}s: {out / 'results.md'}, {out / 'demo.png'}")

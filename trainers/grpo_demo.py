@@ -28,11 +28,9 @@ from pathlib import Path
 from dlmarch.atomic import atomic_file
 from dlmarch.outputs import check_file_output
 
-from .toy import Plan, claim_output, grpo_stage, pipeline_main, pipeline_parser, stage, sudoku_length, sudoku_rows
+from .toy import SUDOKU_QUICK, claim_output, grpo_stage, pipeline_main, pipeline_parser, stage, sudoku_length, sudoku_rows
 
-# the SFT start: the Sudoku demo's --quick setting (trainers.demo), whose base learns the answer format in a minute
-QUICK = Plan(hidden=64, layers=2, train_rows=1000, test_rows=64, base_steps=600, method_steps=100, batch=16,
-             base_lr=3e-3, method_lr=5e-4)
+QUICK = SUDOKU_QUICK  # the SFT start: the Sudoku demo's --quick setting, whose base learns the format in a minute
 
 
 def plot(metrics: Path, figure: Path, title: str) -> None:

@@ -19,11 +19,12 @@ import argparse
 import importlib
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 import torch
 
+from dlmarch.atomic import atomic_file, write_json
 from dlmarch.errors import DlmarchError, os_error_line
 from dlmarch.outputs import Claim
 
@@ -61,6 +62,10 @@ class Plan:
     rl_lr: float = 0.0
     extra: dict = field(default_factory=dict)
 
+    def record(self) -> dict:
+        """The fields every pipeline sets (those without a default): what a demo's results.json records."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.default is MISSING and f.default_factory is MISSING}
+
 
 def new_llada(path: Path, tok, hidden: int, layers: int, seed: int) -> None:
     """A freshly initialised LLaDA (4 heads, SwiGLU of 3 x hidden) with the tokenizer, at `path`."""
@@ -83,6 +88,11 @@ def new_llama(path: Path, tok, hidden: int, layers: int, seed: int) -> None:
                       intermediate_size=3 * hidden, eos_token_id=tok.eos_token_id, max_position_embeddings=512)
     CausalLM(cfg).init_weights().save_pretrained(path)
     tok.save_pretrained(path)
+
+
+# The Sudoku demo's --quick setting (`trainers.demo`); `trainers.grpo_demo` starts its RL from the same SFT.
+SUDOKU_QUICK = Plan(hidden=64, layers=2, train_rows=1000, test_rows=64, base_steps=600, method_steps=100, batch=16,
+                    base_lr=3e-3, method_lr=5e-4)
 
 
 def write_data(data: Path, task, train: list[dict], test: list[dict], response) -> None:
@@ -199,10 +209,10 @@ def evaluate_model(name: str, model, task, test: list[dict], out: Path, seed: in
     summary, records = evaluate(model, tok, task, test, batch_size=64, seed=seed, stats=stats, progress=False, **decoding)
     tokens = stats.get("tokens", 0)
     summary = {**summary, "evaluations_per_token": stats.get("diffusion_evaluations", 0) / tokens if tokens else None}
-    with open(out / f"eval-{name}.jsonl", "w") as f:
+    with atomic_file(out / f"eval-{name}.jsonl") as f:  # a kill never leaves half a cache to be read back
         for r in records:
             f.write(json.dumps(r) + "\n")
-    cached.write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(cached, summary)
     return summary
 
 

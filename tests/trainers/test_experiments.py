@@ -238,6 +238,9 @@ def test_clue_copy_counts_given_digits_reproduced_in_place(tmp_path):
     path.write_text("".join(json.dumps({**r, "reference": {"puzzle": puzzle}}) + "\n" for r in rows))
     got = clue_copy(path)
     assert got == {"copied": (2 + 1 + 0) / 9, "collapsed": 1 / 3}
+    # d1's extraction pads a short answer with '0': padding is not a collapsed answer
+    path.write_text(json.dumps({"answer": "1234" + "0" * 12, "reference": {"puzzle": puzzle}}) + "\n")
+    assert clue_copy(path) == {"copied": 1 / 3, "collapsed": 0.0}
 
 
 @pytest.mark.slow
@@ -311,3 +314,11 @@ def test_the_published_report_is_computed_from_the_published_results():
     moved = [t for t, ms in r["methods"].items() if all(m["mean"] - r["base"][t] >= 0.10 for m in ms.values())]
     assert moved and all(math.isfinite(r["detectable"][t]["difference"]) for t in moved)
     assert "are told apart (t-test at 5%, power 80%)" in (docs / "report.md").read_text()
+
+
+def test_t_quantiles_are_scipys_beyond_the_tables_too():
+    stats = pytest.importorskip("scipy.stats")
+    from trainers.experiments.stats import t80, t975
+
+    for df in range(1, 300):
+        assert abs(t975(df) - stats.t.ppf(0.975, df)) < 1e-3 and abs(t80(df) - stats.t.ppf(0.80, df)) < 1e-3

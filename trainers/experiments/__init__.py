@@ -17,9 +17,9 @@ Experiments (each also alone with --only NAME; results accumulate in OUTPUT/resu
 Responses carry a short worked trace before the answer (Sudoku: the grid with only the cells it
 fills; Countdown: the intermediate results of the expression), so a response spans two 32-token
 blocks. Every method shares one hyper-parameter setting (`setting.FULL`); seeds are fixed. Before
-the run, the design's power: with 3 seeds per point, two methods are told apart when their means
-differ by about 3 seed standard deviations (t-test at 5%, power 80%; the report states the figure
-from the seeds' observed spread). A killed run re-run with the same command keeps finished stages
+the run, the design's power: with 6 seeds per point, two methods are told apart when their means
+differ by about 1.8 seed standard deviations (3 seeds: 3; Student's t-test at 5%, power 80%; the
+report states the figure from the seeds' observed spread, and compares with that test). A killed run re-run with the same command keeps finished stages
 and evaluations and resumes an interrupted stage from its last checkpoint. Writes results.json,
 report.md and *.png under --output (`report.py`, `findings.py`, `plots.py`). --quick: tiny budgets,
 used by the test suite.

@@ -5,6 +5,7 @@ not appear, the paper's setting is named beside it."""
 from __future__ import annotations
 
 from .l2d import ODE_EVALS
+from .stats import difference_interval
 from .wording import PAPER_SETTING, compare, pct, span
 
 
@@ -27,8 +28,10 @@ def methods_findings(r: dict) -> list[str]:
                    f"{span(sft['ci95'])}: {verdict}"
             if "beats" not in verdict:
                 line += "; the claimed gain does not appear"
-                if d:
-                    line += f" (a gain of {pct(d['difference'])} points or more would have shown)"
+                if len(methods[m].get("scores", ())) >= 2 and len(sft.get("scores", ())) >= 2:
+                    hi = difference_interval(methods[m]["scores"], sft["scores"])[1][1]
+                    line += (f" (gains above {pct(hi)} points are excluded at 95%" if hi > 0 else " (no gain is within the interval")
+                    line += f"; the design detects {pct(d['difference'])} points with 80% power)" if d else ")"
                 line += f". {PAPER_SETTING[m.rstrip('23')]}"
             else:
                 line += ": the claimed gain appears"
@@ -51,6 +54,16 @@ def block_findings(r: dict) -> list[str]:
             f"{diag} of {len(acc)} rows")
     if len(set(best)) == 1:
         line += f"; decoding block length {decode[best[0]]} is the best of every row, whatever the training block size"
+    per_seed = b.get("per_seed")  # [train][seed][decode]
+    if per_seed and diag:  # is each diagonal best told apart from its row's runner-up?
+        told = 0
+        for i, j in enumerate(best):
+            if i == j and len(acc[i]) > 1:
+                runner = max((k for k in range(len(acc[i])) if k != j), key=acc[i].__getitem__)
+                lo_ = difference_interval([run[j] for run in per_seed[i]], [run[runner] for run in per_seed[i]])[1][0]
+                told += lo_ > 0
+        line += f", told apart from the row's runner-up (t-test at 5%) in {told} of them"
+        diag = told
     out = [line + (f". {PAPER_SETTING['blockwise']}" if diag < len(acc) else "") + "."]
     if "sft" in b:
         j = 0  # the smallest decoding block: where SFT's whole-response training differs most from its decoding
@@ -96,23 +109,27 @@ def copy_findings(g: dict) -> list[str]:
             f"digits in place, the masked-diffusion model {pct(m['copied'])}% (chance: 25%), and "
             f"{pct(m['collapsed'])}% of the latter's answers repeat one digit in 10 or more of the 16 cells")
     if c["copied"] - m["copied"] >= 0.2:
-        out = [head + ": the masked-diffusion model has not learned to copy cell i of the prompt into cell i of the "
-               "answer, the skill the task rests on and that no decoding change supplies; this, not the sampler, is the "
-               "gap's cause here (masked diffusion fits every order of the tokens and learns such alignments later: "
-               "Nie et al. 2024, 'Scaling up Masked Diffusion Models on Text', report about 16x the causal model's "
-               "compute for equal likelihood)."]
+        out = [head + ": the masked-diffusion model does not reliably copy cell i of the prompt into cell i of the "
+               "answer, which the causal model does and which no decoding change above supplies (masked diffusion "
+               "trains on every order of the tokens; Nie et al. 2024, 'Scaling up Masked Diffusion Models on Text', "
+               "report about 16x a causal model's compute for equal likelihood)."]
     else:
-        out = [head + ": copying the clues does not separate them, so it is not the gap's cause here."]
+        out = [head + ": copying the clues does not separate them."]
     runs = sorted(g["copy"].get("pretrained_sft", []), key=lambda x: x["copied"])
     if len(runs) >= 2:
         together = [x["score"] for x in runs] == sorted(x["score"] for x in runs)
         copying = [x["score"] for x in runs if x["copied"] >= 0.95]
+        others = [x["score"] for x in runs if x["copied"] < 0.95]
         line = ("gap: the pretrained SFT seeds at the largest budget, by share of given digits copied: "
                 + "; ".join(f"seed {x['seed']} {pct(x['copied'])}% copied, {pct(x['score'])} accuracy" for x in runs)
                 + (": accuracy never falls as copying rises" if together else ": accuracy does not follow copying"))
-        if len(copying) >= 2:
-            line += (f"; the runs that copy 95% or more of the digits score {pct(min(copying))} to {pct(max(copying))}, so "
-                     "copying is needed to use the clues but does not by itself solve the puzzle")
+        if copying:
+            line += f"; the runs that copy 95% or more of the digits score {pct(min(copying))} to {pct(max(copying))}"
+            if max(copying) < g["causal"][-1]:
+                line += (f", below the causal model's {pct(g['causal'][-1])}: copying is part of the gap, not all of it "
+                         "(the rest is solving the puzzle)")
+            if others and max(others) < min(copying):
+                line += "; the runs that copy less score lower"
         out.append(line + ".")
     return out
 
@@ -120,10 +137,14 @@ def copy_findings(g: dict) -> list[str]:
 def l2d_findings(r: dict) -> list[str]:
     l2d = r["l2d_steps"]
     e = l2d["euler"]
-    lo, hi = min(e, key=int), max(e, key=int)
-    trend = "rises" if e[hi] > e[lo] else ("falls" if e[hi] < e[lo] else "does not change")
+    counts = sorted(e, key=int)
+    values = [e[n] for n in counts]
+    lo, hi, peak = counts[0], counts[-1], counts[values.index(max(values))]
+    monotone = all(x <= y for x, y in zip(values, values[1:]))
+    trend = "rises" if monotone and e[hi] > e[lo] else ("falls" if e[hi] < e[lo] else "is not monotone")
+    shape = (f", peaking at {peak} ({pct(e[peak])}) and falling back after" if peak not in (lo, hi) else "")  # not just its ends
     best_solver, best_n = max(((s, n) for s in ODE_EVALS for n in l2d.get(s, {})), key=lambda sn: l2d[sn[0]][sn[1]])
-    line = (f"l2d: with Euler, accuracy {trend} from {pct(e[lo])} at {lo} evaluation(s) to {pct(e[hi])} at {hi}; "
+    line = (f"l2d: with Euler, accuracy goes from {pct(e[lo])} at {lo} evaluation(s) to {pct(e[hi])} at {hi}{shape}; "
             f"the main model alone scores {pct(l2d['main_only'])}; the best L2D setting ({best_solver}, {best_n}) scores "
             f"{pct(l2d[best_solver][best_n])}, the AR fine-tune of equal budget {pct(l2d['ar_finetune'])}")
     ci = l2d.get("ci95", {})

@@ -16,6 +16,7 @@ import random
 from fractions import Fraction
 from pathlib import Path
 
+from dlmarch.atomic import atomic_file
 from dlmarch.errors import DlmarchError
 
 from ..toy import TAGS, Plan, evaluate_model, new_llada, new_llama, prompt_length, score, stage, write_data
@@ -186,7 +187,7 @@ def pretrained_base(out: Path, plan: Plan) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     texts = root / "mixture.jsonl"
     if not texts.exists():
-        with open(texts, "w") as f:
+        with atomic_file(texts) as f:  # read back as it is on a resume: never half written
             for r in mixture(plan.pt_rows, 0):
                 f.write(json.dumps(r) + "\n")
     if not (root / "init" / "config.json").exists():
