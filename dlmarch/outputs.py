@@ -22,8 +22,6 @@ import os
 import shutil
 from pathlib import Path
 
-# atomic_update is not used here: dlmarch/models/l2d.py imports it from this module (models/ was outside
-# the split that moved it to dlmarch.atomic); when that import names dlmarch.atomic, drop it here.
 from .atomic import write_json
 from .errors import CheckpointError, DlmarchError
 

@@ -79,6 +79,15 @@ def save_l2d(model, path: str | Path, main_path: str | Path | None = None, decod
     if main_path is None:
         raise ValueError("save_pretrained needs main_path: where the main path's checkpoint lives")
     path = Path(path)
+    existing = path / "config.json"
+    if existing.is_file():  # replacing another model's files (its main path's, say) would destroy them
+        try:
+            raw = read_json(existing)
+        except ConfigError:
+            raw = None
+        if not (isinstance(raw, dict) and raw.get("format") == NATIVE_FORMAT and raw.get("model") == type(model).__name__):
+            raise ConfigError(f"{path} holds a model that is not an {type(model).__name__} checkpoint ({existing}); "
+                              f"save_pretrained does not replace it: choose another directory")
     state = [(k, v.detach()) for k, v in model.diffusion_state_dict().items()]
     with atomic_update(path, stale=is_weight_file) as tmp:
         write_weights(tmp, state, 5 * 2**30, metadata={"format": "pt"})

@@ -56,6 +56,23 @@ def test_checkpoint_holds_only_the_diffusion_path(imported, tmp_path):
                            model(REF["input_ids"], x_t=REF["x_t"], t=REF["t"]).logits)
 
 
+def test_saving_into_another_models_directory_is_refused_untouched(imported, tmp_path):
+    """save_pretrained into the main path's own directory (or any directory holding a model that is not
+    an L2D checkpoint) would replace its config.json and weights: refused, its files unchanged; an L2D
+    checkpoint of ours is replaced as before."""
+    from dlmarch.errors import ConfigError
+
+    model = L2DModel.from_pretrained(imported)
+    base = tmp_path / "base"
+    model.main.save_pretrained(base)
+    before = {p.name: p.read_bytes() for p in base.iterdir() if p.is_file()}
+    with pytest.raises(ConfigError, match="not an L2DModel checkpoint"):
+        model.save_pretrained(base, main_path=base)
+    assert {p.name: p.read_bytes() for p in base.iterdir() if p.is_file()} == before
+    model.save_pretrained(tmp_path / "l2d", main_path=base)
+    model.save_pretrained(tmp_path / "l2d", main_path=base)  # our own checkpoint: replaced
+
+
 def test_reference_import_refuses_a_different_base(tmp_path):
     from dlmarch.registry import load_pretrained
 
