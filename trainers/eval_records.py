@@ -6,9 +6,11 @@ output guard's policy for OUT and the summary beside it."""
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -28,8 +30,10 @@ RUN_KEYS = ("model_fingerprint", "data_sha256", "task", "rows", "samples", "batc
 
 
 def partials(out: Path) -> list[Path]:
-    """Every process's partial file of OUT, in name order."""
-    return sorted(out.parent.glob(out.name + ".partial-*.jsonl"))
+    """Every process's partial file of OUT (OUT.partial-RANK.jsonl, RANK a number), in name order: the
+    name is matched literally, so `eval[1].jsonl` never claims `eval1.jsonl`'s files."""
+    pattern = re.compile(re.escape(out.name) + r"\.partial-\d+\.jsonl")
+    return sorted(p for p in out.parent.glob(glob.escape(out.name) + ".partial-*.jsonl") if pattern.fullmatch(p.name))
 
 
 def _read_lines(path: Path) -> list[dict]:
@@ -113,6 +117,16 @@ def marker_path(out: Path) -> Path:
     return out.with_name(out.name + ".run.json")
 
 
+def has_run_record(out: Path) -> bool:
+    """Whether OUT.run.json is a record this command wrote (a JSON object naming the model's fingerprint
+    and the rows' digest, which every record holds), not merely a file of that name."""
+    try:
+        raw = json.loads(marker_path(out).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(raw, dict) and all(isinstance(raw.get(k), str) for k in ("model_fingerprint", "data_sha256"))
+
+
 def _summary_names(out: Path, key: str) -> bool:
     """Whether the summary beside `out` is ours and names `out` as its generations (or verdicts)."""
     try:
@@ -127,7 +141,7 @@ def check_output(out: Path, inputs: dict, args, key: str) -> None:
     inside a model directory; an existing file only with --resume (generations) or, with
     --overwrite, when this command wrote it (its summary names it, or an interrupted run's record is
     there)."""
-    ours = lambda p: _summary_names(p, key) or marker_path(p).is_file()  # noqa: E731
+    ours = lambda p: _summary_names(p, key) or has_run_record(p)  # noqa: E731
     resume = getattr(args, "resume", False)
     check_file_output(out, inputs, "--output", args.overwrite, ours, may_exist=resume and ours(out))
     summary = summary_path(out)
@@ -152,7 +166,7 @@ def check_run(out: Path, run: dict, args, rank: int) -> None:
         if not args.overwrite:
             raise DlmarchError(f"{out}: an interrupted run's partial files are there; pass --resume to continue it, "
                                f"--overwrite to replace it, or another --output")
-        if not marker.is_file():  # a run writes OUT.run.json before its first partial file
+        if not has_run_record(out):  # a run writes OUT.run.json before its first partial file
             raise DlmarchError(f"{out}: {partials(out)[0].name} and no {marker.name} beside it: no record that a "
                                f"dlmarch run made them, so --overwrite does not remove them; move them away")
         if rank == 0:
@@ -173,6 +187,8 @@ def check_run(out: Path, run: dict, args, rank: int) -> None:
             named = ", ".join(what.get(k, k) for k in changed)
             raise DlmarchError(f"{marker if marker.is_file() else summary_path(out)}: --resume with {named} than "
                                f"the generations in {out} were made from; refused (another --output, or --overwrite)")
+    if marker.exists() and not has_run_record(out):
+        raise DlmarchError(f"{marker} exists and is not a run record this command wrote; not replaced: move it away")
     if rank == 0:
         out.parent.mkdir(parents=True, exist_ok=True)
         write_json(marker, run)

@@ -102,3 +102,30 @@ def test_overwrite_removes_partial_files_only_with_the_record_a_run_made(setup, 
     err = capsys.readouterr().err
     assert "no theirs.jsonl.run.json" in err and len(err.strip().splitlines()) == 1
     assert theirs.read_text() == "not ours\n" and not (tmp / "theirs.jsonl").exists()
+
+
+def test_partial_files_and_run_record_are_matched_literally_and_never_a_users(setup, capsys):
+    """OUT.partial-RANK.jsonl is matched by name literally (`e[1].jsonl` never claims `e1.jsonl`'s
+    files, nor `OUT.partial-notes.jsonl`), and a user's file named OUT.run.json is neither replaced,
+    removed, nor taken as proof that OUT is ours."""
+    from trainers.eval_records import partials
+
+    tmp, _, data, _, _ = setup
+    other = tmp / "e1.jsonl.partial-0.jsonl"
+    notes = tmp / "e[1].jsonl.partial-notes.jsonl"
+    other.write_text("theirs\n")
+    notes.write_text("notes\n")
+    assert partials(tmp / "e[1].jsonl") == []
+    assert ev.main(args_for(tmp / "m", data, tmp / "e[1].jsonl")) == 0
+    assert other.read_text() == "theirs\n" and notes.read_text() == "notes\n"
+    user = tmp / "mine.jsonl"
+    user.write_text("the user's generations\n")
+    record = tmp / "mine.jsonl.run.json"
+    record.write_text("{}")
+    capsys.readouterr()
+    assert ev.main(args_for(tmp / "m", data, user, "--overwrite")) == 2
+    assert user.read_text() == "the user's generations\n" and record.read_text() == "{}"
+    assert ev.main(args_for(tmp / "m", data, tmp / "fresh.jsonl")) == 0
+    (tmp / "fresh2.jsonl.run.json").write_text("the user's notes")
+    assert ev.main(args_for(tmp / "m", data, tmp / "fresh2.jsonl")) == 2
+    assert (tmp / "fresh2.jsonl.run.json").read_text() == "the user's notes"
